@@ -1,0 +1,67 @@
+"""The ``brats-seg`` command line: summaries and tools around the pipeline's artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from brats_seg.config import BaseParams, load_section, read_params
+from brats_seg.errors import UserError, exit_on_user_error
+from brats_seg.io.tables import read_json
+
+
+def summary(params_path: str = "params.yaml") -> str:
+    """A short text summary of the pipeline's current outputs (what `make demo` prints)."""
+    base = load_section(BaseParams, read_params(params_path), "base")
+    lines = ["brats-seg pipeline summary"]
+    sources = Path(base.raw_dir) / "sources.json"
+    if sources.is_file():
+        src = read_json(sources)
+        lines.append(f"  download : {src['n_cases']} labelled, {src['n_unlabelled']} unlabelled cases "
+                     f"from source '{src['source']}' in {base.raw_dir}")
+    if Path(base.validation_metrics).is_file():
+        v = read_json(base.validation_metrics)
+        lines.append(f"  validate : {v['ok']} ok, {v['quarantined']} quarantined of {v['cases']} "
+                     f"(data docs: {base.validation_reports}/data_docs/index.html)")
+    meta_path = Path(base.slices_dir) / "meta.json"
+    if meta_path.is_file():
+        meta = read_json(meta_path)
+        per = ", ".join(f"{s} {meta['cases'][s]} cases / {meta['slices'][s]} slices "
+                        f"({meta['tumour_slices'][s]} with tumour)" for s in ("train", "val", "test"))
+        p = meta["params"]
+        lines.append(f"  slice    : {p['size']}x{p['size']} x {len(p['modalities'])} modalities; {per}")
+        lines.append(f"             split digest {meta['split_digest'][:12]}")
+    if len(lines) == 1:
+        raise UserError("no pipeline outputs yet; run `dvc repro` (or `make demo`) first.")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brats-seg", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("summary", help="summarise the pipeline's current outputs")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--json", action="store_true", help="print the metrics files as JSON instead")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "summary":
+        if args.json:
+            base = load_section(BaseParams, read_params(args.params), "base")
+            out = {p: read_json(p) for p in (base.validation_metrics, f"{base.slices_dir}/meta.json") if Path(p).is_file()}
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        else:
+            sys.stdout.write(summary(args.params) + "\n")
+
+
+if __name__ == "__main__":
+    main()

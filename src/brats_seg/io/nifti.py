@@ -1,0 +1,84 @@
+"""NIfTI reading and writing: the only module that touches .nii / .nii.gz files.
+
+Reader contract (as in nnU-Net): arrays in voxel order ``(X, Y, Z)`` plus a :class:`Meta` that carries the
+affine, spacing in mm and the on-disk dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+    """Geometry of a volume: 4x4 voxel-to-world affine (RAS+ mm), voxel spacing (mm), on-disk dtype."""
+
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+    dtype: str
+    shape: tuple[int, ...]
+
+    def same_grid(self, other: Meta, atol: float = 1e-3) -> bool:
+        """True when both volumes share shape (first three axes) and affine."""
+        return self.shape[:3] == other.shape[:3] and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+
+def is_nifti(path: str | Path) -> bool:
+    """Whether the file name ends in .nii or .nii.gz (AppleDouble '._' files excluded)."""
+    name = Path(path).name
+    return not name.startswith("._") and name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_suffix(name: str) -> str:
+    """File name without its .nii / .nii.gz suffix."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_meta(path: str | Path) -> Meta:
+    """Read only the header of a NIfTI file."""
+    img = nib.load(str(path))
+    return _meta(img)
+
+
+def read_nifti(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray, Meta]:
+    """Read a volume as ``(array, meta)``; ``array`` is ``(X, Y, Z[, T])`` in ``dtype`` (default: on-disk)."""
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return data, _meta(img)
+
+
+def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, dtype: type | None = None) -> Path:
+    """Write ``data`` with ``affine`` atomically (temp file, then rename). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.asarray(data if dtype is None else data.astype(dtype, copy=False))
+    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    img.header.set_data_dtype(array.dtype)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _meta(img: nib.spatialimages.SpatialImage) -> Meta:
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return Meta(affine=np.asarray(img.affine, dtype=np.float64), spacing=zooms,
+                dtype=str(img.get_data_dtype()), shape=tuple(int(s) for s in img.shape))

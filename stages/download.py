@@ -1,0 +1,18 @@
+"""DVC stage `download`: fetch BraTS-format cases into the canonical layout (python -m stages.download)."""
+
+from __future__ import annotations
+
+from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.data.download import DownloadParams, run_download
+from brats_seg.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    params = stage_params(__doc__, argv)
+    base = load_section(BaseParams, params, "base")
+    run_download(load_section(DownloadParams, params, "download"), base.raw_dir, base.cache_dir, base.seed)
+
+
+if __name__ == "__main__":
+    main()

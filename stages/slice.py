@@ -1,0 +1,20 @@
+"""DVC stage `slice`: validated cases -> 2D slice shards, index and geometry (python -m stages.slice)."""
+
+from __future__ import annotations
+
+from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.data.slicing import SliceParams, run_slice
+from brats_seg.data.validation import read_manifest
+from brats_seg.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    params = stage_params(__doc__, argv)
+    base = load_section(BaseParams, params, "base")
+    run_slice(load_section(SliceParams, params, "slice"), base.raw_dir, read_manifest(base.manifest),
+              base.slices_dir, base.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""DVC stage `validate`: per-case manifest checked by a great-expectations suite (python -m stages.validate)."""
+
+from __future__ import annotations
+
+from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.data.validation import ValidateParams, run_validate
+from brats_seg.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    params = stage_params(__doc__, argv)
+    base = load_section(BaseParams, params, "base")
+    run_validate(load_section(ValidateParams, params, "validate"), base.raw_dir, base.manifest,
+                 base.validation_reports, base.validation_metrics)
+
+
+if __name__ == "__main__":
+    main()
