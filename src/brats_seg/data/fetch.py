@@ -25,7 +25,7 @@ class _Incomplete(Exception):
 
 
 def fetch_url(url: str, dest: str | Path, md5: str | None = None, retries: int = 5, backoff_s: float = 1.0,
-              timeout_s: float = 60.0, auth: tuple[str, str] | None = None, chunk: int = 1 << 20) -> Path:
+              timeout_s: float = 60.0, auth: tuple[str, str] | None = None, chunk: int = 1 << 16) -> Path:
     """Download ``url`` to ``dest``, resuming a partial ``dest.part`` with HTTP Range requests.
 
     A transfer that breaks off is retried up to ``retries`` times with exponential backoff, continuing

@@ -75,7 +75,7 @@ def discover_cases(root: str | Path) -> list[CaseSource]:
     """
     root = Path(root)
     files = [p for p in _walk_nifti(root)]
-    by_case: dict[tuple[str, str], dict[str, Path]] = defaultdict(dict)
+    by_case: dict[tuple[str, str, Path], dict[str, Path]] = defaultdict(dict)
     msd: dict[str, dict[str, Path]] = defaultdict(dict)
     leftovers: list[Path] = []
     for path in files:
@@ -84,14 +84,14 @@ def discover_cases(root: str | Path) -> list[CaseSource]:
         if parent in _MSD_IMAGE_DIRS | _MSD_LABEL_DIRS:
             msd[stem]["label" if parent in _MSD_LABEL_DIRS else "image"] = path
         elif m := _BRATS2020.match(stem):
-            _add(by_case, (m["case"], "brats2020"), m["kind"].lower(), path)
+            _add(by_case, (m["case"], "brats2020", path.parent), m["kind"].lower(), path)
         elif m := _BRATS2023.match(stem):
-            _add(by_case, (m["case"], "brats2023"), _NAMES_2023[m["kind"].lower()], path)
+            _add(by_case, (m["case"], "brats2023", path.parent), _NAMES_2023[m["kind"].lower()], path)
         else:
             leftovers.append(path)
     _attach_misnamed_segs(by_case, leftovers)
     cases = [CaseSource(case, conv, {m: (p, None) for m, p in parts.items() if m != "seg"}, parts.get("seg"))
-             for (case, conv), parts in by_case.items()]
+             for (case, conv, _), parts in by_case.items()]
     cases += [CaseSource(stem, "msd", {m: (parts["image"], i) for i, m in enumerate(MODALITIES)},
                          parts.get("label")) for stem, parts in msd.items() if "image" in parts]
     if leftovers:
@@ -110,7 +110,7 @@ def _walk_nifti(root: Path) -> Iterable[Path]:
                 yield Path(dirpath) / name
 
 
-def _add(by_case: dict, key: tuple[str, str], kind: str, path: Path) -> None:
+def _add(by_case: dict, key: tuple[str, str, Path], kind: str, path: Path) -> None:
     if kind in by_case[key]:
         raise DataError(f"case {key[0]} has two {kind} files ({by_case[key][kind]} and {path}); "
                         f"remove one of them.")
@@ -119,10 +119,9 @@ def _add(by_case: dict, key: tuple[str, str], kind: str, path: Path) -> None:
 
 def _attach_misnamed_segs(by_case: dict, leftovers: list[Path]) -> None:
     """BraTS 2020 case 355 ships its label map as e.g. ``W39_1998.09.19_Segm.nii``: attach such files."""
-    for (case, conv), parts in by_case.items():
+    for (case, _, folder), parts in by_case.items():
         if "seg" in parts or not all(m in parts for m in MODALITIES):
             continue
-        folder = parts["flair"].parent
         candidates = [p for p in leftovers if p.parent == folder and "seg" in p.name.lower()]
         if len(candidates) == 1:
             log.info("case %s: using misnamed label file %s", case, candidates[0].name)

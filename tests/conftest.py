@@ -1,0 +1,111 @@
+"""Shared fixtures: telemetry off, tiny synthetic cohorts, a local HTTP server, the real BraTS cases."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                     "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1"}.items():
+    os.environ.setdefault(_key, _value)
+
+from brats_seg.data.layouts import write_case  # noqa: E402
+from brats_seg.data.synthetic import make_case  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
+TINY_SHAPE = (48, 48, 24)
+
+
+def write_synthetic_cohort(root: Path, n: int = 4, seed: int = 0, shape: tuple[int, int, int] = TINY_SHAPE,
+                           tumour_free: tuple[int, ...] = ()) -> list[str]:
+    """Write ``n`` tiny synthetic cases in the canonical layout under ``root``; returns their ids."""
+    ids = []
+    for i in range(1, n + 1):
+        case = make_case(i, seed, shape, tumour=i not in tumour_free)
+        write_case(root, case.case_id, case.images, case.seg, case.affine)
+        ids.append(case.case_id)
+    return ids
+
+
+@pytest.fixture
+def tiny_cohort(tmp_path: Path) -> Path:
+    """Four 48 x 48 x 24 synthetic cases (case 4 without tumour) in canonical layout."""
+    root = tmp_path / "raw"
+    write_synthetic_cohort(root, 4, tumour_free=(4,))
+    return root
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real BraTS cases not found at {REAL_DATA} (only present on the team's machines)")
+    return REAL_DATA
+
+
+class FileServer:
+    """A tiny HTTP server on 127.0.0.1 serving bytes at paths, honouring Range requests.
+
+    ``cut_first[path] = n``: the first ``n`` GETs of ``path`` send half the body then drop the connection.
+    ``auth = (user, key)``: every request must carry that HTTP basic auth, else 401.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut_first: dict[str, int] = {}
+        self.auth: tuple[str, str] | None = None
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's API
+                server.requests.append({"path": self.path, "range": self.headers.get("Range"),
+                                        "auth": self.headers.get("Authorization")})
+                if server.auth:
+                    token = base64.b64encode(":".join(server.auth).encode()).decode()
+                    if self.headers.get("Authorization") != f"Basic {token}":
+                        self.send_error(401)
+                        return
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if rng := self.headers.get("Range"):
+                    start = int(rng.split("=")[1].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if server.cut_first.get(self.path, 0) > 0:
+                    server.cut_first[self.path] -= 1
+                    self.wfile.write(body[start:start + (len(body) - start) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
