@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brats_seg.data.layouts import canonical_path
+from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
+from brats_seg.errors import DataError
+from tests.conftest import write_synthetic_cohort
+
+
+def _resave(path, data, affine=None):
+    old = nib.load(str(path))
+    nib.save(nib.Nifti1Image(data, old.affine if affine is None else affine), str(path))
+
+
+def _break(raw, case_id, how):
+    case = raw / case_id
+    flair = canonical_path(case, case_id, "flair")
+    if how == "truncated":
+        data = flair.read_bytes()
+        flair.write_bytes(data[: len(data) // 3])
+    elif how == "missing":
+        canonical_path(case, case_id, "t1ce").unlink()
+    elif how == "grid":
+        img = nib.load(str(flair))
+        _resave(flair, np.asarray(img.dataobj)[:, :, :-2])
+    elif how == "label":
+        seg_path = canonical_path(case, case_id, "seg")
+        seg = np.asarray(nib.load(str(seg_path)).dataobj).copy()
+        seg[seg == 4] = 3
+        _resave(seg_path, seg)
+    elif how == "nan":
+        t2 = canonical_path(case, case_id, "t2")
+        data = np.asarray(nib.load(str(t2)).dataobj).astype(np.float32)
+        data[20:22, 20:22, 10] = np.nan
+        _resave(t2, data)
+    elif how == "zero":
+        t1 = canonical_path(case, case_id, "t1")
+        _resave(t1, np.zeros(nib.load(str(t1)).shape, dtype=np.int16))
+
+
+DEFECTS = {
+    "truncated": "unreadable file(s): flair",
+    "missing": "missing file(s): t1ce",
+    "grid": "files are not on one grid",
+    "label": "labels outside {0, 1, 2, 4}: 3",
+    "nan": "4 NaN or Inf voxels",
+    "zero": "all-zero modality: t1",
+}
+
+
+@pytest.fixture
+def broken_cohort(tmp_path):
+    raw = tmp_path / "raw"
+    ids = write_synthetic_cohort(raw, len(DEFECTS) + 2)
+    for case_id, how in zip(ids, DEFECTS):
+        _break(raw, case_id, how)
+    return raw, dict(zip(ids, DEFECTS))
+
+
+def _run(raw, tmp_path, max_bad=1.0):
+    return run_validate(ValidateParams(max_bad_fraction=max_bad, workers=1, min_brain_voxels=100), raw,
+                        tmp_path / "manifest.parquet", tmp_path / "reports", tmp_path / "validation.json")
+
+
+def test_each_defect_is_quarantined_with_its_reason_and_the_rest_go_on(tmp_path, broken_cohort):
+    raw, defects = broken_cohort
+    metrics = _run(raw, tmp_path)
+    manifest = read_manifest(tmp_path / "manifest.parquet", status=None).set_index("case_id")
+    for case_id, how in defects.items():
+        assert manifest.loc[case_id, "status"] == "quarantined", how
+        assert DEFECTS[how] in manifest.loc[case_id, "reasons"], (how, manifest.loc[case_id, "reasons"])
+    ok = manifest[manifest["status"] == "ok"]
+    assert len(ok) == 2 and set(ok.index).isdisjoint(defects)
+    assert metrics == json.loads((tmp_path / "validation.json").read_text())
+    assert (metrics["cases"], metrics["ok"], metrics["quarantined"]) == (8, 2, 6)
+    report = pd.read_csv(tmp_path / "reports" / "quarantine.csv")
+    assert sorted(report["case_id"]) == sorted(defects)
+    assert (tmp_path / "reports" / "data_docs" / "index.html").is_file()
+    assert read_manifest(tmp_path / "manifest.parquet")["case_id"].tolist() == sorted(ok.index)
+
+
+def test_manifest_records_the_facts(tmp_path, tiny_cohort):
+    _run(tiny_cohort, tmp_path)
+    row = read_manifest(tmp_path / "manifest.parquet").iloc[0]
+    seg = np.asarray(nib.load(str(canonical_path(tiny_cohort / row["case_id"], row["case_id"], "seg"))).dataobj)
+    assert row["shape"] == "48x48x24" and row["spacing"] == "1.00x1.00x1.00" and row["same_grid"]
+    for label in (0, 1, 2, 4):
+        assert row[f"voxels_label_{label}"] == int((seg == label).sum())
+    flair = np.asarray(nib.load(str(canonical_path(tiny_cohort / row["case_id"], row["case_id"], "flair"))).dataobj)
+    assert row["brain_voxels"] == int((flair != 0).sum())
+    assert row["flair_p50"] == pytest.approx(np.percentile(flair[flair != 0], 50))
+
+
+def test_too_many_bad_cases_fail_the_stage_after_writing_the_report(tmp_path, broken_cohort):
+    raw, _ = broken_cohort
+    with pytest.raises(DataError, match=r"6 of 8 cases failed validation, more than validate.max_bad_fraction=0.5"):
+        _run(raw, tmp_path, max_bad=0.5)
+    assert (tmp_path / "reports" / "quarantine.csv").is_file()
+
+
+def test_duplicate_case_ids_break_a_hard_rule(tmp_path, tiny_cohort):
+    first = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    twin = first.upper()
+    shutil.copytree(tiny_cohort / first, tiny_cohort / twin)
+    for f in (tiny_cohort / twin).iterdir():
+        f.rename(f.with_name(f.name.replace(first, twin)))
+    with pytest.raises(DataError, match="case ids are not unique"):
+        _run(tiny_cohort, tmp_path)
+
+
+def test_empty_cohort(tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(DataError, match="no cases in .*run the download stage first"):
+        _run(tmp_path / "raw", tmp_path)
