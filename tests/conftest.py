@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1"}.items():
@@ -109,3 +113,55 @@ def file_server():
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
+
+
+TINY_PARAMS = {
+    "download": {"workers": 1, "synthetic": {"n_cases": 5, "shape": list(TINY_SHAPE), "tumour_free_fraction": 0.2}},
+    "validate": {"workers": 1},
+    "slice": {"size": 32, "workers": 1},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the project's virtualenv first on PATH (as `make` does)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path):
+    """A fresh git + DVC repository holding this project's pipeline, with tiny params. Yields a function
+    that writes extra overrides into params.yaml; the repository path is ``fn.path``."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(PROJECT_ROOT / name, repo / name)
+    for folder in ("stages", "src", "flows"):
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        shutil.copytree(PROJECT_ROOT / folder, repo / folder, ignore=ignore)
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+    def write_params(overrides: dict | None = None) -> None:
+        merged = _merge(_merge(params, TINY_PARAMS), overrides or {})
+        (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+
+    write_params()
+    run_cmd(["git", "init", "-q"], repo)
+    run_cmd(["git", "config", "user.email", "test@example.com"], repo)
+    run_cmd(["git", "config", "user.name", "test"], repo)
+    run_cmd(["dvc", "init", "-q"], repo)
+    run_cmd(["dvc", "config", "core.analytics", "false"], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "pipeline"], repo)
+    write_params.path = repo  # type: ignore[attr-defined]
+    return write_params

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "summary":
         if args.json:
             base = load_section(BaseParams, read_params(args.params), "base")
-            out = {p: read_json(p) for p in (base.validation_metrics, f"{base.slices_dir}/meta.json") if Path(p).is_file()}
+            paths = (base.validation_metrics, f"{base.slices_dir}/meta.json")
+            out = {p: read_json(p) for p in paths if Path(p).is_file()}
             sys.stdout.write(json.dumps(out, indent=2) + "\n")
         else:
             sys.stdout.write(summary(args.params) + "\n")

@@ -7,7 +7,14 @@ import zipfile
 
 import pytest
 
-from brats_seg.data.download import DownloadParams, KaggleSource, LocalSource, SyntheticSource, UrlSource, run_download
+from brats_seg.data.download import (
+    DownloadParams,
+    KaggleSource,
+    LocalSource,
+    SyntheticSource,
+    UrlSource,
+    run_download,
+)
 from brats_seg.data.layouts import canonical_files, list_canonical_cases
 from brats_seg.errors import DataError, DownloadError
 from tests.conftest import TINY_SHAPE, write_synthetic_cohort
@@ -38,7 +45,8 @@ def _check_raw(raw, n):
 
 
 def test_synthetic_source(tmp_path):
-    params = DownloadParams(workers=1, synthetic=SyntheticSource(n_cases=3, shape=TINY_SHAPE, tumour_free_fraction=0.34))
+    synthetic = SyntheticSource(n_cases=3, shape=TINY_SHAPE, tumour_free_fraction=0.34)
+    params = DownloadParams(workers=1, synthetic=synthetic)
     record = run_download(params, tmp_path / "raw", tmp_path / "cache", seed=1)
     _check_raw(tmp_path / "raw", 3)
     assert sum(not c["tumour"] for c in record["cases"].values()) == 1

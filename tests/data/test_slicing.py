@@ -45,7 +45,8 @@ def test_slice_stage_outputs(tmp_path):
     # no patient in two splits, and the index agrees with the per-case table
     assert (index.groupby("case_id")["split"].nunique() == 1).all()
     with_slices = cases[cases["n_slices"] > 0]
-    assert dict(zip(with_slices["case_id"], with_slices["split"])) == index.groupby("case_id")["split"].first().to_dict()
+    per_case = index.groupby("case_id")["split"].first().to_dict()
+    assert dict(zip(with_slices["case_id"], with_slices["split"])) == per_case
     # a tumour-free case contributes no slice to training when empty slices are not kept, all its brain
     # slices to validation or test
     free = cases.set_index("case_id").loc["BraTS20_Synthetic_006"]

@@ -107,7 +107,6 @@ def run_suite(manifest: pd.DataFrame, rules: list[Rule], report_dir: str | Path)
     """
     import great_expectations as gx  # slow import, only where needed
     import great_expectations.expectations as gxe
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)

@@ -1,0 +1,94 @@
+"""Slice-stage throughput against a decode-only baseline, in one run.
+
+Generates N full-size synthetic BraTS cases (240 x 240 x 155, five .nii.gz files each), then measures
+  - baseline: nibabel decoding the same five files per case, one process;
+  - ours: the slice stage (decode, reorient, crop, z-score, resize, label resize, shard write) with 1..W
+    worker processes.
+Prints cases/s, the per-core ratio ours/baseline (target: at least 0.5) and the speed-up per worker
+count; writes JSON to benchmarks/results/slice_throughput.json.
+
+    python benchmarks/slice_throughput.py [--cases 8] [--workers 1 2]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: it reads its settings at import
+
+import argparse
+import functools
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from brats_seg.data.layouts import canonical_files, list_canonical_cases, write_case
+from brats_seg.data.slicing import SliceParams, run_slice
+from brats_seg.data.synthetic import make_case
+from brats_seg.pool import run_parallel
+
+
+def _write_one(index: int, root: str) -> None:
+    case = make_case(index, seed=123)
+    write_case(root, case.case_id, case.images, case.seg, case.affine)
+
+
+def decode_only(raw: Path) -> float:
+    """Seconds to decode every file of every case with nibabel, one process."""
+    start = time.perf_counter()
+    for case in list_canonical_cases(raw):
+        for path in canonical_files(case).values():
+            np.asarray(nib.load(str(path)).dataobj)
+    return time.perf_counter() - start
+
+
+def slice_stage(raw: Path, out: Path, workers: int) -> float:
+    manifest = pd.DataFrame({"case_id": [p.name for p in list_canonical_cases(raw)]})
+    start = time.perf_counter()
+    run_slice(SliceParams(workers=workers), raw, manifest, out, seed=0)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts (default 1..cores)")
+    parser.add_argument("--out", default="benchmarks/results/slice_throughput.json")
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    counts = args.workers or list(range(1, cores + 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        print(f"generating {args.cases} full-size synthetic cases ...", flush=True)
+        run_parallel(functools.partial(_write_one, root=str(raw)), list(range(1, args.cases + 1)), workers=0)
+        decode_only(raw)  # warm the page cache so both sides read from memory
+        base_s = decode_only(raw)
+        rows = []
+        for w in counts:
+            ours_s = slice_stage(raw, Path(tmp) / f"slices{w}", w)
+            rows.append({"workers": w, "seconds": ours_s, "cases_per_s": args.cases / ours_s})
+    base_rate = args.cases / base_s
+    one = next((r for r in rows if r["workers"] == 1), rows[0])
+    print(f"\n{'':28}{'cases/s':>10}{'per core':>10}{'vs decode':>11}{'speed-up':>10}")
+    print(f"{'decode only (nibabel), 1 proc':28}{base_rate:10.2f}{base_rate:10.2f}{1.0:11.2f}{'':>10}")
+    for r in rows:
+        per_core = r["cases_per_s"] / r["workers"]
+        r["per_core_ratio"] = per_core / base_rate
+        r["speedup"] = r["cases_per_s"] / one["cases_per_s"]
+        label = f"slice stage, {r['workers']} worker(s)"
+        print(f"{label:28}{r['cases_per_s']:10.2f}{per_core:10.2f}{r['per_core_ratio']:11.2f}{r['speedup']:10.2f}")
+    result = {"cases": args.cases, "cores": cores, "machine": platform.processor() or platform.machine(),
+              "decode_cases_per_s": base_rate, "slice": rows, "target_per_core_ratio": 0.5}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten {args.out}")
+
+
+if __name__ == "__main__":
+    main()
