@@ -127,6 +127,14 @@ class BaseParams:
     validation_reports: str = "reports/validation"
     validation_metrics: str = "reports/validation.json"
     slices_dir: str = "data/slices"
+    checkpoint_dir: str = "data/cache/checkpoints"
+    model: str = "models/unet.pt"
+    train_report: str = "reports/train.json"
+    train_curve: str = "reports/train_curve.csv"
+    eval_report: str = "reports/eval.json"
+    eval_cases: str = "reports/eval_cases.csv"
+    overlays_dir: str = "reports/overlays"
+    experiment: str = "brats-seg"
 
 
 def stage_params(description: str, argv: list[str] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 
 BACKGROUND, NECROTIC, OEDEMA, ENHANCING = 0, 1, 2, 4
 CANONICAL_LABELS: frozenset[int] = frozenset({BACKGROUND, NECROTIC, OEDEMA, ENHANCING})
@@ -65,3 +66,12 @@ def region_mask(labels: np.ndarray, region: str = "wt") -> np.ndarray:
 def region_stack(labels: np.ndarray, regions: tuple[str, ...] = ("wt", "tc", "et")) -> np.ndarray:
     """Stack region masks along a new axis 1 (``[N, H, W] -> [N, R, H, W]``) as uint8."""
     return np.stack([region_mask(labels, r) for r in regions], axis=1).astype(np.uint8)
+
+
+def region_targets(labels: torch.Tensor, regions: tuple[str, ...] = ("wt",)) -> torch.Tensor:
+    """Binary targets ``[N, R, H, W]`` (float, on ``labels``' device) from label maps ``[N, H, W]``."""
+    channels = []
+    for region in regions:
+        ids = torch.tensor(REGIONS[region], device=labels.device, dtype=labels.dtype)
+        channels.append(torch.isin(labels, ids))
+    return torch.stack(channels, dim=1).float()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ def write_json(path: str | Path, data: dict | list) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_plain) + "\n")
+    tmp.write_text(json.dumps(_no_nan(data), indent=2, sort_keys=True, default=_plain, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -30,6 +31,17 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+def _no_nan(value: object) -> object:
+    """NaN and infinities become null: standard JSON has no NaN (DESIGN.md reports undefined HD95 so)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def _plain(value: object) -> object:

@@ -1,0 +1,28 @@
+"""Augmentation on the device, per sample, without host synchronisation.
+
+Flips and 90-degree rotations (the eight symmetries of the square: a random transpose, then random flips
+of each axis) apply to images ``[N, C, H, W]`` and targets alike; intensity scale and shift apply to the
+images' brain voxels only (background stays exactly 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
+                  scale: float = 0.1, shift: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomly transform a batch; square slices required (H == W)."""
+    n, c = images.shape[:2]
+    dev = images.device
+    coins = torch.rand((n, 3), generator=generator, device=dev) < 0.5
+    gains = 1.0 + scale * (2 * torch.rand((n, c, 1, 1), generator=generator, device=dev) - 1)
+    offsets = shift * (2 * torch.rand((n, c, 1, 1), generator=generator, device=dev) - 1)
+    both = torch.cat([images, targets.to(images.dtype)], dim=1)
+    both = torch.where(coins[:, 0, None, None, None], both.transpose(-1, -2), both)
+    both = torch.where(coins[:, 1, None, None, None], both.flip(-1), both)
+    both = torch.where(coins[:, 2, None, None, None], both.flip(-2), both)
+    images, targets = both[:, :c], both[:, c:].to(targets.dtype)
+    brain = images != 0
+    images = torch.where(brain, images * gains.to(images.dtype) + offsets.to(images.dtype), images)
+    return images, targets

@@ -1,0 +1,76 @@
+"""Model files and batched slice inference, shared by training (validation), evaluation and prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brats_seg.errors import UserError
+from brats_seg.models.unet import UNet, UNetConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBundle:
+    """A trained model and what is needed to use it: target regions, slice preprocessing, threshold."""
+
+    model: UNet
+    regions: tuple[str, ...]
+    slice_params: dict
+    threshold: float = 0.5
+
+
+def pick_device(requested: str) -> torch.device:
+    """``cpu``, ``cuda`` (fails without a GPU) or ``auto`` (GPU when present, else CPU with a warning)."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise UserError("train.device is 'cuda' but no CUDA GPU is available; set it to 'auto' to fall back "
+                        "to the CPU, or to 'cpu'.")
+    log.warning("no CUDA GPU available: running on the CPU")
+    return torch.device("cpu")
+
+
+def save_model(path: str | Path, model: UNet, regions: tuple[str, ...], slice_params: dict,
+               extra: dict | None = None) -> Path:
+    from brats_seg.checkpoint import save_checkpoint
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_checkpoint(path, {"state_dict": state, "config": dataclasses.asdict(model.config),
+                                  "regions": list(regions), "slice": slice_params, **(extra or {})})
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBundle:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist; train one first (dvc repro train).")
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    model = UNet(UNetConfig(**data["config"]))
+    model.load_state_dict(data["state_dict"])
+    model.to(device).eval()
+    return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)))
+
+
+@torch.no_grad()
+def predict_slices(model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 256,
+                   amp: bool = True) -> torch.Tensor:
+    """Sigmoid probabilities ``[N, R, H, W]`` (float16, on the model's device) for images ``[N, C, H, W]``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    data = torch.as_tensor(images)
+    out = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    with autocast:
+        for start in range(0, len(data), batch_size):
+            x = data[start:start + batch_size].to(device, non_blocking=True).float()
+            out.append(torch.sigmoid(model(x).float()).half())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, device=device, dtype=torch.float16)

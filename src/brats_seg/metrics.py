@@ -1,0 +1,88 @@
+"""Segmentation metrics, the only definitions (DESIGN.md).
+
+Per case in the original grid: Dice = 2TP/(2TP+FP+FN), IoU = TP/(TP+FP+FN), precision = TP/(TP+FP),
+recall = TP/(TP+FN), and HD95: the 95th percentile of the surface distances of both masks pooled together
+(surface = mask minus its 6-connected erosion; Euclidean distance transform with the voxel spacing, mm).
+
+Empty cases (BraTS rule): both empty -> Dice, IoU, precision, recall = 1; only one empty -> Dice, IoU = 0;
+no predicted voxels -> precision 1 if the reference is empty else 0; empty reference -> recall 1 if the
+prediction is empty else 0. HD95 with an empty mask is undefined: NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+METRICS = ("dice", "iou", "precision", "recall", "hd95")
+
+
+def confusion(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
+    """``(TP, FP, FN)`` of two boolean masks of one shape."""
+    if pred.shape != ref.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {ref.shape}")
+    pred, ref = pred.astype(bool), ref.astype(bool)
+    tp = int(np.count_nonzero(pred & ref))
+    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp
+
+
+def scores_from_counts(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Dice, IoU, precision and recall from counts, with the BraTS empty-case rules."""
+    ref_empty, pred_empty = tp + fn == 0, tp + fp == 0
+    if ref_empty and pred_empty:
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    return {
+        "dice": 2 * tp / (2 * tp + fp + fn),
+        "iou": tp / (tp + fp + fn),
+        "precision": (0.0 if not ref_empty else 1.0) if pred_empty else tp / (tp + fp),
+        "recall": (0.0 if not pred_empty else 1.0) if ref_empty else tp / (tp + fn),
+    }
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """Boundary voxels: the mask minus its erosion with the 6-connected (face) structuring element."""
+    mask = mask.astype(bool)
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> float:
+    """95th percentile of the pooled surface distances (mm) between two masks; NaN if either is empty."""
+    pred, ref = pred.astype(bool), ref.astype(bool)
+    if not pred.any() or not ref.any():
+        return math.nan
+    box = _bounding_box(pred | ref, pad=2)
+    sp, sr = surface(pred[box]), surface(ref[box])
+    to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)[sp]
+    to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)[sr]
+    return float(np.percentile(np.concatenate([to_ref, to_pred]), 95))
+
+
+def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    """Slices around the mask's voxels (plus ``pad``): distances between the masks don't change, the
+    distance transforms get much cheaper."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(idx[0]) - pad, 0), int(idx[-1]) + pad + 1))
+    return tuple(box)
+
+
+def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Every metric of DESIGN.md for one case and one region; also the voxel counts."""
+    tp, fp, fn = confusion(pred, ref)
+    return {**scores_from_counts(tp, fp, fn), "hd95": hd95(pred, ref, spacing),
+            "tp": tp, "fp": fp, "fn": fn}
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """Mean, median and standard deviation over cases, ignoring NaN; ``n_nan`` counts the NaN cases."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[~np.isnan(arr)]
+    if finite.size == 0:
+        return {"mean": math.nan, "median": math.nan, "std": math.nan, "n_nan": int(arr.size)}
+    return {"mean": float(finite.mean()), "median": float(np.median(finite)), "std": float(finite.std()),
+            "n_nan": int(arr.size - finite.size)}

@@ -1,0 +1,108 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Default store ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflow/artifacts``; the
+``MLFLOW_TRACKING_URI`` environment variable (read when a run starts, not at import) points everything at
+a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+import mlflow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
+DEFAULT_ARTIFACTS = "mlflow/artifacts"
+
+
+def tracking_uri() -> str:
+    """The tracking URI in force: ``MLFLOW_TRACKING_URI`` or the local sqlite store (made absolute)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    Path("mlflow").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('mlflow/mlflow.db').resolve()}"
+
+
+def use_experiment(name: str) -> str:
+    """Point mlflow at the tracking URI and the experiment ``name`` (created if needed); returns its id."""
+    local = not os.environ.get("MLFLOW_TRACKING_URI")  # before set_tracking_uri, which exports it
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        mlflow.set_experiment(name)
+        return experiment.experiment_id
+    location = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if local else None
+    experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(name)
+    return experiment_id
+
+
+class Run:
+    """An active MLflow run: thin methods so that library code never touches mlflow."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def log_params(self, params: dict) -> None:
+        mlflow.log_params({k: str(v) for k, v in _flatten(params).items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v}, step=step)  # NaN skipped
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, digest: str, context: str) -> None:
+        with warnings.catch_warnings():  # schema hints about integer columns and source resolution
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
+        mlflow.log_input(dataset, context=context)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        mlflow.log_dict(data, name)
+
+
+@contextlib.contextmanager
+def start_run(experiment: str, run_id: str | None = None, run_name: str | None = None) -> Iterator[Run]:
+    """Start (or, with ``run_id``, reopen) a run; it ends FINISHED, or FAILED if the block raises."""
+    use_experiment(experiment)
+    with mlflow.start_run(run_id=run_id, run_name=run_name) as active:
+        yield Run(active.info.run_id)
+
+
+def get_run(run_id: str) -> dict:
+    """A run's params, metrics and tags as plain dicts."""
+    mlflow.set_tracking_uri(tracking_uri())
+    run = mlflow.get_run(run_id)
+    return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
+            "status": run.info.status, "inputs": [d.dataset.digest for d in run.inputs.dataset_inputs]}
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    client = mlflow.tracking.MlflowClient(tracking_uri())
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,209 @@
+"""Training the U-Net: soft Dice (+ optional BCE), Adam, per-epoch validation and resumable checkpoints.
+
+The training set lives in device memory when it fits (else pinned host memory); batches are drawn and
+augmented on the device; losses are accumulated on the device and read once per epoch. A checkpoint with
+model, optimiser and RNG states is written atomically after every epoch; with ``resume`` an interrupted
+run continues from it and ends where an uninterrupted run would. The best weights by validation Dice
+(per case, in slice space) are the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from brats_seg.augment import augment_batch
+from brats_seg.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from brats_seg.data.dataset import SliceSet
+from brats_seg.data.labels import region_targets
+from brats_seg.errors import DataError
+from brats_seg.inference import pick_device, predict_slices
+from brats_seg.losses import segmentation_loss
+from brats_seg.models.unet import UNet, UNetConfig
+
+log = logging.getLogger(__name__)
+
+TARGET_REGIONS = {"wt": ("wt",), "regions": ("wt", "tc", "et")}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """params.yaml ``train`` section."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-4
+    bce_weight: float = 0.0
+    target: Literal["wt", "regions"] = "wt"
+    base: int = 32
+    depth: int = 4
+    norm: Literal["batch", "instance", "group", "none"] = "batch"
+    augment: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    resume: bool = True
+    threads: int = 0
+
+
+# Settings that do not change the result; a checkpoint written under other values is still resumable.
+_RUNTIME_ONLY = ("resume", "threads", "epochs")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: UNet
+    regions: tuple[str, ...]
+    history: list[dict]
+    best_epoch: int
+    device: str
+
+
+def fingerprint(params: TrainParams, train_set: SliceSet, seed: int) -> str:
+    """Identifies a training run: settings that shape the result, the seed and the training data."""
+    settings = {k: v for k, v in dataclasses.asdict(params).items() if k not in _RUNTIME_ONLY}
+    h = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode())
+    h.update(np.ascontiguousarray(train_set.labels[:, ::8, ::8]).tobytes())
+    h.update(str(train_set.images.shape).encode())
+    return h.hexdigest()[:16]
+
+
+def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, seed: int, checkpoint: Path,
+                slice_channels: int, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train from scratch or resume from ``checkpoint``; returns the best model by validation Dice."""
+    regions = TARGET_REGIONS[params.target]
+    _check_tumour(train_set, "train")
+    _check_tumour(val_set, "val")
+    device = pick_device(params.device)
+    if params.threads > 0:
+        torch.set_num_threads(params.threads)
+    torch.manual_seed(seed)
+    config = UNetConfig(in_channels=slice_channels, out_channels=len(regions), base=params.base,
+                        depth=params.depth, norm=params.norm)
+    fmt = torch.channels_last if params.channels_last else torch.contiguous_format
+    model = UNet(config).to(device, memory_format=fmt)
+    optimiser = torch.optim.Adam(model.parameters(), lr=params.lr, fused=device.type == "cuda")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    state = {"epoch": 0, "history": [], "best": {"dice": -1.0, "epoch": 0, "weights": None}}
+    saved = load_checkpoint(checkpoint) if params.resume else None
+    if saved is not None and saved.get("fingerprint") == fingerprint(params, train_set, seed):
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        restore_rng(saved["rng"], generator)
+        state = {k: saved[k] for k in ("epoch", "history", "best")}
+        log.info("resuming from the checkpoint after epoch %d of %d", state["epoch"], params.epochs)
+    step = _make_step(model, optimiser, params, device)
+    train_data = _DeviceData(train_set, regions, device)
+    for epoch in range(state["epoch"], params.epochs):
+        train_loss = _train_epoch(step, train_data, params, generator, epoch)
+        metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.amp)}
+        state["history"].append({"epoch": epoch + 1, **metrics})
+        if metrics["val_dice"] > state["best"]["dice"]:
+            weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["best"] = {"dice": metrics["val_dice"], "epoch": epoch + 1, "weights": weights}
+        state["epoch"] = epoch + 1
+        save_checkpoint(checkpoint, {**state, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                     "rng": rng_state(generator), "fingerprint": fingerprint(params, train_set, seed)})
+        log.info("epoch %d/%d: %s", epoch + 1, params.epochs, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        if on_epoch:
+            on_epoch(epoch + 1, metrics)
+    best = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
+    if state["best"]["weights"] is not None:
+        best.load_state_dict(state["best"]["weights"])
+    return TrainResult(best.eval(), regions, state["history"], state["best"]["epoch"], str(device))
+
+
+def _check_tumour(data: SliceSet, split: str) -> None:
+    if not np.any(data.labels):
+        raise DataError(f"the {split} split has no slice with tumour, so nothing can be learnt or measured; "
+                        f"add cases with tumours or change slice.split / base.seed.")
+
+
+class _DeviceData:
+    """Training images and labels on the device (or pinned host memory when they don't fit)."""
+
+    def __init__(self, data: SliceSet, regions: tuple[str, ...], device: torch.device) -> None:
+        self.regions, self.device = regions, device
+        images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if images.nbytes + labels.nbytes < 0.5 * free:
+                images, labels = images.to(device), labels.to(device)
+            else:
+                log.info("training set (%.1f GB) kept in pinned host memory", images.nbytes / 1e9)
+                images, labels = images.pin_memory(), labels.pin_memory()
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.images.device)
+        x = self.images[idx].to(self.device, non_blocking=True).float()
+        y = region_targets(self.labels[idx].to(self.device, non_blocking=True), self.regions)
+        return x, y
+
+
+def _make_step(model: UNet, optimiser: torch.optim.Optimizer, params: TrainParams,
+               device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    use_amp = params.amp and device.type == "cuda"
+    fmt = torch.channels_last if params.channels_last else torch.contiguous_format
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            return segmentation_loss(model(x.contiguous(memory_format=fmt)), y, params.bce_weight)
+
+    compiled = torch.compile(forward_loss) if params.compile else forward_loss
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        optimiser.zero_grad(set_to_none=True)
+        loss = compiled(x, y)
+        loss.backward()
+        optimiser.step()
+        return loss.detach()
+
+    return step
+
+
+def _train_epoch(step: Callable, data: _DeviceData, params: TrainParams, generator: torch.Generator,
+                 epoch: int) -> float:
+    batch = min(params.batch_size, len(data))
+    n_steps = len(data) // batch  # the last partial batch is dropped: static shapes for torch.compile
+    order = torch.randperm(len(data), generator=generator, device=data.device)
+    total = torch.zeros((), device=data.device)
+    for s in tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{params.epochs}", unit="batch", leave=False):
+        x, y = data.batch(order[s * batch:(s + 1) * batch])
+        if params.augment:
+            x, y = augment_batch(x, y, generator)
+        total += step(x, y)
+    return float(total / n_steps)  # one host synchronisation per epoch
+
+
+def validate(model: UNet, data: SliceSet, regions: tuple[str, ...], amp: bool = True) -> dict[str, float]:
+    """Validation loss and Dice: per case in slice space (mean over cases), and over all slices pooled."""
+    device = next(model.parameters()).device
+    probs = predict_slices(model, data.images, amp=amp)
+    target = region_targets(torch.from_numpy(data.labels).to(device), regions)
+    loss = float(segmentation_loss(torch.logit(probs.float().clamp(1e-6, 1 - 1e-6)), target))
+    pred = probs > 0.5
+    _, case_idx = np.unique(data.case_ids, return_inverse=True)
+    case_idx = torch.from_numpy(case_idx).to(device)
+    n_cases = int(case_idx.max()) + 1
+    tp = torch.zeros(n_cases, device=device).index_add_(0, case_idx, (pred & (target > 0)).float().sum((1, 2, 3)))
+    ps = torch.zeros(n_cases, device=device).index_add_(0, case_idx, pred.float().sum((1, 2, 3)))
+    ts = torch.zeros(n_cases, device=device).index_add_(0, case_idx, target.sum((1, 2, 3)))
+    per_case = torch.where(ps + ts > 0, 2 * tp / (ps + ts).clamp(min=1), torch.ones_like(tp))
+    pooled = float(2 * tp.sum() / (ps.sum() + ts.sum()).clamp(min=1))
+    return {"val_loss": loss, "val_dice": float(per_case.mean()), "val_dice_pooled": pooled}
