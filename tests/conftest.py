@@ -119,6 +119,7 @@ TINY_PARAMS = {
     "download": {"workers": 1, "synthetic": {"n_cases": 5, "shape": list(TINY_SHAPE), "tumour_free_fraction": 0.2}},
     "validate": {"workers": 1},
     "slice": {"size": 32, "workers": 1},
+    "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "base": 8, "depth": 2, "threads": 1},
 }
 
 
@@ -132,6 +133,7 @@ def _merge(base: dict, override: dict) -> dict:
 def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with the project's virtualenv first on PATH (as `make` does)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own local store
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -47,3 +47,36 @@ def test_a_bad_param_stops_the_stage_with_one_sentence(dvc_project):
     proc = run_cmd(["dvc", "repro", "download", "validate", "slice"], dvc_project.path, check=False)
     assert proc.returncode != 0
     assert "error: params.yaml: slice.sise is not a known key" in proc.stderr + proc.stdout
+
+
+def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatch):
+    repo = dvc_project.path
+    run_cmd(["dvc", "repro", "evaluate"], repo)
+    report = json.loads((repo / "reports" / "eval.json").read_text())
+    assert report["n_cases"] >= 1 and 0.0 <= report["wt"]["dice_mean"] <= 1.0
+    cases = pd.read_csv(repo / "reports" / "eval_cases.csv")
+    assert set(cases.columns) >= {"case_id", "dice", "iou", "precision", "recall", "hd95"}
+    assert {p.name for p in (repo / "reports" / "overlays").iterdir()} == {"best.png", "median.png", "worst.png"}
+    train = json.loads((repo / "reports" / "train.json").read_text())
+
+    import yaml
+
+    from brats_seg import tracking
+
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tracking.get_run(train["run_id"])
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    head = run_cmd(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert run["tags"]["git_commit"] == head and run["tags"]["git_dirty"] in ("true", "false")
+    assert run["tags"]["dvc_raw_md5"] == lock["download"]["outs"][0]["md5"]
+    assert run["tags"]["dvc_slices_md5"] == lock["slice"]["outs"][0]["md5"]
+    assert run["inputs"] == [run["tags"]["slice_index_digest"][:36]]
+    assert [step for step, _ in tracking.metric_history(train["run_id"], "val_dice")] == [1, 2]
+    assert run["params"]["train.lr"] == "0.003" and run["params"]["slice.size"] == "32"
+    assert run["metrics"]["test_wt_dice_mean"] == pytest.approx(report["wt"]["dice_mean"])
+    artifacts = {p.name for p in (repo / "mlflow" / "artifacts").rglob("*") if p.is_file()}
+    assert {"train_curve.png", "train_curve.csv", "eval.json", "model_config.json", "best.png"} <= artifacts
+
+    again = run_cmd(["dvc", "repro", "evaluate"], repo)
+    assert "Running stage" not in again.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from brats_seg.config import BaseParams, load_section, read_params
 from brats_seg.errors import UserError, exit_on_user_error
-from brats_seg.io.tables import read_json
+from brats_seg.io.tables import json_safe, read_json
 
 
 def summary(params_path: str = "params.yaml") -> str:
@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="summarise the pipeline's current outputs")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--json", action="store_true", help="print the metrics files as JSON instead")
+    p = sub.add_parser("score", help="score a predicted label map or mask against a reference (JSON)")
+    p.add_argument("--ref", required=True, help="reference label map (.nii.gz)")
+    p.add_argument("--pred", required=True, help="prediction: a label map, or a binary whole-tumour mask")
+    p.add_argument("--labels", choices=["brats2020", "brats2023"], default="brats2020",
+                   help="label convention of both files (brats2023: enhancing tumour is 3)")
     return parser
 
 
@@ -54,7 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "summary":
+    if args.command == "score":
+        from brats_seg.scoring import score_files
+
+        scores = score_files(args.ref, args.pred, args.labels)
+        sys.stdout.write(json.dumps(json_safe(scores), indent=2) + "\n")
+    elif args.command == "summary":
         if args.json:
             base = load_section(BaseParams, read_params(args.params), "base")
             paths = (base.validation_metrics, f"{base.slices_dir}/meta.json")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brats_seg.data.dataset import load_split
 from brats_seg.data.labels import region_mask
 from brats_seg.data.preprocess import CaseGeometry, restore_labels
 from brats_seg.data.slicing import SliceParams, run_slice, split_cases
@@ -52,6 +53,9 @@ def test_slice_stage_outputs(tmp_path):
     free = cases.set_index("case_id").loc["BraTS20_Synthetic_006"]
     n_rows = int((index["case_id"] == "BraTS20_Synthetic_006").sum())
     assert free["n_slices"] == n_rows and (n_rows == 0) == (free["split"] == "train")
+    assert all(index[c].dtype == np.int64 for c in ("z", "row", "tumour_pixels", "brain_pixels"))
+    for split in ("train", "val", "test"):
+        assert len(load_split(tmp_path / "slices", split)) == meta["slices"][split]
     assert meta["cases"] == {"train": 4, "val": 1, "test": 1}
     # training slices without tumour dropped at keep_empty_fraction=0; every brain slice kept elsewhere
     train = index[index["split"] == "train"]

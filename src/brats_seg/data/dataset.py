@@ -48,7 +48,8 @@ def load_split(slices_dir: str | Path, split: str, index: pd.DataFrame | None = 
     images, labels = [], []
     for shard, group in rows.groupby("shard", sort=False):
         data = read_shard(Path(slices_dir) / shard)
-        images.append(data["images"][group["row"].to_numpy()])
-        labels.append(data["labels"][group["row"].to_numpy()])
+        rows_in_shard = group["row"].to_numpy(dtype=np.int64)
+        images.append(data["images"][rows_in_shard])
+        labels.append(data["labels"][rows_in_shard])
     return SliceSet(np.concatenate(images), np.concatenate(labels), rows["case_id"].to_numpy(),
                     rows["z"].to_numpy())

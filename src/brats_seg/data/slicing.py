@@ -130,7 +130,8 @@ def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, 
     jobs = [_Job(Path(raw_dir) / c, splits[c]) for c in sorted(splits)]
     work = functools.partial(slice_case, params=params, seed=seed, shard_dir=shard_dir)
     results = run_parallel(work, jobs, params.workers, desc="slice cases")
-    index = pd.concat([pd.DataFrame(r["index"]) for r in results], ignore_index=True)
+    index = pd.concat([pd.DataFrame(r["index"]) for r in results], ignore_index=True).astype(
+        {"z": "int64", "row": "int64", "tumour_pixels": "int64", "brain_pixels": "int64"})  # empty cases: object
     cases = pd.DataFrame([r["case"] for r in results])
     write_parquet(index, out_dir / "index.parquet")
     write_parquet(cases, out_dir / "cases.parquet")

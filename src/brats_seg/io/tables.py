@@ -15,7 +15,7 @@ def write_json(path: str | Path, data: dict | list) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_no_nan(data), indent=2, sort_keys=True, default=_plain, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=True, default=_plain, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -33,14 +33,14 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _no_nan(value: object) -> object:
+def json_safe(value: object) -> object:
     """NaN and infinities become null: standard JSON has no NaN (DESIGN.md reports undefined HD95 so)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_no_nan(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
+
+from brats_seg.metrics import case_metrics, hd95, scores_from_counts, summarise, surface
+
+# (tp, fp, fn) -> expected dice, iou, precision, recall, computed by hand. DESIGN.md's empty-case rules:
+# both empty -> all 1; recall with an empty reference = 1 if the prediction is empty else 0; precision with
+# no predicted voxels = 1 if the reference is empty else 0.
+TABLE = [
+    ((0, 0, 0), (1.0, 1.0, 1.0, 1.0)),          # both empty
+    ((0, 5, 0), (0.0, 0.0, 0.0, 0.0)),          # reference empty, prediction not
+    ((0, 0, 5), (0.0, 0.0, 0.0, 0.0)),          # prediction empty, reference not
+    ((3, 1, 2), (6 / 9, 3 / 6, 3 / 4, 3 / 5)),
+    ((10, 0, 0), (1.0, 1.0, 1.0, 1.0)),
+    ((1, 3, 0), (2 / 5, 1 / 4, 1 / 4, 1.0)),
+]
+
+
+@pytest.mark.parametrize(("counts", "expected"), TABLE)
+def test_scores_match_the_hand_computed_table(counts, expected):
+    got = scores_from_counts(*counts)
+    assert [got[k] for k in ("dice", "iou", "precision", "recall")] == pytest.approx(list(expected))
+
+
+def test_agreement_with_scikit_learn_on_random_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ref = rng.random((12, 12, 6)) < rng.uniform(0.05, 0.5)
+        pred = rng.random((12, 12, 6)) < rng.uniform(0.05, 0.5)
+        got = case_metrics(pred, ref)
+        r, p = ref.ravel(), pred.ravel()
+        assert got["dice"] == pytest.approx(f1_score(r, p), abs=1e-6)
+        assert got["iou"] == pytest.approx(jaccard_score(r, p), abs=1e-6)
+        assert got["precision"] == pytest.approx(precision_score(r, p), abs=1e-6)
+        assert got["recall"] == pytest.approx(recall_score(r, p), abs=1e-6)
+
+
+def test_surface_is_mask_minus_six_connected_erosion():
+    cube = np.zeros((7, 7, 7), bool)
+    cube[1:6, 1:6, 1:6] = True
+    shell = surface(cube)
+    assert shell.sum() == 5**3 - 3**3 and not shell[3, 3, 3] and shell[1, 1, 1]
+
+
+def test_hd95_on_shapes_with_known_distances():
+    a = np.zeros((20, 20, 20), bool)
+    b = np.zeros_like(a)
+    a[5, 5, 5], b[5, 5, 12] = True, True
+    assert hd95(a, b) == pytest.approx(7.0)
+    assert hd95(a, b, spacing=(1.0, 1.0, 2.5)) == pytest.approx(17.5)
+    # two parallel slabs 3 voxels apart: every surface voxel of one is 3 voxels from the other's surface
+    a, b = np.zeros((30, 30, 30), bool), np.zeros((30, 30, 30), bool)
+    a[:, :, 10], b[:, :, 13] = True, True
+    assert hd95(a, b) == pytest.approx(3.0)
+    assert hd95(a, a) == 0.0
+
+
+def test_hd95_with_an_empty_mask_is_nan():
+    a = np.zeros((5, 5, 5), bool)
+    b = a.copy()
+    b[2, 2, 2] = True
+    assert math.isnan(hd95(a, b)) and math.isnan(hd95(a, a))
+
+
+def _reference_hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Brute force: pooled nearest-neighbour distances between surface voxel centres (a KD-tree)."""
+    structure = ndimage.generate_binary_structure(3, 1)
+    sa = np.argwhere(a & ~ndimage.binary_erosion(a, structure)) * spacing
+    sb = np.argwhere(b & ~ndimage.binary_erosion(b, structure)) * spacing
+    d_ab, _ = cKDTree(sb).query(sa)
+    d_ba, _ = cKDTree(sa).query(sb)
+    return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
+
+
+def test_hd95_agrees_with_a_brute_force_reference_on_random_blobs():
+    rng = np.random.default_rng(1)
+    for spacing in ((1.0, 1.0, 1.0), (0.8, 0.8, 2.0)):
+        for _ in range(5):
+            a = ndimage.binary_dilation(rng.random((24, 24, 16)) < 0.01, iterations=2)
+            b = ndimage.binary_dilation(rng.random((24, 24, 16)) < 0.01, iterations=2)
+            assert hd95(a, b, spacing) == pytest.approx(_reference_hd95(a, b, spacing), abs=1e-6)
+
+
+def test_summary_ignores_and_counts_nan():
+    s = summarise([1.0, math.nan, 3.0])
+    assert s == {"mean": 2.0, "median": 2.0, "std": 1.0, "n_nan": 1}

@@ -1,0 +1,97 @@
+"""Training on CPU on a tiny synthetic cohort: learning, kill-and-resume, the MLflow record."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from brats_seg.checkpoint import load_checkpoint
+from brats_seg.data.dataset import load_split
+from brats_seg.data.slicing import SliceParams, run_slice
+from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
+from brats_seg.errors import DataError
+from brats_seg.train import TrainParams, train_model
+from tests.conftest import write_synthetic_cohort
+
+PARAMS = TrainParams(epochs=2, batch_size=8, lr=3e-3, base=8, depth=2, threads=1, augment=True)
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    write_synthetic_cohort(root / "raw", 8, shape=(64, 64, 24), tumour_free=(8,))
+    run_validate(ValidateParams(workers=1), root / "raw", root / "m.parquet", root / "rep", root / "v.json")
+    run_slice(SliceParams(size=32, workers=1, keep_empty_fraction=0.2, split=(0.6, 0.2, 0.2)), root / "raw",
+              read_manifest(root / "m.parquet"), root / "slices", seed=0)
+    return root / "slices"
+
+
+def _train(slices: Path, params: TrainParams, checkpoint: Path):
+    return train_model(params, load_split(slices, "train"), load_split(slices, "val"), seed=0,
+                       checkpoint=checkpoint, slice_channels=4)
+
+
+def test_two_epochs_lower_the_loss_and_raise_validation_dice(slices, tmp_path):
+    result = _train(slices, PARAMS, tmp_path / "ckpt.pt")
+    first, second = result.history
+    assert second["train_loss"] < first["train_loss"]
+    assert second["val_dice"] > first["val_dice"]
+    assert result.best_epoch == 2 and result.regions == ("wt",)
+
+
+def test_regions_target_has_three_channels(slices, tmp_path):
+    result = _train(slices, dataclasses.replace(PARAMS, epochs=1, target="regions"), tmp_path / "c.pt")
+    assert result.model.config.out_channels == 3 and result.regions == ("wt", "tc", "et")
+
+
+_KILLED = """
+import sys
+from pathlib import Path
+from brats_seg.data.dataset import load_split
+from brats_seg.train import TrainParams, train_model
+slices, ckpt = Path(sys.argv[1]), Path(sys.argv[2])
+params = TrainParams(epochs=int(sys.argv[3]), batch_size=8, lr=3e-3, base=8, depth=2, threads=1)
+train_model(params, load_split(slices, "train"), load_split(slices, "val"), 0, ckpt, 4)
+"""
+
+
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(slices, tmp_path):
+    epochs = 8
+    params = dataclasses.replace(PARAMS, epochs=epochs, augment=True)
+    ckpt = tmp_path / "killed.pt"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(slices), str(ckpt), str(epochs)])
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(ckpt)["epoch"]
+    assert 1 <= done < epochs, "the kill should land after the first checkpoint and before the end"
+    resumed = _train(slices, params, ckpt)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, epochs + 1))
+    straight = _train(slices, params, tmp_path / "straight.pt")
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.history == straight.history
+
+
+def test_no_tumour_in_a_split_is_one_sentence(slices, tmp_path):
+    train = load_split(slices, "train")
+    empty = dataclasses.replace(train, labels=train.labels * 0)
+    with pytest.raises(DataError, match="the train split has no slice with tumour"):
+        train_model(PARAMS, empty, load_split(slices, "val"), 0, tmp_path / "c.pt", 4)
+
+
+def test_cuda_requested_but_absent_fails_clearly(slices, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(Exception, match="train.device is 'cuda' but no CUDA GPU is available"):
+        _train(slices, dataclasses.replace(PARAMS, device="cuda"), tmp_path / "c.pt")
