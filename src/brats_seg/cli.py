@@ -34,9 +34,33 @@ def summary(params_path: str = "params.yaml") -> str:
         p = meta["params"]
         lines.append(f"  slice    : {p['size']}x{p['size']} x {len(p['modalities'])} modalities; {per}")
         lines.append(f"             split digest {meta['split_digest'][:12]}")
+    if Path(base.train_report).is_file():
+        t = read_json(base.train_report)
+        lines.append(f"  train    : {t['epochs']} epochs on {t['device']}, {t['train_slices']} slices; best validation "
+                     f"Dice {t['best_val_dice']:.3f} (epoch {t['best_epoch']}); MLflow run {t['run_id']}")
+    if Path(base.eval_report).is_file() and Path(base.eval_cases).is_file():
+        lines.extend(_eval_lines(base))
     if len(lines) == 1:
         raise UserError("no pipeline outputs yet; run `dvc repro` (or `make demo`) first.")
     return "\n".join(lines)
+
+
+def _eval_lines(base: BaseParams) -> list[str]:
+    import pandas as pd
+
+    report = read_json(base.eval_report)
+    cases = pd.read_csv(base.eval_cases)
+    lines = [f"  evaluate : {report['n_cases']} test cases, per patient in the original grid:"]
+    for row in cases.to_dict("records"):
+        hd = "n/a" if pd.isna(row["hd95"]) else f"{row['hd95']:.1f} mm"
+        lines.append(f"             {row['case_id']:<28} {row['region'].upper()} Dice {row['dice']:.3f}  "
+                     f"HD95 {hd}  (tumour {row['ref_voxels']} voxels)")
+    for region, stats in report.items():
+        if isinstance(stats, dict):
+            lines.append(f"             {region.upper()} mean Dice {stats['dice_mean']:.3f}, median "
+                         f"{stats['dice_median']:.3f} (slice-level mean, not comparable: "
+                         f"{stats['slice_level_dice_mean']:.3f})")
+    return lines
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "summary":
         if args.json:
             base = load_section(BaseParams, read_params(args.params), "base")
-            paths = (base.validation_metrics, f"{base.slices_dir}/meta.json")
+            paths = (base.validation_metrics, f"{base.slices_dir}/meta.json", base.train_report, base.eval_report)
             out = {p: read_json(p) for p in paths if Path(p).is_file()}
             sys.stdout.write(json.dumps(out, indent=2) + "\n")
         else:
