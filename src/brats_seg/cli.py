@@ -75,7 +75,60 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, help="prediction: a label map, or a binary whole-tumour mask")
     p.add_argument("--labels", choices=["brats2020", "brats2023"], default="brats2020",
                    help="label convention of both files (brats2023: enhancing tumour is 3)")
+    p = sub.add_parser("predict", help="segment new cases: binary whole-tumour masks on each input's grid")
+    p.add_argument("cases", nargs="+", metavar="CASE_DIR", help="folders holding cases in any supported naming")
+    p.add_argument("--model", default=None, help="models:/NAME@ALIAS or a model file (default: "
+                   "models:/brats-unet@champion)")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("promote", help="promote the challenger to champion when it is better")
+    p.add_argument("--model", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--version", default=None, help="version to consider (default: the challenger alias)")
+    p.add_argument("--force", action="store_true", help="promote without the comparison")
+    p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("lineage", help="trace a registered model to its code, params, data and metrics")
+    p.add_argument("model_uri", metavar="MODEL_URI", help="e.g. models:/brats-unet@champion")
+    p.add_argument("--verify", action="store_true", help="fail when the workspace data no longer matches")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("params", help="set values in params.yaml (like dvc exp run -S, without running)")
+    p.add_argument("action", choices=["set"])
+    p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--params", default="params.yaml")
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "predict":
+        from brats_seg.predict import predict_dirs
+
+        for r in predict_dirs(args.cases, args.model, args.out, args.device):
+            sys.stdout.write(f"{r['case_id']}: tumour {r['tumour_ml']:.1f} ml -> {r['mask']}\n")
+    elif args.command == "promote":
+        from brats_seg.promotion import PromoteParams, promote
+        from brats_seg.runs import RegisterParams
+
+        params = read_params(args.params)
+        name = args.model or load_section(RegisterParams, params, "register").model_name
+        record = promote(name, load_section(PromoteParams, params, "promote"), args.version, args.force)
+        sys.stdout.write(json.dumps(json_safe(record), indent=2) + "\n")
+    elif args.command == "lineage":
+        from brats_seg.lineage import format_chain, lineage, verify
+
+        chain = lineage(args.model_uri)
+        sys.stdout.write((json.dumps(chain, indent=2) if args.json else format_chain(chain)) + "\n")
+        if args.verify:
+            drift = verify(chain, load_section(BaseParams, read_params(args.params), "base"))
+            for line in drift:
+                sys.stdout.write(f"DRIFT    {line}\n")
+            sys.stdout.write("verify   workspace matches the model's data\n" if not drift else "")
+            return 1 if drift else 0
+    elif args.command == "params":
+        from brats_seg.config import set_params
+
+        for key, value in set_params(args.params, args.assignments).items():
+            sys.stdout.write(f"{key} = {value}\n")
+    return 0
 
 
 @exit_on_user_error
@@ -83,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command not in ("score", "summary"):
+        raise SystemExit(_run(args))
     if args.command == "score":
         from brats_seg.scoring import score_files
 

@@ -134,6 +134,7 @@ class BaseParams:
     eval_report: str = "reports/eval.json"
     eval_cases: str = "reports/eval_cases.csv"
     overlays_dir: str = "reports/overlays"
+    registered_report: str = "reports/registered.json"
     experiment: str = "brats-seg"
 
 
@@ -149,3 +150,34 @@ def stage_params(description: str, argv: list[str] | None = None) -> dict[str, A
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return read_params(args.params)
+
+
+def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
+    """Apply ``KEY=VALUE`` assignments (dotted keys, YAML values) to a params file, keeping its comments.
+
+    The same edit ``dvc exp run -S`` makes; returns the new values. Unknown keys are refused.
+    """
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    path = Path(path)
+    doc = yaml_rt.load(path.read_text())
+    changed = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"'{item}' is not KEY=VALUE (for example train.epochs=5).")
+        *parents, leaf = key.split(".")
+        node = doc
+        for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
+            node = node[part]
+        if not isinstance(node, dict) or leaf not in node:
+            raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
+        node[leaf] = yaml.safe_load(raw)
+        changed[key] = node[leaf]
+    with open(path, "w") as fh:
+        yaml_rt.dump(doc, fh)
+    return changed

@@ -86,3 +86,40 @@ def evaluate_stage(base: BaseParams, device: str = "auto", split: str = "test") 
         for path in overlays:
             run.log_artifact(path, "overlays")
     return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisterParams:
+    """params.yaml ``register`` section."""
+
+    model_name: str = "brats-unet"
+    alias: str = "challenger"
+
+
+def register_stage(params: RegisterParams, base: BaseParams) -> dict:
+    """Log the trained model with mlflow.pytorch and register it as a new version with alias ``challenger``."""
+    import numpy as np
+    import torch
+
+    bundle = load_model(base.model)
+    train = read_json(base.train_report)
+    evaluation = read_json(base.eval_report)
+    run = tracking.get_run(train["run_id"])
+    test = load_split(base.slices_dir, "test")
+    example = test.images[:1].astype(np.float32)
+    with torch.no_grad():
+        output = torch.sigmoid(bundle.model(torch.from_numpy(example))).numpy()
+    tags = {key: run["tags"][key] for key in ("git_commit", "git_dirty", "dvc_raw_md5", "dvc_slices_md5",
+                                              "split_digest", "slice_index_digest") if key in run["tags"]}
+    for region, stats in evaluation.items():
+        if isinstance(stats, dict):
+            tags[f"test_{region}_dice_mean"] = f"{stats['dice_mean']:.6f}"
+            tags[f"test_{region}_hd95_median"] = f"{stats['hd95_median']}"
+    tags["run_id"] = train["run_id"]
+    metadata = {"regions": list(bundle.regions), "slice": bundle.slice_params, "threshold": bundle.threshold}
+    record = tracking.register_model(train["run_id"], bundle.model, params.model_name, example, output, metadata,
+                                     tags, params.alias)
+    record["test_wt_dice_mean"] = evaluation.get("wt", {}).get("dice_mean")
+    write_json(base.registered_report, record)
+    log.info("registered %s version %s as @%s", record["name"], record["version"], params.alias)
+    return record

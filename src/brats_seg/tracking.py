@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import mlflow
@@ -67,7 +68,7 @@ class Run:
         with warnings.catch_warnings():  # schema hints about integer columns and source resolution
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
-        mlflow.log_input(dataset, context=context)
+            mlflow.log_input(dataset, context=context)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
@@ -106,3 +107,70 @@ def _flatten(data: dict, prefix: str = "") -> dict:
         else:
             out[name] = value
     return out
+
+
+# --- model registry ---------------------------------------------------------------------------------
+
+def _client() -> mlflow.MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.MlflowClient(tracking_uri())
+
+
+def register_model(run_id: str, model: object, name: str, input_example: np.ndarray, output_example: np.ndarray,
+                   metadata: dict, tags: dict[str, str], alias: str) -> dict:
+    """Log ``model`` with mlflow.pytorch in run ``run_id`` (signature, input example, metadata), register a
+    new version of ``name`` with ``tags`` and point ``alias`` at it."""
+    import torch
+    from mlflow.models import infer_signature
+
+    client = _client()
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pytorch.log_model(
+            model, name="model", signature=infer_signature(input_example, output_example),
+            input_example=input_example, metadata=metadata, serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "brats-seg"])
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, alias, version.version)
+    return {"name": name, "version": str(version.version), "alias": alias, "run_id": run_id,
+            "model_uri": f"models:/{name}/{version.version}"}
+
+
+def model_version(name: str, version: str | None = None, alias: str | None = None) -> dict | None:
+    """``{"version", "run_id", "tags", "aliases", "source"}`` of a model version, or None when absent."""
+    client = _client()
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags),
+            "aliases": list(mv.aliases), "source": mv.source}
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    _client().set_registered_model_alias(name, alias, version)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def parse_model_uri(uri: str) -> dict:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> ``{"name", "alias"|"version"}``."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"not a registry URI: {uri}")
+    rest = uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return {"name": name, "alias": alias}
+    name, _, version = rest.partition("/")
+    return {"name": name, "version": version or None}
+
+
+def load_registered_model(uri: str, device: str = "cpu") -> tuple[object, dict]:
+    """The PyTorch model behind a registry URI, and the metadata logged with it."""
+    mlflow.set_tracking_uri(tracking_uri())
+    model = mlflow.pytorch.load_model(uri, map_location=device)
+    return model, dict(mlflow.models.get_model_info(uri).metadata or {})

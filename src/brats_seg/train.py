@@ -104,8 +104,8 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
         restore_rng(saved["rng"], generator)
         state = {k: saved[k] for k in ("epoch", "history", "best")}
         log.info("resuming from the checkpoint after epoch %d of %d", state["epoch"], params.epochs)
-    step = _make_step(model, optimiser, params, device)
-    train_data = _DeviceData(train_set, regions, device)
+    step = make_step(model, optimiser, params, device)
+    train_data = DeviceData(train_set, regions, device)
     for epoch in range(state["epoch"], params.epochs):
         train_loss = _train_epoch(step, train_data, params, generator, epoch)
         metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.amp)}
@@ -131,7 +131,7 @@ def _check_tumour(data: SliceSet, split: str) -> None:
                         f"add cases with tumours or change slice.split / base.seed.")
 
 
-class _DeviceData:
+class DeviceData:
     """Training images and labels on the device (or pinned host memory when they don't fit)."""
 
     def __init__(self, data: SliceSet, regions: tuple[str, ...], device: torch.device) -> None:
@@ -156,7 +156,7 @@ class _DeviceData:
         return x, y
 
 
-def _make_step(model: UNet, optimiser: torch.optim.Optimizer, params: TrainParams,
+def make_step(model: UNet, optimiser: torch.optim.Optimizer, params: TrainParams,
                device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     use_amp = params.amp and device.type == "cuda"
     fmt = torch.channels_last if params.channels_last else torch.contiguous_format
@@ -177,7 +177,7 @@ def _make_step(model: UNet, optimiser: torch.optim.Optimizer, params: TrainParam
     return step
 
 
-def _train_epoch(step: Callable, data: _DeviceData, params: TrainParams, generator: torch.Generator,
+def _train_epoch(step: Callable, data: DeviceData, params: TrainParams, generator: torch.Generator,
                  epoch: int) -> float:
     batch = min(params.batch_size, len(data))
     n_steps = len(data) // batch  # the last partial batch is dropped: static shapes for torch.compile

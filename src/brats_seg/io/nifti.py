@@ -82,3 +82,29 @@ def _meta(img: nib.spatialimages.SpatialImage) -> Meta:
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return Meta(affine=np.asarray(img.affine, dtype=np.float64), spacing=zooms,
                 dtype=str(img.get_data_dtype()), shape=tuple(int(s) for s in img.shape))
+
+
+def write_like(path: str | Path, data: np.ndarray, reference: str | Path) -> Path:
+    """Write ``data`` ``(X, Y, Z)`` on the grid of the NIfTI file ``reference``: same affine, sform and
+    qform codes and voxel sizes (a 4D reference gives its first three axes). Atomic like write_nifti."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ref = nib.load(str(reference))
+    if tuple(ref.shape[:3]) != data.shape:
+        raise ValueError(f"data shape {data.shape} is not the reference grid {ref.shape[:3]}")
+    header = ref.header.copy()
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(data.dtype)
+    img = nib.Nifti1Image(data, ref.affine, header)
+    img.header.set_slope_inter(1.0, 0.0)
+    sform, scode = ref.header.get_sform(coded=True)
+    qform, qcode = ref.header.get_qform(coded=True)
+    img.set_sform(sform if sform is not None else ref.affine, code=int(scode))
+    img.set_qform(qform if qform is not None else ref.affine, code=int(qcode))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,84 @@
+"""Lineage of a registered model: version -> run -> git commit -> parameters -> data hashes -> metrics,
+and a check that the workspace still matches what produced it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from brats_seg import tracking
+from brats_seg.config import BaseParams
+from brats_seg.errors import UserError
+from brats_seg.provenance import dvc_lock_hashes, git_state
+
+
+def lineage(uri: str) -> dict:
+    """The chain behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    try:
+        ref = tracking.parse_model_uri(uri)
+    except ValueError:
+        raise UserError(f"{uri} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION.") from None
+    version = tracking.model_version(ref["name"], version=ref.get("version"), alias=ref.get("alias"))
+    if version is None:
+        raise UserError(f"{uri} does not exist in the registry at {tracking.tracking_uri()}; list versions with "
+                        f"`mlflow ui` or register one (dvc repro register).")
+    run = tracking.get_run(version["run_id"])
+    tags = run["tags"]
+    return {
+        "model": {"uri": uri, "name": ref["name"], "version": version["version"], "aliases": version["aliases"]},
+        "run": {"id": version["run_id"], "status": run["status"]},
+        "code": {"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty")},
+        "params": run["params"],
+        "data": {"raw_md5": tags.get("dvc_raw_md5"), "slices_md5": tags.get("dvc_slices_md5"),
+                 "split_digest": tags.get("split_digest"), "slice_index_digest": tags.get("slice_index_digest")},
+        "metrics": {k: v for k, v in run["metrics"].items() if k.startswith(("test_", "best_val"))},
+    }
+
+
+def verify(chain: dict, base: BaseParams, repo: str | Path = ".") -> list[str]:
+    """What in the workspace no longer matches ``chain``; an empty list means nothing drifted."""
+    drift = []
+    lock = dvc_lock_hashes({"raw_md5": base.raw_dir, "slices_md5": base.slices_dir}, Path(repo) / "dvc.lock")
+    for key, path in (("raw_md5", base.raw_dir), ("slices_md5", base.slices_dir)):
+        recorded, current = chain["data"].get(key), lock.get(key)
+        if recorded != current:
+            drift.append(f"{path}: the model was trained on md5 {recorded}, dvc.lock now records {current}")
+    for stage_path, state in _dvc_changes(repo).items():
+        if any(Path(stage_path) == Path(p) for p in (base.raw_dir, base.slices_dir)):
+            drift.append(f"{stage_path}: the workspace files are {state} since dvc.lock was written")
+    return drift
+
+
+def _dvc_changes(repo: str | Path) -> dict[str, str]:
+    """``{out path: state}`` for outputs that `dvc status` reports as changed in the workspace."""
+    proc = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"`dvc status` failed in {repo}: {proc.stderr.strip()[:200]}")
+    changes = {}
+    for entries in (json.loads(proc.stdout or "{}") or {}).values():
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict):
+                changes.update(entry.get("changed outs", {}))
+    return changes
+
+
+def format_chain(chain: dict, head: dict | None = None) -> str:
+    """Human-readable chain, one link per line."""
+    head = head or git_state()
+    code = chain["code"]
+    same = ("matches the workspace HEAD" if code["git_commit"] == head["commit"]
+            else f"workspace HEAD is {head['commit']}")
+    params = {k: v for k, v in sorted(chain["params"].items()) if k.startswith(("train.", "slice.", "seed"))}
+    metrics = {k: v for k, v in sorted(chain["metrics"].items()) if "dice_mean" in k or k == "best_val_dice"}
+    lines = [
+        f"model    {chain['model']['name']} v{chain['model']['version']} (aliases: "
+        f"{', '.join(chain['model']['aliases']) or 'none'})",
+        f"run      {chain['run']['id']} ({chain['run']['status']})",
+        f"commit   {code['git_commit']} (dirty: {code['git_dirty']}; {same})",
+        "params   " + ", ".join(f"{k}={v}" for k, v in params.items()),
+        f"data     raw md5 {chain['data']['raw_md5']}, slices md5 {chain['data']['slices_md5']}",
+        f"         split {chain['data']['split_digest']}, slice index {chain['data']['slice_index_digest']}",
+        "metrics  " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,17 @@
+"""DVC stage `register`: log the model to MLflow and register a new `challenger` version (python -m stages.register)."""
+
+from __future__ import annotations
+
+from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.errors import exit_on_user_error
+from brats_seg.runs import RegisterParams, register_stage
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    params = stage_params(__doc__, argv)
+    register_stage(load_section(RegisterParams, params, "register"), load_section(BaseParams, params, "base"))
+
+
+if __name__ == "__main__":
+    main()
