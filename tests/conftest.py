@@ -17,6 +17,8 @@ import yaml
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1"}.items():
     os.environ.setdefault(_key, _value)
+# dvc, and the `python` its stages run, come from this interpreter's environment (as under `make`)
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 from brats_seg.data.layouts import write_case  # noqa: E402
 from brats_seg.data.synthetic import make_case  # noqa: E402
@@ -140,12 +142,10 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
     return proc
 
 
-@pytest.fixture
-def dvc_project(tmp_path: Path):
-    """A fresh git + DVC repository holding this project's pipeline, with tiny params. Yields a function
-    that writes extra overrides into params.yaml; the repository path is ``fn.path``."""
-    repo = tmp_path / "project"
-    repo.mkdir()
+def make_dvc_project(repo: Path, overrides: dict | None = None):
+    """A fresh git + DVC repository at ``repo`` holding this project's pipeline with tiny params. Returns
+    a function that rewrites params.yaml with more overrides; the repository path is ``fn.path``."""
+    repo.mkdir(parents=True)
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(PROJECT_ROOT / name, repo / name)
     for folder in ("stages", "src", "flows"):
@@ -153,8 +153,8 @@ def dvc_project(tmp_path: Path):
         shutil.copytree(PROJECT_ROOT / folder, repo / folder, ignore=ignore)
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 
-    def write_params(overrides: dict | None = None) -> None:
-        merged = _merge(_merge(params, TINY_PARAMS), overrides or {})
+    def write_params(more: dict | None = None) -> None:
+        merged = _merge(_merge(_merge(params, TINY_PARAMS), overrides or {}), more or {})
         (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
     write_params()
@@ -167,3 +167,9 @@ def dvc_project(tmp_path: Path):
     run_cmd(["git", "commit", "-qm", "pipeline"], repo)
     write_params.path = repo  # type: ignore[attr-defined]
     return write_params
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path):
+    """A fresh git + DVC repository holding this project's pipeline, with tiny params."""
+    return make_dvc_project(tmp_path / "project")

@@ -67,7 +67,7 @@ def promote(model_name: str, params: PromoteParams, version: str | None = None, 
     challenger = (tracking.model_version(model_name, version=version) if version
                   else tracking.model_version(model_name, alias="challenger"))
     if challenger is None:
-        what = f"version {version}" if version else "a 'challenger' alias"
+        what = f"version {version}" if version else "'challenger' alias"
         raise UserError(f"model {model_name} has no {what} in the registry at {tracking.tracking_uri()}; "
                         f"run the pipeline (dvc repro register) first.")
     champion = tracking.model_version(model_name, alias="champion")

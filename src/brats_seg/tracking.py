@@ -34,11 +34,23 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path('mlflow/mlflow.db').resolve()}"
 
 
+def _set_uri(uri: str) -> None:
+    """mlflow.set_tracking_uri without its side effect of exporting MLFLOW_TRACKING_URI: a long-running
+    process (a served flow, a test session) would otherwise keep the first store for good, and pass it to
+    every `dvc repro` it starts."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def use_experiment(name: str) -> str:
     """Point mlflow at the tracking URI and the experiment ``name`` (created if needed); returns its id."""
-    local = not os.environ.get("MLFLOW_TRACKING_URI")  # before set_tracking_uri, which exports it
+    local = not os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    _set_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         mlflow.set_experiment(name)
@@ -87,7 +99,7 @@ def start_run(experiment: str, run_id: str | None = None, run_name: str | None =
 
 def get_run(run_id: str) -> dict:
     """A run's params, metrics and tags as plain dicts."""
-    mlflow.set_tracking_uri(tracking_uri())
+    _set_uri(tracking_uri())
     run = mlflow.get_run(run_id)
     return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
             "status": run.info.status, "inputs": [d.dataset.digest for d in run.inputs.dataset_inputs]}
@@ -112,7 +124,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 # --- model registry ---------------------------------------------------------------------------------
 
 def _client() -> mlflow.MlflowClient:
-    mlflow.set_tracking_uri(tracking_uri())
+    _set_uri(tracking_uri())
     return mlflow.MlflowClient(tracking_uri())
 
 
@@ -171,6 +183,6 @@ def parse_model_uri(uri: str) -> dict:
 
 def load_registered_model(uri: str, device: str = "cpu") -> tuple[object, dict]:
     """The PyTorch model behind a registry URI, and the metadata logged with it."""
-    mlflow.set_tracking_uri(tracking_uri())
+    _set_uri(tracking_uri())
     model = mlflow.pytorch.load_model(uri, map_location=device)
     return model, dict(mlflow.models.get_model_info(uri).metadata or {})

@@ -109,6 +109,7 @@ def run_suite(manifest: pd.DataFrame, rules: list[Rule], report_dir: str | Path)
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # and again: it resets it on import
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     docs = Path(report_dir) / "data_docs"
     shutil.rmtree(docs, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""The Prefect flows under prefect_test_harness, on a tiny synthetic cohort in a temporary repository:
+pipeline (then a second run that skips everything), the workspace lock, promotion, lineage, the served
+schedule."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+
+from brats_seg.cli import main as cli
+from brats_seg.errors import UserError
+from brats_seg.orchestration import STAGES, workspace_lock
+from tests.conftest import make_dvc_project, run_cmd
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, prefect_server):
+    """The pipeline flow run twice in a fresh project: (repo, first summary, second summary)."""
+    from flows.pipeline import pipeline
+
+    project = make_dvc_project(tmp_path_factory.mktemp("flows") / "project", {"promote": {"min_dice": 0.0}})
+    repo = project.path
+    first = pipeline(str(repo))
+    second = pipeline(str(repo))
+    return repo, first, second
+
+
+def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage(ran):
+    repo, first, second = ran
+    assert [r["stage"] for r in first["stages"]] == list(STAGES)
+    assert all(r["ran"] for r in first["stages"]) and all(r["seconds"] > 0 for r in first["stages"])
+    assert first["model"]["name"] == "brats-unet" and first["model"]["version"] == "1"
+    assert first["model"]["alias"] == "challenger" and "dice_mean" in first["test"]["wt"]
+    assert [r["stage"] for r in second["stages"]] == list(STAGES)
+    assert not any(r["ran"] for r in second["stages"])
+    assert second["model"]["version"] == "1"  # nothing changed: no new version
+
+
+def test_a_second_concurrent_run_fails_clearly_and_leaves_dvc_usable(ran):
+    from flows.pipeline import pipeline
+
+    repo = ran[0]
+    with workspace_lock(repo):
+        with pytest.raises(UserError, match="another pipeline run .* is driving dvc in .*wait for it to finish"):
+            pipeline(str(repo))
+    assert "up to date" in run_cmd(["dvc", "status"], repo).stdout
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        cli(args)
+    return exc.value.code, capsys.readouterr().out
+
+
+def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypatch):
+    from flows.promote import promote_flow
+
+    repo = ran[0]
+    record = promote_flow(str(repo))
+    assert record["promoted"] and record["version"] == "1"
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out = _cli(["lineage", "models:/brats-unet@champion", "--verify"], capsys)
+    head = run_cmd(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert code == 0, out
+    assert "brats-unet v1" in out and head in out and lock["download"]["outs"][0]["md5"] in out
+    assert "workspace matches" in out and "train.epochs=2" in out and "test_wt_dice_mean=" in out
+
+    victim = next((repo / "data" / "raw").glob("*/*_flair.nii.gz"))
+    victim.chmod(0o644)
+    victim.write_bytes(victim.read_bytes() + b"tampered")
+    code, out = _cli(["lineage", "models:/brats-unet@champion", "--verify"], capsys)
+    assert code == 1 and "DRIFT    data/raw: the workspace files are modified" in out
+    subprocess.run(["dvc", "checkout", "--force", "data/raw"], cwd=repo, check=True, capture_output=True)
+    assert _cli(["lineage", "models:/brats-unet@champion", "--verify"], capsys)[0] == 0
+
+
+def test_the_served_deployment_carries_the_schedule_from_params(ran):
+    from flows.serve import build_deployment
+
+    repo = ran[0]
+    deployment = build_deployment(str(repo))
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+    assert deployment.parameters["workdir"] == str(repo.resolve())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["schedule"]["cron"] = "30 1 * * *"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert [s.schedule.cron for s in build_deployment(str(repo)).schedules] == ["30 1 * * *"]
