@@ -29,7 +29,6 @@ import torch  # noqa: E402
 
 from brats_seg.augment import augment_batch  # noqa: E402
 from brats_seg.data.dataset import SliceSet  # noqa: E402
-from brats_seg.data.labels import region_targets  # noqa: E402
 from brats_seg.io.shards import read_shard, write_shard  # noqa: E402
 from brats_seg.losses import segmentation_loss  # noqa: E402
 from brats_seg.models.unet import UNet, UNetConfig  # noqa: E402
@@ -43,7 +42,8 @@ def make_slices(n: int, channels: int, size: int, seed: int = 0) -> SliceSet:
     yy, xx = np.mgrid[:size, :size]
     centres = rng.uniform(0.3, 0.7, (n, 2)) * size
     radii = rng.uniform(0.05, 0.2, n) * size
-    disc = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2 < radii[:, None, None] ** 2
+    dist2 = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    disc = dist2 < radii[:, None, None] ** 2
     labels = (disc * 2).astype(np.uint8)
     return SliceSet(images, labels, np.repeat(np.arange(n // 64 + 1), 64)[:n].astype(str), np.arange(n))
 
