@@ -9,6 +9,10 @@ Reports slices/s after warm-up, the ratio, and the share of step time spent prod
 
     python benchmarks/train_throughput.py                      # CPU-sized defaults
     python benchmarks/train_throughput.py --device cuda --size 128 --base 32 --depth 4 --batch 256 --compile
+    python benchmarks/train_throughput.py --device cuda ... --epochs 20 --slices 30000   # end to end
+
+With --epochs, also times brats_seg.train.train_model end to end (validation and checkpoints included) on
+a set of --slices training slices: the first epoch (compilation, warm-up) and the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from brats_seg.data.dataset import SliceSet  # noqa: E402
 from brats_seg.io.shards import read_shard, write_shard  # noqa: E402
 from brats_seg.losses import segmentation_loss  # noqa: E402
 from brats_seg.models.unet import UNet, UNetConfig  # noqa: E402
-from brats_seg.train import DeviceData, TrainParams, make_step  # noqa: E402
+from brats_seg.train import DeviceData, TrainParams, make_step, train_model  # noqa: E402
 
 
 def make_slices(n: int, channels: int, size: int, seed: int = 0) -> SliceSet:
@@ -108,6 +112,20 @@ def bench_ours(data: SliceSet, args: argparse.Namespace, device: torch.device) -
     return _timed(batches, lambda batch: step(*batch), args, device)
 
 
+def bench_end_to_end(args: argparse.Namespace, device: torch.device, tmp: Path) -> dict:
+    """``args.epochs`` epochs of the real training function; seconds for epoch 1 and for the rest."""
+    train = make_slices(args.slices, args.channels, args.size, seed=1)
+    val = make_slices(max(args.batch, args.slices // 20), args.channels, args.size, seed=2)
+    params = TrainParams(epochs=args.epochs, batch_size=args.batch, base=args.base, depth=args.depth,
+                         compile=args.compile, device=device.type, resume=False)
+    marks = [time.perf_counter()]
+    train_model(params, train, val, 0, tmp / "e2e.pt", args.channels,
+                on_epoch=lambda epoch, metrics: marks.append(time.perf_counter()))
+    first, rest = marks[1] - marks[0], marks[-1] - marks[1]
+    return {"epochs": args.epochs, "slices": args.slices, "first_epoch_s": first, "remaining_epochs_s": rest,
+            "steady_slices_per_s": args.slices * (args.epochs - 1) / rest if args.epochs > 1 else None}
+
+
 def _timed(make_iter, run_step, args: argparse.Namespace, device: torch.device) -> dict:
     """slices/s over ``args.steps`` steps after ``args.warmup``, and the time share of fetching batches."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -151,6 +169,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="baseline DataLoader workers")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--measure-fetch", action="store_true", default=True)
+    parser.add_argument("--epochs", type=int, default=0, help="also time N epochs end to end")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -168,6 +187,12 @@ def main() -> None:
     ratio = ours["slices_per_s"] / base["slices_per_s"]
     print(f"ratio ours / baseline: {ratio:.2f}")
     result = {"device": name, "args": vars(args), "baseline": base, "ours": ours, "ratio": ratio}
+    if args.epochs:
+        with tempfile.TemporaryDirectory() as tmp:
+            e2e = bench_end_to_end(args, device, Path(tmp))
+        print(f"end to end: {e2e['epochs']} epochs of {e2e['slices']} slices: first epoch "
+              f"{e2e['first_epoch_s']:.1f} s, the other {e2e['epochs'] - 1} {e2e['remaining_epochs_s']:.1f} s")
+        result["end_to_end"] = e2e
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

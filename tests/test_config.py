@@ -71,3 +71,17 @@ def test_slice_params_check_their_meaning():
         load_section(SliceParams, {"slice": {"modalities": ["flair", "dwi"]}}, "slice")
     with pytest.raises(ConfigError, match="slice.split"):
         load_section(SliceParams, {"slice": {"split": [0.5, 0.2, 0.2]}}, "slice")
+
+
+def test_params_set_keeps_comments_and_refuses_unknown_keys(tmp_path):
+    from brats_seg.config import set_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: 20   # the seed's default\n  lr: 1.0e-4\n")
+    assert set_params(path, ["train.epochs=5", "train.lr=0.001"]) == {"train.epochs": 5, "train.lr": 0.001}
+    text = path.read_text()
+    assert "# the seed's default" in text and read_params(path)["train"] == {"epochs": 5, "lr": 0.001}
+    with pytest.raises(ConfigError, match="train.epoch is not a known key"):
+        set_params(path, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        set_params(path, ["train.epochs"])

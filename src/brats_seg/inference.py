@@ -54,7 +54,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
     data = torch.load(path, map_location="cpu", weights_only=False)
     model = UNet(UNetConfig(**data["config"]))
     model.load_state_dict(data["state_dict"])
-    model.to(device).eval()
+    fmt = torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+    model.to(device, memory_format=fmt).eval()
     return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)))
 
 
@@ -67,10 +68,11 @@ def predict_slices(model: torch.nn.Module, images: np.ndarray | torch.Tensor, ba
     model.eval()
     data = torch.as_tensor(images)
     out = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-    with autocast:
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and cuda):
         for start in range(0, len(data), batch_size):
-            x = data[start:start + batch_size].to(device, non_blocking=True).float()
+            x = data[start:start + batch_size].to(device, non_blocking=True).float().contiguous(memory_format=fmt)
             out.append(torch.sigmoid(model(x).float()).half())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, device=device, dtype=torch.float16)

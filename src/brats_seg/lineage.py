@@ -4,11 +4,11 @@ and a check that the workspace still matches what produced it."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from brats_seg import tracking
 from brats_seg.config import BaseParams
+from brats_seg.dvc_cli import dvc_run
 from brats_seg.errors import UserError
 from brats_seg.provenance import dvc_lock_hashes, git_state
 
@@ -52,7 +52,7 @@ def verify(chain: dict, base: BaseParams, repo: str | Path = ".") -> list[str]:
 
 def _dvc_changes(repo: str | Path) -> dict[str, str]:
     """``{out path: state}`` for outputs that `dvc status` reports as changed in the workspace."""
-    proc = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
+    proc = dvc_run(["status", "--json"], repo)
     if proc.returncode != 0:
         raise UserError(f"`dvc status` failed in {repo}: {proc.stderr.strip()[:200]}")
     changes = {}

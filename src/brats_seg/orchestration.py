@@ -9,12 +9,12 @@ import contextlib
 import fcntl
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from brats_seg.config import BaseParams, load_section, read_params
+from brats_seg.dvc_cli import dvc_popen
 from brats_seg.errors import UserError
 from brats_seg.io.tables import read_json
 
@@ -65,8 +65,7 @@ def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger 
     """``dvc repro <stage>`` in ``workdir``; streams its output to ``logger``; returns what happened."""
     logger = logger or log
     start = time.perf_counter()
-    proc = subprocess.Popen(["dvc", "repro", stage], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    proc = dvc_popen(["repro", stage], workdir)
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:

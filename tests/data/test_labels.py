@@ -19,3 +19,14 @@ def test_regions():
     assert region_mask(labels, "tc").tolist() == [False, True, False, True]
     assert region_mask(labels, "et").tolist() == [False, False, False, True]
     assert region_stack(labels[None, :, None]).shape == (1, 3, 4, 1)
+
+
+def test_region_targets_match_region_masks():
+    import torch
+
+    from brats_seg.data.labels import region_targets
+
+    labels = np.random.default_rng(0).choice(np.array([0, 1, 2, 4], np.uint8), size=(3, 5, 7))
+    got = region_targets(torch.from_numpy(labels), ("wt", "tc", "et")).numpy()
+    assert got.shape == (3, 3, 5, 7) and got.dtype == np.float32
+    assert np.array_equal(got, region_stack(labels).astype(np.float32))

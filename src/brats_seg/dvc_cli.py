@@ -1,0 +1,37 @@
+"""Running the `dvc` command line from this Python environment (so its stages find this environment's
+`python` and brats_seg, however the calling command was started)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from brats_seg.errors import UserError
+
+
+def dvc_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment with this interpreter's bin folder first on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **(extra or {})}
+
+
+def dvc_executable() -> str:
+    found = shutil.which("dvc", path=dvc_env()["PATH"])
+    if found is None:
+        raise UserError("the dvc command is not installed in this environment; run `make setup` (or "
+                        "`pip install -e .`) in the project folder.")
+    return found
+
+
+def dvc_popen(args: list[str], cwd: str | Path, **kwargs: object) -> subprocess.Popen:
+    """Start ``dvc ARGS`` in ``cwd``; stdout and stderr merged, as text."""
+    return subprocess.Popen([dvc_executable(), *args], cwd=cwd, env=dvc_env({"TQDM_DISABLE": "1"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def dvc_run(args: list[str], cwd: str | Path) -> subprocess.CompletedProcess:
+    """Run ``dvc ARGS`` in ``cwd`` and capture its output."""
+    return subprocess.run([dvc_executable(), *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True)
