@@ -180,10 +180,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\ndevice: {name}; {args.size}x{args.size}x{args.channels}, U-Net base {args.base} depth {args.depth}, "
           f"batch {args.batch}, {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'':44}{'slices/s':>10}{'fetch share':>13}")
-    print(f"{'baseline: fp32 eager, DataLoader from shards':44}{base['slices_per_s']:10.1f}{base['fetch_share']:13.1%}")
-    label = "ours: device-resident, on-device augmentation" + (", compiled" if args.compile else "")
-    print(f"{label[:44]:44}{ours['slices_per_s']:10.1f}{ours['fetch_share']:13.1%}")
+    print(f"{'':58}{'slices/s':>10}{'fetch share':>13}")
+    print(f"{'baseline: fp32 eager, DataLoader from shards':58}{base['slices_per_s']:10.1f}{base['fetch_share']:13.1%}")
+    label = "ours: device-resident data, on-device augmentation" + (", compiled" if args.compile else "")
+    print(f"{label:58}{ours['slices_per_s']:10.1f}{ours['fetch_share']:13.1%}")
     ratio = ours["slices_per_s"] / base["slices_per_s"]
     print(f"ratio ours / baseline: {ratio:.2f}")
     result = {"device": name, "args": vars(args), "baseline": base, "ours": ours, "ratio": ratio}
