@@ -7,11 +7,12 @@ affine, spacing in mm and the on-disk dtype.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from brats_seg.io.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -62,19 +63,12 @@ def read_nifti(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray,
 def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, dtype: type | None = None) -> Path:
     """Write ``data`` with ``affine`` atomically (temp file, then rename). Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(data if dtype is None else data.astype(dtype, copy=False))
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     img.header.set_data_dtype(array.dtype)
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _save(img, path)
     return path
 
 
@@ -88,7 +82,6 @@ def write_like(path: str | Path, data: np.ndarray, reference: str | Path) -> Pat
     """Write ``data`` ``(X, Y, Z)`` on the grid of the NIfTI file ``reference``: same affine, sform and
     qform codes and voxel sizes (a 4D reference gives its first three axes). Atomic like write_nifti."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ref = nib.load(str(reference))
     if tuple(ref.shape[:3]) != data.shape:
         raise ValueError(f"data shape {data.shape} is not the reference grid {ref.shape[:3]}")
@@ -101,10 +94,10 @@ def write_like(path: str | Path, data: np.ndarray, reference: str | Path) -> Pat
     qform, qcode = ref.header.get_qform(coded=True)
     img.set_sform(sform if sform is not None else ref.affine, code=int(scode))
     img.set_qform(qform if qform is not None else ref.affine, code=int(qcode))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _save(img, path)
     return path
+
+
+def _save(img: nib.Nifti1Image, path: Path) -> None:
+    with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
+        nib.save(img, str(tmp))

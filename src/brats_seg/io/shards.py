@@ -8,11 +8,12 @@ final name; a shard that fails to load raises :class:`ShardError`.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from brats_seg.io.atomic import atomic_path
 
 SHARD_KEYS = ("images", "labels", "z")
 
@@ -26,17 +27,9 @@ def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray, z: np.
     path = Path(path)
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]) or len(z) != len(images):
         raise ValueError(f"shard shapes disagree: images {images.shape}, labels {labels.shape}, z {len(z)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=images.astype(np.float16, copy=False),
-                     labels=labels.astype(np.uint8, copy=False), z=np.asarray(z, dtype=np.int16))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, images=images.astype(np.float16, copy=False), labels=labels.astype(np.uint8, copy=False),
+                 z=np.asarray(z, dtype=np.int16))
     return path
 
 

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from brats_seg.io.atomic import atomic_path
+
 
 def write_json(path: str | Path, data: dict | list) -> Path:
     """Write ``data`` as sorted, indented JSON (NumPy scalars become numbers)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=True, default=_plain, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=True, default=_plain, allow_nan=False) + "\n")
+    return Path(path)
 
 
 def read_json(path: str | Path) -> dict:
@@ -25,12 +23,9 @@ def read_json(path: str | Path) -> dict:
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return Path(path)
 
 
 def json_safe(value: object) -> object:
