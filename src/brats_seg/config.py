@@ -131,6 +131,7 @@ class BaseParams:
     model: str = "models/unet.pt"
     train_report: str = "reports/train.json"
     train_curve: str = "reports/train_curve.csv"
+    train_curve_png: str = "reports/train_curve.png"
     eval_report: str = "reports/eval.json"
     eval_cases: str = "reports/eval_cases.csv"
     overlays_dir: str = "reports/overlays"

@@ -54,7 +54,7 @@ def train_stage(params: TrainParams, base: BaseParams) -> dict:
         curve = pd.DataFrame(result.history)
         Path(base.train_curve).parent.mkdir(parents=True, exist_ok=True)
         curve.to_csv(base.train_curve, index=False)
-        png = plot_training_curve(result.history, Path(base.train_curve).with_suffix(".png"))
+        png = plot_training_curve(result.history, base.train_curve_png)
         best = next(h for h in result.history if h["epoch"] == result.best_epoch)
         report = {"run_id": run.run_id, "best_epoch": result.best_epoch, "best_val_dice": best["val_dice"],
                   "epochs": len(result.history), "device": result.device, "train_slices": len(train_set),

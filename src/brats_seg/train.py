@@ -97,8 +97,9 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     state = {"epoch": 0, "history": [], "best": {"dice": -1.0, "epoch": 0, "weights": None}}
+    key = fingerprint(params, train_set, seed)
     saved = load_checkpoint(checkpoint) if params.resume else None
-    if saved is not None and saved.get("fingerprint") == fingerprint(params, train_set, seed):
+    if saved is not None and saved.get("fingerprint") == key:
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         restore_rng(saved["rng"], generator)
@@ -115,7 +116,7 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
             state["best"] = {"dice": metrics["val_dice"], "epoch": epoch + 1, "weights": weights}
         state["epoch"] = epoch + 1
         save_checkpoint(checkpoint, {**state, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                                     "rng": rng_state(generator), "fingerprint": fingerprint(params, train_set, seed)})
+                                     "rng": rng_state(generator), "fingerprint": key})
         log.info("epoch %d/%d: %s", epoch + 1, params.epochs, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         if on_epoch:
             on_epoch(epoch + 1, metrics)
