@@ -107,9 +107,12 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
         log.info("resuming from the checkpoint after epoch %d of %d", state["epoch"], params.epochs)
     step = make_step(model, optimiser, params, device)
     train_data = DeviceData(train_set, regions, device)
+    bar = tqdm(total=params.epochs, initial=state["epoch"], desc="train", unit="epoch")
     for epoch in range(state["epoch"], params.epochs):
         train_loss = _train_epoch(step, train_data, params, generator, epoch)
         metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.amp)}
+        bar.set_postfix(loss=f"{train_loss:.4f}", val_dice=f"{metrics['val_dice']:.4f}")
+        bar.update()
         state["history"].append({"epoch": epoch + 1, **metrics})
         if metrics["val_dice"] > state["best"]["dice"]:
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -120,6 +123,7 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
         log.info("epoch %d/%d: %s", epoch + 1, params.epochs, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         if on_epoch:
             on_epoch(epoch + 1, metrics)
+    bar.close()
     best = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
     if state["best"]["weights"] is not None:
         best.load_state_dict(state["best"]["weights"])
