@@ -99,7 +99,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "predict":
+    """Carry out one command; returns the exit status."""
+    if args.command == "summary":
+        base = load_section(BaseParams, read_params(args.params), "base")
+        if args.json:
+            paths = (base.validation_metrics, f"{base.slices_dir}/meta.json", base.train_report, base.eval_report)
+            sys.stdout.write(json.dumps({p: read_json(p) for p in paths if Path(p).is_file()}, indent=2) + "\n")
+        else:
+            sys.stdout.write(summary(args.params) + "\n")
+    elif args.command == "score":
+        from brats_seg.scoring import score_files
+
+        scores = score_files(args.ref, args.pred, args.labels)
+        sys.stdout.write(json.dumps(json_safe(scores), indent=2) + "\n")
+    elif args.command == "predict":
         from brats_seg.predict import predict_dirs
 
         for r in predict_dirs(args.cases, args.model, args.out, args.device):
@@ -136,21 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.command not in ("score", "summary"):
-        raise SystemExit(_run(args))
-    if args.command == "score":
-        from brats_seg.scoring import score_files
-
-        scores = score_files(args.ref, args.pred, args.labels)
-        sys.stdout.write(json.dumps(json_safe(scores), indent=2) + "\n")
-    elif args.command == "summary":
-        if args.json:
-            base = load_section(BaseParams, read_params(args.params), "base")
-            paths = (base.validation_metrics, f"{base.slices_dir}/meta.json", base.train_report, base.eval_report)
-            out = {p: read_json(p) for p in paths if Path(p).is_file()}
-            sys.stdout.write(json.dumps(out, indent=2) + "\n")
-        else:
-            sys.stdout.write(summary(args.params) + "\n")
+    code = _run(args)
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

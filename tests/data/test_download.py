@@ -92,6 +92,7 @@ def test_local_folder_and_archive(tmp_path, cohort_tar):
         params = DownloadParams(source="local", workers=1, local=LocalSource(str(archive)))
         record = run_download(params, tmp_path / out, tmp_path / "cache", seed=0)
         _check_raw(tmp_path / out, 3)
+        assert list((tmp_path / "cache" / "extracted").iterdir()) == []  # no second copy of the data left
         assert record["fetched"]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
 
 

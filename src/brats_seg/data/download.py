@@ -138,6 +138,8 @@ def _from_files(params: DownloadParams, staging: Path, cache_dir: Path) -> dict:
         log.info("resuming: %d of %d cases already staged", len(cases) - len(todo), len(cases))
     run_parallel(functools.partial(write_canonical, root=staging), todo, params.workers, desc="normalise cases")
     record = {"fetched": fetched, "cases": {c.case_id: _case_record(c, staging, source_root) for c in cases}}
+    if source_root.is_relative_to(cache_dir / "extracted"):  # the archive stays for reruns; its copy goes
+        shutil.rmtree(source_root, ignore_errors=True)
     record["n_cases"] = sum(c.labelled for c in cases)
     record["n_unlabelled"] = sum(not c.labelled for c in cases)
     if record["n_unlabelled"]:
