@@ -1,4 +1,4 @@
-"""Stage runners that join the library to MLflow: train and evaluate, each one call from its stage."""
+"""Stage runners that join the library to MLflow: train, evaluate and register, each one call from its stage."""
 
 from __future__ import annotations
 
