@@ -85,3 +85,13 @@ def test_params_set_keeps_comments_and_refuses_unknown_keys(tmp_path):
         set_params(path, ["train.epoch=3"])
     with pytest.raises(ConfigError, match="is not KEY=VALUE"):
         set_params(path, ["train.epochs"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        set_params(tmp_path / "missing.yaml", ["train.epochs=1"])
+
+
+def test_a_missing_report_says_which_stage_to_run(tmp_path):
+    from brats_seg.errors import DataError
+    from brats_seg.io.tables import read_json
+
+    with pytest.raises(DataError, match="eval.json does not exist; run the pipeline stage that writes it"):
+        read_json(tmp_path / "eval.json")

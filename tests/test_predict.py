@@ -65,6 +65,15 @@ def test_a_case_missing_a_modality_fails_with_one_sentence(tmp_path, model_file)
         predict_dirs([folder], str(model_file), tmp_path / "out", "cpu")
 
 
+def test_a_truncated_image_fails_with_one_sentence(tmp_path, model_file):
+    case = make_case(4, 0, (48, 48, 24))
+    write_case(tmp_path / "in", case.case_id, case.images, case.seg, case.affine)
+    flair = tmp_path / "in" / case.case_id / f"{case.case_id}_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:200])
+    with pytest.raises(UserError, match=r"_flair.nii.gz cannot be read .*check or replace the file"):
+        predict_dirs([tmp_path / "in" / case.case_id], str(model_file), tmp_path / "out", "cpu")
+
+
 def test_no_champion_in_the_registry_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

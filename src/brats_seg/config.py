@@ -163,6 +163,7 @@ def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
     path = Path(path)
+    read_params(path)  # exists and is a mapping, else one sentence
     doc = yaml_rt.load(path.read_text())
     changed = {}
     for item in assignments:

@@ -51,7 +51,11 @@ def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, bat
     volumes, affine = [], None
     for m in modalities:
         path, channel = case.images[m]
-        data, meta = read_nifti(path)
+        try:
+            data, meta = read_nifti(path)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault, said in one sentence
+            raise UserError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); check or replace "
+                            f"the file (a truncated download is the usual cause).") from None
         volumes.append(data[..., channel] if channel is not None else data)
         affine = meta.affine if affine is None else affine
     reference = case.images[modalities[0]][0]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brats_seg.errors import DataError
 from brats_seg.io.atomic import atomic_path
 
 
@@ -19,7 +20,11 @@ def write_json(path: str | Path, data: dict | list) -> Path:
 
 
 def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON report; a missing one is a DataError that says to run the pipeline stage that writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run the pipeline stage that writes it first (dvc repro).")
+    return json.loads(path.read_text())
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
