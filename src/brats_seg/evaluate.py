@@ -8,7 +8,6 @@ they are what a Keras-style loop prints and are not comparable with BraTS result
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,6 @@ from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
 from brats_seg.metrics import METRICS, case_metrics, scores_from_counts, summarise
 from brats_seg.plots import plot_overlay
-
-log = logging.getLogger(__name__)
 
 
 def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path, split: str = "test",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -10,7 +9,6 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
-log = logging.getLogger(__name__)
 A = TypeVar("A")
 R = TypeVar("R")
 

@@ -8,7 +8,6 @@ a tracking server instead.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -18,8 +17,6 @@ import numpy as np
 import pandas as pd
 
 import mlflow
-
-log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_ARTIFACTS = "mlflow/artifacts"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,6 @@ import numpy as np
 from brats_seg.data.labels import CANONICAL_LABELS
 from brats_seg.data.layouts import CANONICAL_FILES, MODALITIES, canonical_files
 from brats_seg.io.nifti import Meta, read_nifti
-
-log = logging.getLogger(__name__)
 
 PERCENTILES = (1, 50, 99)
 

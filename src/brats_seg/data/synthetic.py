@@ -12,15 +12,12 @@ dark on T1 and bright on T2, CSF dark on FLAIR and bright on T2. Some cases have
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from brats_seg.data.labels import ENHANCING, NECROTIC, OEDEMA
-
-log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)

@@ -7,7 +7,6 @@ would silently lose data.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import stat
@@ -18,8 +17,6 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from brats_seg.errors import DataError
-
-log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
