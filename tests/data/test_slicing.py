@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import collections
+import hashlib
+import math
 import os
 import signal
 import subprocess
@@ -12,12 +15,22 @@ import pytest
 
 from brats_seg.data.dataset import load_split
 from brats_seg.data.labels import region_mask
+from brats_seg.data.layouts import write_case
 from brats_seg.data.preprocess import CaseGeometry, restore_labels
-from brats_seg.data.slicing import SliceParams, run_slice, split_cases
+from brats_seg.data.slicing import (
+    SliceParams,
+    patient_id,
+    patient_position,
+    run_slice,
+    split_cases,
+    split_digest,
+)
+from brats_seg.data.synthetic import make_case
 from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
+from brats_seg.errors import DataError
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import ShardError, list_shards, read_shard
-from tests.conftest import write_synthetic_cohort
+from tests.conftest import TINY_SHAPE, write_synthetic_cohort
 
 
 def _validated(raw, tmp_path):
@@ -25,14 +38,84 @@ def _validated(raw, tmp_path):
     return read_manifest(tmp_path / "m.parquet")
 
 
-def test_split_is_by_patient_seeded_and_covers_every_split():
-    ids = [f"c{i:02d}" for i in range(20)]
-    a = split_cases(ids, (0.7, 0.15, 0.15), seed=1)
-    assert a == split_cases(list(reversed(ids)), (0.7, 0.15, 0.15), seed=1)
-    assert a != split_cases(ids, (0.7, 0.15, 0.15), seed=2)
-    counts = pd.Series(a).value_counts().to_dict()
-    assert counts == {"train": 14, "val": 3, "test": 3}
-    assert set(split_cases(ids[:3], (0.7, 0.15, 0.15), seed=0).values()) == {"train", "val", "test"}
+FRACTIONS = (0.7, 0.15, 0.15)
+
+
+def _ids(start: int, stop: int) -> list[str]:
+    return [f"BraTS20_Training_{i:03d}" for i in range(start, stop)]
+
+
+def test_split_is_a_hash_of_patient_and_seed_and_covers_every_split():
+    ids = _ids(1, 21)
+    a = split_cases(ids, FRACTIONS, seed=1)
+    assert a == split_cases(list(reversed(ids)), FRACTIONS, seed=1)
+    assert a != split_cases(ids, FRACTIONS, seed=2)
+    # the rule, recomputed by hand: sha256("seed:patient") -> [0, 1), cut at 0.7 and 0.85
+    by_hand = {}
+    for case_id in ids:
+        u = int(hashlib.sha256(f"1:{case_id}".encode()).hexdigest()[:16], 16) / 2**64
+        by_hand[case_id] = "train" if u < 0.7 else "val" if u < 0.85 else "test"
+    assert a == by_hand
+    for seed in range(20):  # with three or more patients no split with a non-zero fraction is empty
+        assert set(split_cases(_ids(1, 4), FRACTIONS, seed).values()) == {"train", "val", "test"}
+    assert set(split_cases(_ids(1, 30), (1.0, 0.0, 0.0), seed=0).values()) == {"train"}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_adding_a_quarter_more_cases_moves_no_existing_patient(seed):
+    for n in (40, 200):
+        before = split_cases(_ids(1, n + 1), FRACTIONS, seed)
+        after = split_cases(_ids(1, n + n // 4 + 1), FRACTIONS, seed)
+        assert {c: after[c] for c in before} == before
+        # removing (or quarantining) every third case moves nobody either
+        fewer = split_cases([c for i, c in enumerate(before) if i % 3], FRACTIONS, seed)
+        assert fewer == {c: before[c] for c in fewer}
+
+
+def test_realised_fractions_stay_close_to_the_configured_ones():
+    n, totals = 200, collections.Counter()
+    for seed in range(10):
+        counts = collections.Counter(split_cases(_ids(1, n + 1), FRACTIONS, seed).values())
+        totals.update(counts)
+        for split, fraction in zip(("train", "val", "test"), FRACTIONS):
+            spread = math.sqrt(n * fraction * (1 - fraction))  # a binomial draw per split
+            assert abs(counts[split] - fraction * n) <= 4 * spread, (seed, dict(counts))
+    for split, fraction in zip(("train", "val", "test"), FRACTIONS):
+        assert abs(totals[split] / (10 * n) - fraction) < 0.025, dict(totals)
+
+
+def test_time_points_of_one_patient_share_a_split():
+    assert patient_id("BraTS-GLI-00123-001") == "BraTS-GLI-00123"
+    assert patient_id("BraTS-MEN-00007-000") == "BraTS-MEN-00007"
+    assert patient_id("BraTS20_Training_001") == "BraTS20_Training_001"
+    assert patient_id("BRATS_001") == "BRATS_001"
+    ids = [f"BraTS-GLI-{p:05d}-{t:03d}" for p in range(40) for t in range(3)]
+    splits = split_cases(ids, FRACTIONS, seed=7)
+    for p in range(40):
+        assert len({splits[f"BraTS-GLI-{p:05d}-{t:03d}"] for t in range(3)}) == 1
+    # a patient's split does not depend on how many of its time points are present
+    assert split_cases(ids[::3], FRACTIONS, seed=7) == {c: splits[c] for c in ids[::3]}
+
+
+def _hash_split(ids: list[str], seed: int) -> dict[str, str]:
+    return {c: "train" if (u := patient_position(c, seed)) < 0.7 else "val" if u < 0.85 else "test" for c in ids}
+
+
+def test_an_empty_split_is_lent_the_nearest_patient_and_only_that_patient_moves_later():
+    ids, seed = _ids(1, 9), 4  # these eight patients put nobody in val by hash
+    by_hash = _hash_split(ids, seed)
+    assert "val" not in by_hash.values()
+    splits = split_cases(ids, FRACTIONS, seed)
+    lent = max((c for c in ids if by_hash[c] == "train"), key=lambda c: patient_position(c, seed))
+    assert {c: s for c, s in splits.items() if by_hash[c] != s} == {lent: "val"}
+    grown = split_cases(_ids(1, 41), FRACTIONS, seed)  # val now fills by itself: the lent patient goes home
+    assert grown == _hash_split(_ids(1, 41), seed)
+    assert [c for c in ids if grown[c] != splits[c]] == [lent]
+
+
+def test_too_few_patients_for_a_training_split():
+    with pytest.raises(DataError, match="too few for the split"):
+        split_cases(["only"], (0.0, 0.5, 0.5), seed=0)
 
 
 def test_slice_stage_outputs(tmp_path):
@@ -56,7 +139,8 @@ def test_slice_stage_outputs(tmp_path):
     assert all(index[c].dtype == np.int64 for c in ("z", "row", "tumour_pixels", "brain_pixels"))
     for split in ("train", "val", "test"):
         assert len(load_split(tmp_path / "slices", split)) == meta["slices"][split]
-    assert meta["cases"] == {"train": 4, "val": 1, "test": 1}
+    assert meta["cases"] == meta["patients"] == {"train": 4, "val": 1, "test": 1}
+    assert (index["patient_id"] == index["case_id"]).all() and (cases["patient_id"] == cases["case_id"]).all()
     # training slices without tumour dropped at keep_empty_fraction=0; every brain slice kept elsewhere
     train = index[index["split"] == "train"]
     assert (train["tumour_pixels"] > 0).all()
@@ -68,6 +152,22 @@ def test_slice_stage_outputs(tmp_path):
         assert shard["labels"].dtype == np.uint8 and set(np.unique(shard["labels"])) <= {0, 1, 2, 4}
         assert rows["z"].tolist() == shard["z"].tolist()
         assert rows["tumour_pixels"].tolist() == region_mask(shard["labels"]).sum(axis=(1, 2)).tolist()
+
+
+def test_time_points_are_recorded_under_one_patient_in_the_index_and_cases_tables(tmp_path):
+    raw = tmp_path / "raw"
+    ids = ["BraTS-GLI-00001-000", "BraTS-GLI-00001-001", "BraTS-GLI-00002-000", "BraTS-GLI-00003-000"]
+    for i, case_id in enumerate(ids, start=1):
+        case = make_case(i, 0, TINY_SHAPE)
+        write_case(raw, case_id, case.images, case.seg, case.affine)
+    meta = run_slice(SliceParams(size=32, workers=1), raw, pd.DataFrame({"case_id": ids}), tmp_path / "s", seed=0)
+    cases = pd.read_parquet(tmp_path / "s" / "cases.parquet").set_index("case_id")
+    index = pd.read_parquet(tmp_path / "s" / "index.parquet")
+    assert cases["patient_id"].to_dict() == {c: c[:15] for c in ids}
+    assert cases.loc["BraTS-GLI-00001-000", "split"] == cases.loc["BraTS-GLI-00001-001", "split"]
+    assert (index["patient_id"] == index["case_id"].str[:15]).all()
+    assert sum(meta["patients"].values()) == 3 and sum(meta["cases"].values()) == 4
+    assert meta["split_digest"] == split_digest(cases["split"].to_dict())
 
 
 def test_test_cases_map_back_to_their_labels(tmp_path):
