@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from brats_seg.config import load_section, read_params
 from brats_seg.orchestration import working_directory
 from brats_seg.promotion import PromoteParams, promote
-from brats_seg.runs import RegisterParams
+from brats_seg.runners.register import RegisterParams
 
 
 @flow(name="brats-seg-promote")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.errors import exit_on_user_error
-from brats_seg.runs import RegisterParams, register_stage
+from brats_seg.runners.register import RegisterParams, register_stage
 
 
 @exit_on_user_error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.errors import exit_on_user_error
-from brats_seg.runs import train_stage
+from brats_seg.runners.train import train_stage
 from brats_seg.train import TrainParams
 
 

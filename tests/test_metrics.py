@@ -62,11 +62,23 @@ def test_hd95_on_shapes_with_known_distances():
     assert hd95(a, a) == 0.0
 
 
-def test_hd95_with_an_empty_mask_is_nan():
+def test_hd95_follows_the_brats_rule_for_empty_masks():
     a = np.zeros((5, 5, 5), bool)
     b = a.copy()
     b[2, 2, 2] = True
-    assert math.isnan(hd95(a, b)) and math.isnan(hd95(a, a))
+    assert hd95(a, a) == 0.0  # both empty
+    assert hd95(a, b) == hd95(b, a) == pytest.approx(373.13, abs=0.005)  # exactly one empty: the grid diagonal
+    assert math.sqrt(240**2 + 240**2 + 155**2) == pytest.approx(373.1287, abs=1e-4)
+
+
+def test_a_missed_tumour_raises_the_mean_hd95_instead_of_vanishing_from_it():
+    ref = np.zeros((20, 20, 20), bool)
+    ref[5:9, 5:9, 5:9] = True
+    close = np.roll(ref, 1, axis=0)
+    found = [case_metrics(close, ref)["hd95"], case_metrics(close, ref)["hd95"]]
+    with_miss = [*found, case_metrics(np.zeros_like(ref), ref)["hd95"]]
+    assert summarise(with_miss)["mean"] > summarise(found)["mean"] + 100
+    assert summarise(with_miss)["n_nan"] == 0
 
 
 def _reference_hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]) -> float:

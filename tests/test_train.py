@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ from brats_seg.data.dataset import load_split
 from brats_seg.data.slicing import SliceParams, run_slice
 from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
 from brats_seg.errors import DataError
-from brats_seg.train import TrainParams, train_model
+from brats_seg.train import TrainParams, fingerprint, train_model, validate
 from tests.conftest import write_synthetic_cohort
 
 PARAMS = TrainParams(epochs=2, batch_size=8, lr=3e-3, base=8, depth=2, threads=1, augment=True)
@@ -112,3 +113,86 @@ def test_the_compiled_step_trains_like_the_eager_one(slices, tmp_path):
     with torch.no_grad():
         a, b = torch.sigmoid(eager.model(images)), torch.sigmoid(compiled.model(images))
     assert (a - b).abs().max() < 0.02 and ((a > 0.5) != (b > 0.5)).float().mean() < 0.005
+
+
+def _key(train, val, params=PARAMS, seed=0, device="cpu", code="code-a"):
+    return fingerprint(params, train, val, seed, device, code)
+
+
+def test_the_fingerprint_covers_settings_data_content_val_set_epochs_seed_and_code(slices):
+    train, val = load_split(slices, "train"), load_split(slices, "val")
+    key = _key(train, val)
+    assert key == _key(load_split(slices, "train"), load_split(slices, "val"))  # a pure function of its inputs
+    assert _key(train, val, params=dataclasses.replace(PARAMS, resume=False)) == key  # runtime only
+    one_pixel = train.images.copy()
+    one_pixel[len(one_pixel) // 2, 0, 10, 10] += 1
+    other_val = val.labels.copy()
+    other_val[0, 0, 0] = 2
+    changed = {
+        "epochs": _key(train, val, params=dataclasses.replace(PARAMS, epochs=PARAMS.epochs + 1)),
+        "lr": _key(train, val, params=dataclasses.replace(PARAMS, lr=1e-3)),
+        "one image pixel": _key(dataclasses.replace(train, images=one_pixel), val),
+        "modalities": _key(dataclasses.replace(train, images=train.images[:, :1]), val),
+        "val labels": _key(train, dataclasses.replace(val, labels=other_val)),
+        "val cases": _key(train, dataclasses.replace(val, case_ids=val.case_ids[::-1])),
+        "seed": _key(train, val, seed=1),
+        "device": _key(train, val, device="cuda"),
+        "code": _key(train, val, code="code-b"),
+    }
+    assert len(set(changed.values()) | {key}) == len(changed) + 1, changed
+
+
+def test_a_shorter_run_after_a_longer_one_trains_its_own_epochs(slices, tmp_path):
+    ckpt = tmp_path / "same-path.pt"  # the worst case: both runs pointed at one checkpoint file
+    _train(slices, dataclasses.replace(PARAMS, epochs=3), ckpt)
+    short = _train(slices, dataclasses.replace(PARAMS, epochs=1), ckpt)
+    assert [h["epoch"] for h in short.history] == [1]
+    fresh = _train(slices, dataclasses.replace(PARAMS, epochs=1), tmp_path / "fresh.pt")
+    for (name, a), b in zip(short.model.state_dict().items(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+class _Threshold(torch.nn.Module):
+    """Predicts channel 0 > 0 for every region: a model whose output the test controls through its input."""
+
+    def __init__(self, regions: int) -> None:
+        super().__init__()
+        self.regions = regions
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (20.0 * (x[:, :1] > 0).float() - 10.0).repeat(1, self.regions, 1, 1)
+
+
+def test_validation_dice_is_per_case_then_per_region():
+    from brats_seg.data.dataset import SliceSet
+
+    labels = np.zeros((3, 4, 4), np.uint8)
+    labels[0, 0, :2] = 2   # case a: 2 oedema voxels
+    labels[1, 1, :2] = 4   # case b: 2 enhancing voxels
+    pred = np.zeros((3, 1, 4, 4), np.float16)
+    pred[0, 0, 0, :2] = 1  # case a: exact
+    pred[1, 0, 1, 0] = 1   # case b: 1 of 2 found
+    pred[2, 0, 3, 3] = 1   # case c (no tumour): 1 false positive
+    data = SliceSet(pred, labels, np.array(["a", "b", "c"]), np.arange(3))
+    wt = validate(_Threshold(1), data, ("wt",))
+    assert wt["val_dice"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+    assert wt["val_dice_pooled"] == pytest.approx(2 * 3 / (4 + 4))
+    regions = validate(_Threshold(3), data, ("wt", "tc", "et"))
+    # TC and ET: case a has no TC/ET but a prediction (0); b: 2/3; c: a false positive (0)
+    assert regions["val_dice"] == pytest.approx(((1 + 2 / 3 + 0) / 3 + (0 + 2 / 3 + 0) / 3 * 2) / 3)
+
+
+def test_validation_loss_uses_the_training_loss_terms(slices):
+    from brats_seg.losses import segmentation_loss
+
+    val = load_split(slices, "val")
+    model = _Threshold(1)
+    plain, with_bce = validate(model, val, ("wt",)), validate(model, val, ("wt",), bce_weight=0.5)
+    from brats_seg.data.labels import region_targets
+
+    logits = model(torch.from_numpy(val.images.astype(np.float32)))
+    target = region_targets(torch.from_numpy(val.labels), ("wt",))
+    assert plain["val_loss"] == pytest.approx(float(segmentation_loss(logits, target)), rel=1e-5)
+    assert with_bce["val_loss"] == pytest.approx(float(segmentation_loss(logits, target, 0.5)), rel=1e-5)
+    assert with_bce["val_loss"] > plain["val_loss"]

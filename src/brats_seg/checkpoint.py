@@ -1,7 +1,12 @@
-"""Training checkpoints: model, optimiser and every RNG state, written atomically."""
+"""Training checkpoints: model, optimiser and every RNG state, written atomically, read without unpickling.
+
+Everything in a checkpoint is a tensor, a number, a string or a container of those, so it loads with
+``torch.load(..., weights_only=True)``: a crafted file cannot run code here.
+"""
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -9,20 +14,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from brats_seg.errors import UserError
 from brats_seg.io.atomic import atomic_path
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "generator": generator.get_state()}
+    """Python, NumPy, torch (and CUDA) RNG states and ``generator``'s, as plain values and tensors."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(), "generator": generator.get_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
@@ -37,8 +49,21 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None when there is none."""
+    """The checkpoint at ``path``, or None when there is none. Never unpickles arbitrary objects: a file
+    that holds anything but tensors and plain values is refused with one sentence."""
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_weights_file(path)
+
+
+def load_weights_file(path: Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``, with a :class:`UserError` for files that are not plain
+    weights (truncated, not a torch file, or a pickle that would run code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        why = "it holds Python objects other than tensors and plain values, which could run code"
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, the file is not usable
+        why = f"it is not a complete torch weights file ({type(exc).__name__})"
+    raise UserError(f"{path} was refused: {why}; use a model or checkpoint written by brats-seg.")

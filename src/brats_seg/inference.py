@@ -40,6 +40,11 @@ def pick_device(requested: str) -> torch.device:
 
 def save_model(path: str | Path, model: UNet, regions: tuple[str, ...], slice_params: dict,
                extra: dict | None = None) -> Path:
+    """Write the model file: weights, U-Net config, target regions, slice preprocessing (and ``extra``).
+
+    Only what made the weights goes in (no run id, no time), so the same training gives the same bytes and
+    DVC can tell that a run reproduced. Loads with ``weights_only=True``.
+    """
     from brats_seg.checkpoint import save_checkpoint
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -48,12 +53,22 @@ def save_model(path: str | Path, model: UNet, regions: tuple[str, ...], slice_pa
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBundle:
+    """A model file written by :func:`save_model`; anything else is refused with one sentence."""
+    from brats_seg.checkpoint import load_weights_file
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} does not exist; train one first (dvc repro train).")
-    data = torch.load(path, map_location="cpu", weights_only=False)
-    model = UNet(UNetConfig(**data["config"]))
-    model.load_state_dict(data["state_dict"])
+    data = load_weights_file(path)
+    if not isinstance(data, dict) or not {"state_dict", "config", "regions", "slice"} <= set(data):
+        raise UserError(f"{path} is a torch file but not a brats-seg model (it lacks state_dict, config, regions "
+                        f"or slice); pass a model written by the train stage (models/unet.pt).")
+    try:
+        model = UNet(UNetConfig(**data["config"]))
+        model.load_state_dict(data["state_dict"])
+    except (TypeError, RuntimeError) as exc:
+        raise UserError(f"{path} does not hold weights that fit its U-Net config ({str(exc)[:100]}); retrain "
+                        f"the model (dvc repro train).") from None
     fmt = torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
     model.to(device, memory_format=fmt).eval()
     return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)))
@@ -61,8 +76,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
 
 @torch.no_grad()
 def predict_slices(model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 256,
-                   amp: bool = True) -> torch.Tensor:
-    """Sigmoid probabilities ``[N, R, H, W]`` (float16, on the model's device) for images ``[N, C, H, W]``."""
+                   amp: bool = True, sigmoid: bool = True) -> torch.Tensor:
+    """Sigmoid probabilities ``[N, R, H, W]`` (float16, on the model's device) for images ``[N, C, H, W]``;
+    with ``sigmoid=False`` the logits instead (float32)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -73,6 +89,7 @@ def predict_slices(model: torch.nn.Module, images: np.ndarray | torch.Tensor, ba
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and cuda):
         for start in range(0, len(data), batch_size):
             x = data[start:start + batch_size].to(device, non_blocking=True).float().contiguous(memory_format=fmt)
-            out.append(torch.sigmoid(model(x).float()).half())
+            logits = model(x).float()
+            out.append(torch.sigmoid(logits).half() if sigmoid else logits)
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, device=device, dtype=torch.float16)
+    return torch.cat(out) if out else torch.empty(0, device=device, dtype=torch.float16 if sigmoid else torch.float32)

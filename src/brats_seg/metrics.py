@@ -6,7 +6,9 @@ recall = TP/(TP+FN), and HD95: the 95th percentile of the surface distances of b
 
 Empty cases (BraTS rule): both empty -> Dice, IoU, precision, recall = 1; only one empty -> Dice, IoU = 0;
 no predicted voxels -> precision 1 if the reference is empty else 0; empty reference -> recall 1 if the
-prediction is empty else 0. HD95 with an empty mask is undefined: NaN.
+prediction is empty else 0. HD95 (BraTS ranking rule): both masks empty -> 0 mm; exactly one empty ->
+373.13 mm, the diagonal of a 240 x 240 x 155 1 mm grid, so that a missed tumour counts against the mean
+instead of vanishing from it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
+HD95_ONE_EMPTY_MM = math.sqrt(240**2 + 240**2 + 155**2)  # 373.13 mm
 
 
 def confusion(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
@@ -49,10 +52,13 @@ def surface(mask: np.ndarray) -> np.ndarray:
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> float:
-    """95th percentile of the pooled surface distances (mm) between two masks; NaN if either is empty."""
+    """95th percentile of the pooled surface distances (mm) between two masks; 0 mm when both are empty,
+    :data:`HD95_ONE_EMPTY_MM` when exactly one is."""
     pred, ref = pred.astype(bool), ref.astype(bool)
+    if not pred.any() and not ref.any():
+        return 0.0
     if not pred.any() or not ref.any():
-        return math.nan
+        return HD95_ONE_EMPTY_MM
     box = _bounding_box(pred | ref, pad=2)
     sp, sr = surface(pred[box]), surface(ref[box])
     to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)[sp]
@@ -69,6 +75,12 @@ def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
         idx = np.flatnonzero(mask.any(axis=other))
         box.append(slice(max(int(idx[0]) - pad, 0), int(idx[-1]) + pad + 1))
     return tuple(box)
+
+
+def empty_rule(pred_voxels: int, ref_voxels: int) -> str:
+    """Which empty-mask rule a case falls under: ``both_empty``, ``one_empty`` or ``""`` (none)."""
+    empties = (pred_voxels == 0) + (ref_voxels == 0)
+    return ("", "one_empty", "both_empty")[empties]
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> dict[str, float]:

@@ -17,30 +17,40 @@ def plot_training_curve(history: list[dict], path: str | Path) -> Path:
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="soft Dice loss", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss (soft Dice; lower is better)", title="loss")
     ax_loss.legend()
     ax_dice.plot(epochs, [h["val_dice"] for h in history], color="tab:green")
-    ax_dice.set(xlabel="epoch", ylabel="Dice (per case, slice space)", title="validation Dice", ylim=(0, 1))
+    ax_dice.set(xlabel="epoch", ylabel="Dice per case, slice space (higher is better)", title="validation Dice",
+                ylim=(0, 1))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return path
 
 
+OVERLAY_COLOURS = {"agree": (0.1, 0.85, 0.2), "missed": (0.15, 0.45, 1.0), "false_positive": (1.0, 0.2, 0.2)}
+
+
 def plot_overlay(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, title: str, path: str | Path) -> Path:
-    """One axial slice ``[H, W]`` with the reference (green) and predicted (red) contours."""
-    fig, ax = plt.subplots(figsize=(4, 4))
+    """One axial slice ``[H, W]`` with the tumour filled in: green where prediction and reference agree,
+    blue where the reference has tumour the prediction missed (false negatives), red where the prediction
+    marks tumour the reference does not have (false positives)."""
+    ref, pred = ref.astype(bool), pred.astype(bool)
+    rgba = np.zeros((*image.shape, 4), dtype=np.float32)
+    for mask, name in ((ref & pred, "agree"), (ref & ~pred, "missed"), (pred & ~ref, "false_positive")):
+        rgba[mask] = (*OVERLAY_COLOURS[name], 0.55)
+    fig, ax = plt.subplots(figsize=(4, 4.4))
     ax.imshow(image, cmap="gray")
-    if ref.any():
-        ax.contour(ref.astype(float), levels=[0.5], colors="lime", linewidths=1)
-    if pred.any():
-        ax.contour(pred.astype(float), levels=[0.5], colors="red", linewidths=1)
+    ax.imshow(rgba, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in OVERLAY_COLOURS.values()]
+    fig.legend(handles, ["agree", "missed (FN)", "false positive (FP)"], loc="lower center", ncol=3, fontsize=7,
+               frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path

@@ -1,11 +1,25 @@
-"""Where an artifact came from: the git commit and the DVC-recorded hashes of the data."""
+"""Where an artifact came from: the git commit, the DVC-recorded hashes of the data, and the project code
+a stage runs (its import closure inside the project, hashed file by file)."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import json
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
+
+# The project's import roots: stages/ and flows/ at the top, the library under src/ (a checkout with an
+# editable install, as `make setup` makes; otherwise the current directory is taken as the checkout).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "src" / "brats_seg").is_dir() else Path.cwd()
+IMPORT_ROOTS = (PROJECT_ROOT, PROJECT_ROOT / "src")
+# What made a model: the stages from download to train (their code shapes the data and the weights).
+MODEL_STAGES = ("stages.download", "stages.validate", "stages.slice", "stages.train")
 
 
 def git_state(repo: str | Path = ".") -> dict[str, str]:
@@ -36,3 +50,81 @@ def dvc_lock_hashes(paths: dict[str, str], lock: str | Path = "dvc.lock") -> dic
                 if Path(out.get("path", "")) == Path(path) and "md5" in out:
                     found[name] = out["md5"]
     return found
+
+
+def module_file(name: str, roots: Iterable[Path] = IMPORT_ROOTS) -> Path | None:
+    """The source file of project module ``name`` (``pkg/mod.py`` or ``pkg/__init__.py``), or None when
+    the module is not part of the project (the standard library, a third-party package)."""
+    parts = name.split(".")
+    for root in roots:
+        base = Path(root).joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _imported_names(path: Path, roots: tuple[Path, ...]) -> set[str]:
+    """Every module name an ``import`` statement of ``path`` may load, function-level imports included.
+
+    ``from a.b import c`` yields ``a.b`` and ``a.b.c`` (c may be a submodule); relative imports are resolved
+    against the file's package."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _package_of(path, roots)
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _package_of(path: Path, roots: tuple[Path, ...]) -> str:
+    for root in roots:
+        if path.is_relative_to(root):
+            rel = path.relative_to(root).with_suffix("")
+            parts = rel.parts[:-1] if rel.name != "__init__" else rel.parts[:-1]
+            return ".".join(parts)
+    return ""
+
+
+def _with_parents(name: str) -> list[str]:
+    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: importing a submodule runs its packages' ``__init__`` too."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+@functools.cache
+def import_closure(*modules: str, roots: tuple[Path, ...] = IMPORT_ROOTS) -> tuple[Path, ...]:
+    """The project files (under ``roots``) that importing ``modules`` (dotted names) loads, transitively.
+
+    Found statically from ``import`` statements (including imports inside functions), so the closure is a
+    superset of what one run executes: exactly what a stage's DVC ``deps`` must list. Sorted.
+    """
+    seen: set[Path] = set()
+    todo = [n for m in modules for n in _with_parents(m)]
+    while todo:
+        path = module_file(todo.pop(), roots)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo.extend(n for name in _imported_names(path, roots) for n in _with_parents(name))
+    return tuple(sorted(seen))
+
+
+def code_manifest(modules: Iterable[str] = MODEL_STAGES, roots: tuple[Path, ...] = IMPORT_ROOTS,
+                  base: Path = PROJECT_ROOT) -> dict[str, str]:
+    """``{file relative to ``base``: sha256[:16]}`` over the import closure of ``modules`` under ``roots``."""
+    files = import_closure(*modules, roots=roots)
+    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in files}
+
+
+def code_digest(manifest: dict[str, str]) -> str:
+    """One digest for a :func:`code_manifest`."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]

@@ -8,7 +8,9 @@ a tracking server instead.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +67,7 @@ class Run:
         self.run_id = run_id
 
     def log_params(self, params: dict) -> None:
-        mlflow.log_params({k: str(v) for k, v in _flatten(params).items()})
+        mlflow.log_params(param_strings(params))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v}, step=step)  # NaN skipped
@@ -86,12 +88,47 @@ class Run:
         mlflow.log_dict(data, name)
 
 
+# Tags that say which process holds a run, so that a run whose process was killed can be closed later.
+HOST_TAG, PID_TAG = "brats_seg.host", "brats_seg.pid"
+
+
 @contextlib.contextmanager
 def start_run(experiment: str, run_id: str | None = None, run_name: str | None = None) -> Iterator[Run]:
-    """Start (or, with ``run_id``, reopen) a run; it ends FINISHED, or FAILED if the block raises."""
-    use_experiment(experiment)
+    """Start (or, with ``run_id``, reopen) a run; it ends FINISHED, or FAILED if the block raises.
+
+    Runs of this host left RUNNING by a process that no longer exists (killed, out of memory) are closed
+    as KILLED first, so that the tracking store never shows a dead run as running.
+    """
+    close_orphaned_runs(experiment)
     with mlflow.start_run(run_id=run_id, run_name=run_name) as active:
+        mlflow.set_tags({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
         yield Run(active.info.run_id)
+
+
+def close_orphaned_runs(experiment: str) -> list[str]:
+    """Mark KILLED every RUNNING run of ``experiment`` started on this host by a process that is gone;
+    returns their ids. Runs of other hosts are left alone: their processes cannot be checked from here."""
+    experiment_id = use_experiment(experiment)
+    client = mlflow.MlflowClient(tracking_uri())
+    host = socket.gethostname().replace("'", "")
+    running = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+    closed = []
+    for run in running:
+        pid = int(run.data.tags.get(PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and not _process_alive(pid):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def get_run(run_id: str) -> dict:
@@ -105,6 +142,12 @@ def get_run(run_id: str) -> dict:
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     client = mlflow.tracking.MlflowClient(tracking_uri())
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def param_strings(params: dict) -> dict[str, str]:
+    """Nested parameters as MLflow param strings with dotted keys; lists and tuples as JSON, so that a
+    value read back from params.yaml and one logged from a stage's outputs compare equal."""
+    return {k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v) for k, v in _flatten(params).items()}
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

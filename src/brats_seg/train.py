@@ -30,6 +30,7 @@ from brats_seg.errors import DataError
 from brats_seg.inference import pick_device, predict_slices
 from brats_seg.losses import segmentation_loss
 from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.provenance import code_digest, code_manifest
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,22 @@ class TrainParams:
     resume: bool = True
     threads: int = 0
 
+    def __post_init__(self) -> None:
+        from brats_seg.config import require, require_at_least, require_positive
+
+        for key in ("epochs", "batch_size", "base", "depth"):
+            require_at_least(f"train.{key}", getattr(self, key), 1)
+        require_positive("train.lr", self.lr)
+        require_at_least("train.bce_weight", self.bce_weight, 0)
+        require_at_least("train.threads", self.threads, 0)
+        require("train.base", self.base, self.norm != "group" or self.base in (1, 2, 4) or self.base % 8 == 0,
+                "1, 2, 4 or a multiple of 8 when train.norm is 'group' (GroupNorm splits channels into 8 groups)")
+
 
 # Settings that do not change the result; a checkpoint written under other values is still resumable.
-_RUNTIME_ONLY = ("resume", "threads", "epochs")
+_RUNTIME_ONLY = ("resume",)
+# The code that shapes a trained model: this module's import closure inside the project.
+TRAINING_CODE = ("brats_seg.train",)
 
 
 @dataclasses.dataclass
@@ -70,22 +84,35 @@ class TrainResult:
     device: str
 
 
-def fingerprint(params: TrainParams, train_set: SliceSet, seed: int) -> str:
-    """Identifies a training run: settings that shape the result, the seed and the training data."""
+def fingerprint(params: TrainParams, train_set: SliceSet, val_set: SliceSet, seed: int, device: str,
+                code: str | None = None) -> str:
+    """Identifies a training run: every setting that shapes the result (epochs included), the seed, the
+    device type, the full content of the train and validation slices, and the training code's digest.
+
+    A checkpoint resumes only under the same fingerprint, so a resume can never hand back weights made
+    from other data, other settings or other code.
+    """
     settings = {k: v for k, v in dataclasses.asdict(params).items() if k not in _RUNTIME_ONLY}
-    h = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode())
-    h.update(np.ascontiguousarray(train_set.labels[:, ::8, ::8]).tobytes())
-    h.update(str(train_set.images.shape).encode())
+    code = code or code_digest(code_manifest(TRAINING_CODE))
+    h = hashlib.sha256(json.dumps([settings, seed, device, code], sort_keys=True, default=list).encode())
+    for data in (train_set, val_set):
+        for array in (data.images, data.labels, data.case_ids.astype(str), data.z):
+            array = np.ascontiguousarray(array)
+            h.update(f"{array.dtype.str}{array.shape}".encode())
+            h.update(memoryview(array).cast("B"))
     return h.hexdigest()[:16]
 
 
 def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, seed: int, checkpoint: Path,
-                slice_channels: int, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train from scratch or resume from ``checkpoint``; returns the best model by validation Dice."""
+                slice_channels: int, on_epoch: Callable[[int, dict], None] | None = None,
+                key: str | None = None) -> TrainResult:
+    """Train from scratch, or resume from ``checkpoint`` when it was written by the same run (same
+    :func:`fingerprint`, passed as ``key`` when the caller has it); returns the best model by validation Dice."""
     regions = TARGET_REGIONS[params.target]
     _check_tumour(train_set, "train")
     _check_tumour(val_set, "val")
     device = pick_device(params.device)
+    key = key or fingerprint(params, train_set, val_set, seed, device.type)
     if params.threads > 0:
         torch.set_num_threads(params.threads)
     torch.manual_seed(seed)
@@ -97,7 +124,6 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     state = {"epoch": 0, "history": [], "best": {"dice": -1.0, "epoch": 0, "weights": None}}
-    key = fingerprint(params, train_set, seed)
     saved = load_checkpoint(checkpoint) if params.resume else None
     if saved is not None and saved.get("fingerprint") == key:
         model.load_state_dict(saved["model"])
@@ -110,7 +136,7 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
     bar = tqdm(total=params.epochs, initial=state["epoch"], desc="train", unit="epoch")
     for epoch in range(state["epoch"], params.epochs):
         train_loss = _train_epoch(step, train_data, params, generator, epoch)
-        metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.amp)}
+        metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.bce_weight, params.amp)}
         bar.set_postfix(loss=f"{train_loss:.4f}", val_dice=f"{metrics['val_dice']:.4f}")
         bar.update()
         state["history"].append({"epoch": epoch + 1, **metrics})
@@ -196,19 +222,26 @@ def _train_epoch(step: Callable, data: DeviceData, params: TrainParams, generato
     return float(total / n_steps)  # one host synchronisation per epoch
 
 
-def validate(model: UNet, data: SliceSet, regions: tuple[str, ...], amp: bool = True) -> dict[str, float]:
-    """Validation loss and Dice: per case in slice space (mean over cases), and over all slices pooled."""
+def validate(model: UNet, data: SliceSet, regions: tuple[str, ...], bce_weight: float = 0.0,
+             amp: bool = True) -> dict[str, float]:
+    """Validation loss (the training loss's terms, over the whole set) and Dice in slice space.
+
+    ``val_dice``: Dice per case and region (a case with neither reference nor prediction scores 1), averaged
+    over cases, then over regions; ``val_dice_pooled``: counts pooled over all slices, averaged over regions.
+    """
     device = next(model.parameters()).device
-    probs = predict_slices(model, data.images, amp=amp)
+    logits = predict_slices(model, data.images, amp=amp, sigmoid=False)
     target = region_targets(torch.from_numpy(data.labels).to(device), regions)
-    loss = float(segmentation_loss(torch.logit(probs.float().clamp(1e-6, 1 - 1e-6)), target))
-    pred = probs > 0.5
+    loss = float(segmentation_loss(logits.float(), target, bce_weight))
+    pred, truth = logits > 0, target > 0
     _, case_idx = np.unique(data.case_ids, return_inverse=True)
     case_idx = torch.from_numpy(case_idx).to(device)
-    n_cases = int(case_idx.max()) + 1
-    tp = torch.zeros(n_cases, device=device).index_add_(0, case_idx, (pred & (target > 0)).float().sum((1, 2, 3)))
-    ps = torch.zeros(n_cases, device=device).index_add_(0, case_idx, pred.float().sum((1, 2, 3)))
-    ts = torch.zeros(n_cases, device=device).index_add_(0, case_idx, target.sum((1, 2, 3)))
-    per_case = torch.where(ps + ts > 0, 2 * tp / (ps + ts).clamp(min=1), torch.ones_like(tp))
-    pooled = float(2 * tp.sum() / (ps.sum() + ts.sum()).clamp(min=1))
-    return {"val_loss": loss, "val_dice": float(per_case.mean()), "val_dice_pooled": pooled}
+    shape = (int(case_idx.max()) + 1, len(regions))
+
+    def per_case(mask: torch.Tensor) -> torch.Tensor:  # [N, R, H, W] -> [cases, R] voxel counts
+        return torch.zeros(shape, device=device).index_add_(0, case_idx, mask.float().sum((2, 3)))
+
+    tp, ps, ts = per_case(pred & truth), per_case(pred), per_case(truth)
+    dice = torch.where(ps + ts > 0, 2 * tp / (ps + ts).clamp(min=1), torch.ones_like(tp))
+    pooled = 2 * tp.sum(0) / (ps.sum(0) + ts.sum(0)).clamp(min=1)
+    return {"val_loss": loss, "val_dice": float(dice.mean(0).mean()), "val_dice_pooled": float(pooled.mean())}

@@ -1,0 +1,1 @@
+"""Stage runners: one module per DVC stage that joins the library to MLflow (train, evaluate, register)."""

@@ -1,0 +1,68 @@
+"""dvc.yaml knows every input: each stage's code deps are exactly the import closure of its stage module."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from brats_seg.provenance import PROJECT_ROOT, code_manifest, import_closure
+
+STAGES = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _code_deps(stage: dict) -> set[str]:
+    return {d for d in stage.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_code_deps_are_the_stage_modules_import_closure(name):
+    match = re.fullmatch(r"python -m (stages\.\w+)", STAGES[name]["cmd"])
+    assert match, f"stage {name}: cmd {STAGES[name]['cmd']!r} is not `python -m stages.<name>`"
+    closure = {p.relative_to(PROJECT_ROOT).as_posix() for p in import_closure(match[1])}
+    deps = _code_deps(STAGES[name])
+    missing, extra = sorted(closure - deps), sorted(deps - closure)
+    assert not missing, f"dvc.yaml stage {name} misses deps it imports: {', '.join(missing)}"
+    assert not extra, f"dvc.yaml stage {name} lists deps it never imports (needless reruns): {', '.join(extra)}"
+
+
+def test_the_closure_follows_function_level_relative_and_package_imports(tmp_path):
+    """A hand-made package: every way of importing a project module is followed, nothing outside it is."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/top.py": "import json\nfrom pkg import a\n\ndef f():\n    from .sub import b\n",
+        "pkg/a.py": "import numpy\n",
+        "pkg/sub/__init__.py": "from pkg.sub.c import X\n",
+        "pkg/sub/b.py": "from ..a import *\n",
+        "pkg/sub/c.py": "X = 1\n",
+        "pkg/unused.py": "",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).write_text(text)
+    found = {p.relative_to(tmp_path).as_posix() for p in import_closure("pkg.top", roots=(tmp_path,))}
+    assert found == set(files) - {"pkg/unused.py"}
+
+
+def test_the_training_code_manifest_covers_what_training_runs():
+    files = code_manifest(("brats_seg.train",))
+    assert {"src/brats_seg/losses.py", "src/brats_seg/augment.py", "src/brats_seg/data/labels.py",
+            "src/brats_seg/models/unet.py", "src/brats_seg/checkpoint.py"} <= set(files)
+    assert all(len(v) == 16 for v in files.values())
+    assert "src/brats_seg/tracking.py" not in files  # training itself never logs
+
+
+def test_editing_any_training_module_changes_the_manifest_and_names_the_file(tmp_path):
+    import shutil
+
+    shutil.copytree(PROJECT_ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    roots = (tmp_path, tmp_path / "src")
+    before = code_manifest(("brats_seg.train",), roots, tmp_path)
+    for rel in ("src/brats_seg/losses.py", "src/brats_seg/augment.py", "src/brats_seg/data/labels.py"):
+        with open(tmp_path / rel, "a") as fh:
+            fh.write("\n# edited\n")
+        after = code_manifest(("brats_seg.train",), roots, tmp_path)
+        assert [k for k in after if after[k] != before[k]] == [rel]
+        before = after

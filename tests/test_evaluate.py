@@ -1,0 +1,71 @@
+"""Per-patient evaluation in the original grid: exact round trips, the empty-mask rules, the overlays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brats_seg.data.labels import region_mask
+from brats_seg.data.preprocess import preprocess_case, restore_volume
+from brats_seg.data.synthetic import MODALITIES, make_case
+from brats_seg.evaluate import score_case, summarise_cases
+from brats_seg.metrics import HD95_ONE_EMPTY_MM
+
+REGIONS = ("wt", "tc", "et")
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_case(3, seed=5, shape=(64, 64, 32))
+
+
+def test_the_reference_as_prediction_scores_exactly_one_and_zero_mm(case):
+    rows = score_case("c", {r: region_mask(case.seg, r) for r in REGIONS}, case.seg, (1.0, 1.0, 1.0))
+    assert [r["region"] for r in rows] == list(REGIONS)
+    for row in rows:
+        assert row["ref_voxels"] > 0 and row["empty_rule"] == ""
+        assert (row["dice"], row["iou"], row["precision"], row["recall"], row["hd95"]) == (1.0, 1.0, 1.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (1, 0, 2), (2, 0, 1), (1, 2, 0)])
+def test_slices_restored_at_identity_scale_reproduce_the_reference_exactly(case, axes):
+    """Through the evaluate path (preprocess -> slice labels as probabilities -> restore -> score), on volumes
+    stored with permuted axes: every voxel comes back, so Dice is exactly 1 and HD95 exactly 0 mm."""
+    images = np.stack([case.images[m] for m in MODALITIES]).transpose(0, *(a + 1 for a in axes))
+    seg = case.seg.transpose(axes)
+    affine = case.affine.copy()
+    affine[:3, :3] = case.affine[:3, :3][:, list(axes)]
+    side = preprocess_case(images, affine, size=32, margin=2).geometry.side
+    pre = preprocess_case(images, affine, size=side, margin=2, seg=seg)  # no resampling
+    predicted = {r: restore_volume(region_mask(pre.labels, r).astype(np.float32), pre.z, pre.geometry) > 0.5
+                 for r in REGIONS}
+    assert predicted["wt"].shape == seg.shape
+    for row in score_case("c", predicted, seg, (1.0, 1.0, 1.0)):
+        assert row["dice"] == 1.0 and row["hd95"] == 0.0, row["region"]
+    # the same anatomy whatever the storage order: identical slices
+    straight = preprocess_case(np.stack([case.images[m] for m in MODALITIES]), case.affine, size=side, margin=2)
+    assert np.array_equal(pre.images, straight.images)
+
+
+def test_a_one_voxel_shift_is_not_exact(case):
+    """What the exact tests above would miss with a 'Dice > 0.95' bound."""
+    shifted = np.roll(region_mask(case.seg, "wt"), 1, axis=0)
+    (row,) = score_case("c", {"wt": shifted}, case.seg, (1.0, 1.0, 1.0))
+    assert 0.8 < row["dice"] < 1.0 and row["hd95"] >= 1.0
+
+
+def test_summary_counts_the_empty_mask_rules_and_keeps_missed_tumours_in_the_mean():
+    seg = np.zeros((10, 10, 10), np.uint8)
+    seg[3:6, 3:6, 3:6] = 2
+    empty = np.zeros_like(seg)
+    rows = (score_case("hit", {"wt": seg > 0}, seg, (1.0, 1.0, 1.0))
+            + score_case("missed", {"wt": empty > 0}, seg, (1.0, 1.0, 1.0))
+            + score_case("healthy", {"wt": empty > 0}, empty, (1.0, 1.0, 1.0)))
+    summary = summarise_cases(pd.DataFrame(rows), {"wt": {"dice_mean": 0.5, "dice_pooled": 0.5}})
+    wt = summary["wt"]
+    assert summary["n_cases"] == 3
+    assert (wt["cases_both_empty"], wt["cases_one_empty"]) == (1, 1)
+    assert wt["dice_mean"] == pytest.approx(2 / 3)
+    assert wt["hd95_mean"] == pytest.approx(HD95_ONE_EMPTY_MM / 3)
+    assert wt["hd95_median"] == 0.0
