@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -9,7 +12,7 @@ import pandas as pd
 import pytest
 
 from brats_seg.data.layouts import canonical_path
-from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
+from brats_seg.data.validation import ValidateParams, duplicate_of, read_manifest, run_validate
 from brats_seg.errors import DataError
 from tests.conftest import write_synthetic_cohort
 
@@ -119,3 +122,64 @@ def test_empty_cohort(tmp_path):
     (tmp_path / "raw").mkdir()
     with pytest.raises(DataError, match="no cases in .*run the download stage first"):
         _run(tmp_path / "raw", tmp_path)
+
+
+def _copy_case(src_dir, dest_dir, link=False, uncompressed=False):
+    """A new case ``dest_dir`` with ``src_dir``'s files: byte copies, symbolic links, or re-encoded .nii."""
+    dest_dir.mkdir()
+    for f in sorted(src_dir.iterdir()):
+        target = dest_dir / f.name.replace(src_dir.name, dest_dir.name)
+        if link:
+            target.symlink_to(f)
+        elif uncompressed:
+            nib.save(nib.load(str(f)), str(target).removesuffix(".gz"))
+        else:
+            shutil.copyfile(f, target)
+
+
+def test_copies_and_links_of_a_case_are_quarantined_as_duplicates_of_the_first_by_id(tmp_path, tiny_cohort):
+    ids = sorted(p.name for p in tiny_cohort.iterdir())
+    _copy_case(tiny_cohort / ids[0], tiny_cohort / "BraTS20_Synthetic_901")
+    _copy_case(tiny_cohort / ids[1], tiny_cohort / "BraTS20_Synthetic_902", link=True)
+    _copy_case(tiny_cohort / ids[2], tiny_cohort / "BraTS20_Synthetic_000", uncompressed=True)  # sorts first
+    metrics = _run(tiny_cohort, tmp_path)
+    manifest = read_manifest(tmp_path / "manifest.parquet", status=None).set_index("case_id")
+    expected = {"BraTS20_Synthetic_901": ids[0], "BraTS20_Synthetic_902": ids[1], ids[2]: "BraTS20_Synthetic_000"}
+    for case_id, original in expected.items():
+        assert manifest.loc[case_id, "status"] == "quarantined"
+        assert manifest.loc[case_id, "reasons"] == (f"same image content as {original} (a copy of it or a link to "
+                                                    f"it); remove one of the two")
+    assert sorted(manifest.index[manifest["status"] == "ok"]) == ["BraTS20_Synthetic_000", *ids[:2], ids[3]]
+    assert manifest["image_sha256"].nunique() == 4 and metrics["quarantined"] == 3
+
+
+def test_duplicate_of_pairs_each_later_case_with_the_first_by_sorted_id():
+    assert duplicate_of(["c", "a", "b", "d", "e"], ["x", "x", "y", "x", ""]) == ["a", "", "", "a", ""]
+    assert duplicate_of(["a", "b"], ["", ""]) == ["", ""]
+
+
+_VALIDATE_TWICE = """
+import sys
+from pathlib import Path
+from brats_seg.data.validation import ValidateParams, run_validate
+from brats_seg.errors import DataError
+raw, out = Path(sys.argv[1]), Path(sys.argv[2])
+run_validate(ValidateParams(workers=1, min_brain_voxels=100), raw, out / "m.parquet", out / "r", out / "v.json")
+try:  # the failing exit path: every case breaks the brain-voxel rule
+    run_validate(ValidateParams(workers=1, min_brain_voxels=10**9, max_bad_fraction=0.0), raw, out / "m2.parquet",
+                 out / "r2", out / "v2.json")
+except DataError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_validate_leaves_nothing_in_the_temporary_folder_on_success_or_failure(tmp_path, tiny_cohort):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.run([sys.executable, "-c", _VALIDATE_TWICE, str(tiny_cohort), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: 4 of 4 cases failed validation" in proc.stdout
+    assert (tmp_path / "r" / "data_docs" / "index.html").is_file()  # the docs go to the report folder instead
+    assert list(temp.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ PERCENTILES = (1, 50, 99)
 
 
 def inspect_case(case_dir: str | Path) -> dict:
-    """Manifest row for one case: files, grid, dtypes, intensity statistics and label counts.
+    """Manifest row for one case: files, grid, dtypes, an image content digest, intensity statistics and
+    label counts.
 
     Unreadable or missing files are recorded, never raised, so that one bad case cannot stop the cohort.
     Intensity percentiles are over brain voxels (any modality non-zero) in on-disk units.
@@ -34,10 +36,24 @@ def inspect_case(case_dir: str | Path) -> dict:
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a fact about the case
             unreadable.append(f"{kind} ({type(exc).__name__}: {str(exc)[:80]})")
     row["files_unreadable"] = "; ".join(unreadable)
+    row["image_sha256"] = image_digest(arrays)
     row.update(_geometry(metas))
     row.update(_intensity(arrays))
     row.update(_labels(arrays.get("seg")))
     return row
+
+
+def image_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the four decoded modalities (dtype, shape and voxels, in MODALITIES order), or "" when one
+    is missing. Equal digests mean identical image content however the files were compressed or linked."""
+    if not all(m in arrays for m in MODALITIES):
+        return ""
+    digest = hashlib.sha256()
+    for m in MODALITIES:
+        data = np.ascontiguousarray(arrays[m])
+        digest.update(f"{m}:{data.dtype.str}:{data.shape};".encode())
+        digest.update(memoryview(data).cast("B"))
+    return digest.hexdigest()
 
 
 def _geometry(metas: dict[str, Meta]) -> dict:

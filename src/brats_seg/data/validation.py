@@ -1,15 +1,21 @@
 """The validate stage: a per-case manifest checked by a great-expectations suite.
 
 Every rule is an expectation on a manifest column; a case that breaks one is quarantined with a reason
-built from that expectation, listed in the report and left out downstream. The stage fails when more than
-``max_bad_fraction`` of the cases are bad, or when the cohort breaks a hard rule (no cases, duplicate ids).
+built from that expectation, listed in the report and left out downstream. A case whose four images are
+identical in content to an earlier case's (by sorted id: a byte copy, a re-compressed copy or links to its
+files) is quarantined as a duplicate of that case, so one patient cannot sit in two splits. The stage fails
+when more than ``max_bad_fraction`` of the cases are bad, or when the cohort breaks a hard rule (no cases,
+duplicate ids).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +29,7 @@ from brats_seg.pool import run_parallel
 log = logging.getLogger(__name__)
 
 SUITE_NAME = "brats_cases"
+DOCS_SITE = "brats"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,13 @@ class ValidateParams:
     max_bad_fraction: float = 0.1
     min_brain_voxels: int = 1000
     workers: int = 0
+
+    def __post_init__(self) -> None:
+        from brats_seg.config import require_at_least, require_fraction
+
+        require_fraction("validate.max_bad_fraction", self.max_bad_fraction)
+        require_at_least("validate.min_brain_voxels", self.min_brain_voxels, 0)
+        require_at_least("validate.workers", self.workers, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +72,8 @@ def case_rules(params: ValidateParams) -> list[Rule]:
         Rule("brain_voxels", "between", "only {value} brain voxels (minimum {rule.min_value:g})",
              min_value=params.min_brain_voxels),
         Rule("spacing_min", "between", "implausible voxel spacing {row[spacing]} mm", min_value=0.1, max_value=10.0),
+        Rule("duplicate_of", "in_set", "same image content as {value} (a copy of it or a link to it); remove one "
+             "of the two", ("",)),
     ]
 
 
@@ -67,7 +83,18 @@ def build_manifest(raw_dir: str | Path, workers: int = 0) -> pd.DataFrame:
     if not cases:
         raise DataError(f"no cases in {raw_dir}; run the download stage first (dvc repro download).")
     rows = run_parallel(inspect_case, cases, workers, desc="inspect cases")
-    return pd.DataFrame(rows)
+    manifest = pd.DataFrame(rows)
+    manifest["duplicate_of"] = duplicate_of(manifest["case_id"].tolist(), manifest["image_sha256"].tolist())
+    return manifest
+
+
+def duplicate_of(case_ids: list[str], digests: list[str]) -> list[str]:
+    """For each case, the first case (by sorted id) with the same image digest, or "" (also for no digest)."""
+    first: dict[str, str] = {}
+    for case_id, digest in sorted(zip(case_ids, digests)):
+        if digest:
+            first.setdefault(digest, case_id)
+    return [first[d] if d and first[d] != c else "" for c, d in zip(case_ids, digests)]
 
 
 def run_validate(params: ValidateParams, raw_dir: str | Path, manifest_path: str | Path,
@@ -105,17 +132,44 @@ def run_suite(manifest: pd.DataFrame, rules: list[Rule], report_dir: str | Path)
 
     Returns ``{"reasons": {case_id: "reason; reason"}, "table": [...], "failed": n}``.
     """
+    with _private_tempdir():
+        return _run_suite(manifest, rules, report_dir)
+
+
+@contextlib.contextmanager
+def _private_tempdir() -> Iterator[None]:
+    """Send every temporary file or folder made inside the block to a private folder removed on any exit.
+
+    great-expectations' default ephemeral context declares a throw-away data docs site in a fresh temporary
+    folder, which a checkpoint builds (about 4 MB) and nothing removes. :func:`_run_suite` no longer declares
+    it; this catches that and whatever else the library leaves behind, on success, error or interrupt.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="brats-validate-") as private:
+        tempfile.tempdir = private
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
+
+
+def _run_suite(manifest: pd.DataFrame, rules: list[Rule], report_dir: str | Path) -> dict:
     import great_expectations as gx  # slow import, only where needed
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # and again: it resets it on import
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     docs = Path(report_dir) / "data_docs"
     shutil.rmtree(docs, ignore_errors=True)
-    context = gx.get_context(mode="ephemeral")
+    in_memory = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
+    context = gx.get_context(mode="ephemeral", project_config=in_memory)
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    context.add_data_docs_site(site_name="brats", site_config={
+    context.add_data_docs_site(site_name=DOCS_SITE, site_config={
         "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs.resolve())}})
     batch = context.data_sources.add_pandas("manifest").add_dataframe_asset("cases")
@@ -132,7 +186,7 @@ def run_suite(manifest: pd.DataFrame, rules: list[Rule], report_dir: str | Path)
         data=batch.add_batch_definition_whole_dataframe("all"), suite=suite, name=SUITE_NAME))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name=SUITE_NAME, validation_definitions=[definition],
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["case_id"]}))
     outcome = checkpoint.run(batch_parameters={"dataframe": manifest})
     suite_result = next(iter(outcome.run_results.values()))
