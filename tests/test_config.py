@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Literal
 
 import pytest
 
-from brats_seg.config import BaseParams, load_section, read_params
+from brats_seg.config import SECTIONS, BaseParams, check_cross_section, check_params, load_section, read_params
 from brats_seg.data.download import DownloadParams
 from brats_seg.data.slicing import SliceParams
 from brats_seg.errors import ConfigError
+from brats_seg.train import TrainParams
 from tests.conftest import PROJECT_ROOT
 
 
@@ -95,3 +97,124 @@ def test_a_missing_report_says_which_stage_to_run(tmp_path):
 
     with pytest.raises(DataError, match="eval.json does not exist; run the pipeline stage that writes it"):
         read_json(tmp_path / "eval.json")
+
+
+def _project_params() -> dict:
+    return read_params(PROJECT_ROOT / "params.yaml")
+
+
+def _with(params: dict, key: str, value: object) -> dict:
+    """A deep copy of ``params`` with dotted ``key`` set to ``value``."""
+    out = copy.deepcopy(params)
+    *parents, leaf = key.split(".")
+    node = out
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return out
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.epochs", -1, "train.epochs must be an integer >= 1, got -1."),
+    ("train.epochs", 0, "train.epochs must be an integer >= 1, got 0."),
+    ("train.depth", 0, "train.depth must be an integer >= 1, got 0."),
+    ("train.lr", -0.1, "train.lr must be a number > 0, got -0.1."),
+    ("train.lr", 0, "train.lr must be a number > 0, got 0.0."),
+    ("train.lr", float("nan"), "train.lr must be a number > 0, got nan."),
+    ("train.batch_size", 0, "train.batch_size must be an integer >= 1, got 0."),
+    ("train.base", 0, "train.base must be an integer >= 1, got 0."),
+    ("train.bce_weight", -1, "train.bce_weight must be a number >= 0, got -1.0."),
+    ("train.threads", -2, "train.threads must be an integer >= 0, got -2."),
+    ("train.norm", "group", None),  # base 32 suits group norm
+    ("base.seed", -1, "base.seed must be an integer >= 0, got -1."),
+    ("base.model", "", "base.model must be a non-empty path or name, got ''."),
+    ("validate.max_bad_fraction", 1.5, "validate.max_bad_fraction must be a number from 0 to 1, got 1.5."),
+    ("validate.min_brain_voxels", -1, "validate.min_brain_voxels must be an integer >= 0, got -1."),
+    ("validate.workers", -1, "validate.workers must be an integer >= 0, got -1."),
+    ("promote.min_dice", 1.2, "promote.min_dice must be a number from 0 to 1, got 1.2."),
+    ("promote.min_improvement", -0.1, "promote.min_improvement must be a number from 0 to 1, got -0.1."),
+    ("download.workers", -1, "download.workers must be an integer >= 0, got -1."),
+    ("download.synthetic.n_cases", 0, "download.synthetic.n_cases must be an integer >= 1, got 0."),
+    ("download.synthetic.shape", [240, 4, 155], "download.synthetic.shape must be three integers >= 8, "
+                                                "got [240, 4, 155]."),
+    ("download.synthetic.tumour_free_fraction", 2, "must be a number from 0 to 1, got 2.0."),
+    ("download.url.retries", -1, "download.url.retries must be an integer >= 0, got -1."),
+    ("download.url.timeout_s", 0, "download.url.timeout_s must be a number > 0, got 0.0."),
+    ("download.url.url", "ftp://example.org/x.tar", "download.url.url must be an http:// or https:// URL"),
+    ("download.url.md5", "abc", "download.url.md5 must be 32 hexadecimal digits, or null to skip the check"),
+    ("download.url.md5", None, None),
+    ("download.kaggle.dataset", "no-slash", "download.kaggle.dataset must be OWNER/NAME"),
+    ("download.kaggle.timeout_s", -5, "download.kaggle.timeout_s must be a number > 0, got -5.0."),
+    ("slice.size", 4, "slice.size must be an integer >= 8, got 4."),
+    ("slice.margin", -1, "slice.margin must be an integer >= 0, got -1."),
+    ("slice.keep_empty_fraction", -0.5, "slice.keep_empty_fraction must be a number from 0 to 1, got -0.5."),
+    ("slice.split", [0.0, 0.5, 0.5], "slice.split must be three fractions (train, val, test)"),
+    ("slice.split", [1.2, -0.1, -0.1], "slice.split must be three fractions"),
+    ("slice.modalities", ["flair", "flair"], "slice.modalities must name each of some of"),
+    ("schedule.cron", "every monday", "schedule.cron must be a cron expression of five fields"),
+    ("schedule.timezone", "Mars/Olympus", "schedule.timezone must be an IANA time zone"),
+])
+def test_every_value_is_checked_against_its_meaning(key, value, message):
+    params = _with(_project_params(), key, value)
+    if message is None:
+        check_params(params)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_params(params)
+    assert str(err.value).startswith(f"params.yaml: {key}") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_project_params_and_the_section_registry_agree():
+    params = _project_params()
+    check_params(params)
+    assert set(SECTIONS) == set(params)  # a new section gets a dataclass that checks it
+
+
+@pytest.mark.parametrize(("size", "depth", "ok"), [(60, 3, False), (64, 3, True), (128, 4, True), (24, 2, True),
+                                                   (24, 4, False), (8, 3, True), (8, 4, False)])
+def test_slice_size_must_be_divisible_by_2_to_the_depth(size, depth, ok):
+    params = _with(_with(_project_params(), "slice.size", size), "train.depth", depth)
+    if ok:
+        load_section(SliceParams, params, "slice")
+        return
+    for section, cls in (("slice", SliceParams), ("train", TrainParams)):  # both stages stop before working
+        with pytest.raises(ConfigError, match=rf"slice.size must be a multiple of 2\*\*train.depth = {2**depth} "
+                                              rf"\(train.depth is {depth}\), got {size}; use a multiple of"):
+            load_section(cls, params, section)
+
+
+def test_the_cross_section_rule_leaves_a_bad_value_to_its_own_section():
+    params = _with(_project_params(), "train.depth", "deep")
+    assert load_section(SliceParams, params, "slice").size == 128  # the train stage reports train.depth
+    with pytest.raises(ConfigError, match="train.depth must be an integer, got 'deep'"):
+        load_section(TrainParams, params, "train")
+    with pytest.raises(ConfigError, match="= 16 .train.depth is 4., got 60"):  # absent: the default applies
+        check_cross_section({"slice": {"size": 60}, "train": {}})
+
+
+def test_messages_name_the_file_they_came_from():
+    with pytest.raises(ConfigError, match=r"^exp\.yaml: train\.epochs must be an integer >= 1, got 0\.$"):
+        load_section(TrainParams, {"train": {"epochs": 0}}, "train", source="exp.yaml")
+    with pytest.raises(ConfigError, match=r"^exp\.yaml: download\.synthetic\.n_cases must be"):
+        load_section(DownloadParams, {"download": {"synthetic": {"n_cases": 0}}}, "download", source="exp.yaml")
+
+
+@pytest.mark.parametrize(("assignments", "message"), [
+    (["train.epochs=abc"], "train.epochs must be an integer, got 'abc'."),
+    (["train.epochs=-1"], "train.epochs must be an integer >= 1, got -1."),
+    (["slice.size=60", "train.depth=3"], "slice.size must be a multiple of 2**train.depth = 8"),
+    (["slice.split=[0.7"], "slice.split=[0.7 does not hold a YAML value"),
+    (["train=5"], "train must be a mapping of keys, got 5."),
+    (["=5"], "'=5' is not KEY=VALUE"),
+])
+def test_params_set_refuses_bad_values_before_writing(tmp_path, assignments, message):
+    from brats_seg.config import set_params
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes((PROJECT_ROOT / "params.yaml").read_bytes())
+    before = path.read_bytes()
+    with pytest.raises(ConfigError) as err:
+        set_params(path, assignments)
+    assert message in str(err.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -1,13 +1,22 @@
 """Typed, frozen parameter sections loaded from params.yaml.
 
-Every stage loads only its own section into a frozen dataclass. Unknown keys, missing keys and values of
-the wrong type are rejected with one sentence that names the key, e.g.
-``params.yaml: slice.size must be an integer, got '128px'``.
+Every stage loads only its own section into a frozen dataclass. Unknown keys, missing keys, values of the
+wrong type and values outside their meaning are rejected with one sentence that names the key, the value
+and what is allowed, e.g. ``params.yaml: train.epochs must be an integer >= 1, got -1.``
+
+Types are checked here (:func:`build`); each section's dataclass checks the meaning of its values in
+``__post_init__`` with :func:`require` and its shorthands; rules that tie two sections together live in
+:func:`check_cross_section`, which :func:`load_section` applies to the sections they involve, so that
+``slice.size: 60`` with ``train.depth: 3`` stops the slice stage before it slices anything.
+:func:`check_params` checks a whole document (what ``brats-seg params set`` writes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -35,11 +44,108 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
-def load_section(cls: type[T], params: Mapping[str, Any], name: str, source: str = "params.yaml") -> T:
-    """Build dataclass ``cls`` from ``params[name]``, checking every key and type."""
+PARAMS_FILE = "params.yaml"  # how __post_init__ messages name the file; build() puts the real name in
+
+# Every section of params.yaml and the dataclass that checks it, imported only when a whole document is
+# checked, so that loading one section never imports torch or mlflow.
+SECTIONS: dict[str, str] = {
+    "base": "brats_seg.config:BaseParams",
+    "download": "brats_seg.data.download:DownloadParams",
+    "validate": "brats_seg.data.validation:ValidateParams",
+    "slice": "brats_seg.data.slicing:SliceParams",
+    "train": "brats_seg.train:TrainParams",
+    "evaluate": "brats_seg.runners.evaluate:EvaluateParams",
+    "register": "brats_seg.runners.register:RegisterParams",
+    "promote": "brats_seg.promotion:PromoteParams",
+    "schedule": "brats_seg.config:ScheduleParams",
+}
+_CROSS_SECTION = ("slice", "train")
+
+
+def load_section(cls: type[T], params: Mapping[str, Any], name: str, source: str = PARAMS_FILE) -> T:
+    """Build dataclass ``cls`` from ``params[name]``, checking every key, type and value, and the rules
+    that tie this section to another one present in ``params`` (:func:`check_cross_section`)."""
     if name not in params:
         raise ConfigError(f"{source} has no '{name}' section; add it (see the project's params.yaml).")
-    return build(cls, params[name], f"{source}: {name}")
+    section = build(cls, params[name], f"{source}: {name}")
+    if name in _CROSS_SECTION:
+        check_cross_section(params, source)
+    return section
+
+
+def check_params(params: Mapping[str, Any], source: str = PARAMS_FILE) -> None:
+    """Check a whole params document: every known section present in it (others are left alone), then
+    the rules between sections. Raises ConfigError with one sentence for the first problem."""
+    for name, target in SECTIONS.items():
+        if name in params:
+            module, _, attr = target.partition(":")
+            build(getattr(importlib.import_module(module), attr), params[name], f"{source}: {name}")
+    check_cross_section(params, source)
+
+
+def check_cross_section(params: Mapping[str, Any], source: str = PARAMS_FILE) -> None:
+    """Rules between sections: ``slice.size`` must be divisible by ``2 ** train.depth`` (the U-Net pools
+    ``depth`` times and concatenates skips of equal size). Values that are missing or not yet valid are left
+    to their own section's check; the defaults are those of SliceParams and TrainParams."""
+    if "slice" not in params or "train" not in params:
+        return
+    size = _raw_value(params, "slice", "size", "brats_seg.data.slicing:SliceParams")
+    depth = _raw_value(params, "train", "depth", "brats_seg.train:TrainParams")
+    if not (_is_int(size) and _is_int(depth) and size >= 1 and depth >= 1):
+        return
+    step = 2**depth
+    if size % step:
+        raise ConfigError(f"{source}: slice.size must be a multiple of 2**train.depth = {step} (train.depth is "
+                          f"{depth}), got {size}; use a multiple of {step} such as "
+                          f"{max(step, round(size / step) * step)}, or a smaller train.depth.")
+
+
+def _raw_value(params: Mapping[str, Any], section: str, key: str, target: str) -> Any:
+    values = params[section]
+    if isinstance(values, Mapping) and key in values:
+        return values[key]
+    module, _, attr = target.partition(":")
+    fields = dataclasses.fields(getattr(importlib.import_module(module), attr))
+    return next(f.default for f in fields if f.name == key)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def require(key: str, value: Any, ok: bool, allowed: str) -> None:
+    """Raise the one-sentence ConfigError for params key ``key`` (dotted, e.g. ``train.epochs``) unless
+    ``ok``; ``allowed`` completes "must be ...", e.g. "an integer >= 1"."""
+    if not ok:
+        raise ConfigError(f"{PARAMS_FILE}: {key} must be {allowed}, got {value!r}.")
+
+
+def require_at_least(key: str, value: float, low: float) -> None:
+    """``value >= low`` (and finite): ``train.epochs must be an integer >= 1, got 0.``"""
+    require(key, value, math.isfinite(value) and value >= low, f"{_kind(value)} >= {low:g}")
+
+
+def require_positive(key: str, value: float) -> None:
+    """``value > 0`` (and finite): ``train.lr must be a number > 0, got -0.1.``"""
+    require(key, value, math.isfinite(value) and value > 0, f"{_kind(value)} > 0")
+
+
+def require_fraction(key: str, value: float) -> None:
+    """``0 <= value <= 1``: ``validate.max_bad_fraction must be a number from 0 to 1, got 1.5.``"""
+    require(key, value, 0.0 <= value <= 1.0, "a number from 0 to 1")
+
+
+def require_match(key: str, value: str, pattern: str, allowed: str) -> None:
+    """``value`` matches the regular expression ``pattern`` as a whole."""
+    require(key, value, re.fullmatch(pattern, value) is not None, allowed)
+
+
+def require_url(key: str, value: str) -> None:
+    require_match(key, value, r"https?://[^\s/]+\S*", "an http:// or https:// URL")
+
+
+def _kind(value: Any) -> str:
+    return "an integer" if isinstance(value, int) else "a number"
 
 
 def build(cls: type[T], value: Any, where: str) -> T:
@@ -60,7 +166,14 @@ def build(cls: type[T], value: Any, where: str) -> T:
                 raise ConfigError(f"{where}.{key} is missing; add it to the section.")
             continue
         kwargs[key] = _coerce(hints[key], value[key], f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)  # __post_init__ checks what the values mean
+    except ConfigError as exc:
+        source = where.partition(": ")[0]
+        message = str(exc)
+        if source == PARAMS_FILE or not message.startswith(f"{PARAMS_FILE}: "):
+            raise
+        raise ConfigError(source + message[len(PARAMS_FILE):]) from None
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -138,6 +251,35 @@ class BaseParams:
     registered_report: str = "reports/registered.json"
     experiment: str = "brats-seg"
 
+    def __post_init__(self) -> None:
+        require_at_least("base.seed", self.seed, 0)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, str):
+                require(f"base.{field.name}", value, bool(value.strip()), "a non-empty path or name")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleParams:
+    """params.yaml ``schedule`` section: when the served pipeline retrains (flows/serve.py)."""
+
+    cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        import zoneinfo
+
+        fields = self.cron.split()
+        cron_ok = len(fields) == 5 and all(re.fullmatch(r"[0-9A-Za-z*,/?LW#-]+", f) for f in fields)
+        require("schedule.cron", self.cron, cron_ok, "a cron expression of five fields (minute hour day month "
+                "weekday), e.g. '0 3 * * 1'")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+            tz_ok = bool(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            tz_ok = False
+        require("schedule.timezone", self.timezone, tz_ok, "an IANA time zone such as UTC or Europe/Berlin")
+
 
 def stage_params(description: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Parse a stage's command line (``--params PATH``, ``-v``), set up logging, return the params file."""
@@ -156,30 +298,49 @@ def stage_params(description: str, argv: list[str] | None = None) -> dict[str, A
 def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
     """Apply ``KEY=VALUE`` assignments (dotted keys, YAML values) to a params file, keeping its comments.
 
-    The same edit ``dvc exp run -S`` makes; returns the new values. Unknown keys are refused.
+    The same edit ``dvc exp run -S`` makes; returns the new values. Unknown keys are refused, and the whole
+    resulting document is checked (:func:`check_params`) before the file is replaced, atomically.
     """
+    import io
+
     from ruamel.yaml import YAML
+
+    from brats_seg.io.atomic import atomic_path
 
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
     path = Path(path)
     read_params(path)  # exists and is a mapping, else one sentence
     doc = yaml_rt.load(path.read_text())
-    changed = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"'{item}' is not KEY=VALUE (for example train.epochs=5).")
-        *parents, leaf = key.split(".")
-        node = doc
-        for part in parents:
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
-            node = node[part]
-        if not isinstance(node, dict) or leaf not in node:
-            raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
-        node[leaf] = yaml.safe_load(raw)
-        changed[key] = node[leaf]
-    with open(path, "w") as fh:
-        yaml_rt.dump(doc, fh)
+    changed = {key: _assign(doc, key, raw, path) for key, raw in (_split_assignment(a) for a in assignments)}
+    text = io.StringIO()
+    yaml_rt.dump(doc, text)
+    check_params(yaml.safe_load(text.getvalue()) or {}, str(path))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text.getvalue())
     return changed
+
+
+def _split_assignment(item: str) -> tuple[str, str]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"'{item}' is not KEY=VALUE (for example train.epochs=5).")
+    return key, raw
+
+
+def _assign(doc: Any, key: str, raw: str, path: Path) -> Any:
+    """Set dotted ``key`` in the round-trip document ``doc`` to the YAML value ``raw``; returns the value."""
+    *parents, leaf = key.split(".")
+    node = doc
+    for part in parents:
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
+        node = node[part]
+    if not isinstance(node, dict) or leaf not in node:
+        raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}={raw} does not hold a YAML value; quote strings and close brackets "
+                          f"(for example slice.split=[0.7,0.15,0.15]).") from None
+    return node[leaf]

@@ -20,6 +20,12 @@ class PromoteParams:
     min_improvement: float = 0.0
     min_dice: float = 0.7
 
+    def __post_init__(self) -> None:
+        from brats_seg.config import require_fraction
+
+        require_fraction("promote.min_improvement", self.min_improvement)
+        require_fraction("promote.min_dice", self.min_dice)
+
 
 @dataclasses.dataclass(frozen=True)
 class Decision:

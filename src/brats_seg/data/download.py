@@ -47,6 +47,13 @@ class SyntheticSource:
     shape: tuple[int, int, int] = synthetic.BRATS_SHAPE
     tumour_free_fraction: float = 0.1
 
+    def __post_init__(self) -> None:
+        from brats_seg.config import require, require_at_least, require_fraction
+
+        require_at_least("download.synthetic.n_cases", self.n_cases, 1)
+        require("download.synthetic.shape", list(self.shape), min(self.shape) >= 8, "three integers >= 8")
+        require_fraction("download.synthetic.tumour_free_fraction", self.tumour_free_fraction)
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalSource:
@@ -60,6 +67,16 @@ class UrlSource:
     retries: int = 5
     timeout_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        from brats_seg.config import require_at_least, require_match, require_positive, require_url
+
+        require_url("download.url.url", self.url)
+        if self.md5 is not None:
+            require_match("download.url.md5", self.md5, "[0-9a-fA-F]{32}", "32 hexadecimal digits, or null to skip "
+                          "the check")
+        require_at_least("download.url.retries", self.retries, 0)
+        require_positive("download.url.timeout_s", self.timeout_s)
+
 
 @dataclasses.dataclass(frozen=True)
 class KaggleSource:
@@ -67,6 +84,15 @@ class KaggleSource:
     api_url: str = "https://www.kaggle.com/api/v1"
     retries: int = 5
     timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        from brats_seg.config import require_at_least, require_match, require_positive, require_url
+
+        require_match("download.kaggle.dataset", self.dataset, r"[\w.-]+/[\w.-]+", "OWNER/NAME as in the "
+                      "dataset's Kaggle URL")
+        require_url("download.kaggle.api_url", self.api_url)
+        require_at_least("download.kaggle.retries", self.retries, 0)
+        require_positive("download.kaggle.timeout_s", self.timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +105,11 @@ class DownloadParams:
     local: LocalSource = LocalSource()
     url: UrlSource = UrlSource()
     kaggle: KaggleSource = KaggleSource()
+
+    def __post_init__(self) -> None:
+        from brats_seg.config import require_at_least
+
+        require_at_least("download.workers", self.workers, 0)
 
 
 def run_download(params: DownloadParams, raw_dir: str | Path, cache_dir: str | Path, seed: int) -> dict:
