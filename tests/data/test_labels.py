@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from brats_seg.data.labels import region_mask, region_stack, to_canonical
+from brats_seg.data.labels import INVALID_LABEL, label_ids, region_mask, region_stack, to_canonical, unexpected_labels
 
 
 def test_conventions_map_to_brats_2020_labels():
@@ -11,6 +12,41 @@ def test_conventions_map_to_brats_2020_labels():
     assert to_canonical(src, "msd").tolist() == [0, 2, 1, 4]  # MSD: 1 oedema, 2 non-enhancing, 3 enhancing
     assert to_canonical(np.array([0, 1, 2, 4]), "brats2020").tolist() == [0, 1, 2, 4]
     assert to_canonical(np.array([0.0, 2.9999, 3.0], dtype=np.float32), "brats2023").tolist() == [0, 4, 4]
+
+
+@pytest.mark.parametrize(("convention", "values", "expected"), [
+    # NaN, negative, fractional and too-large values never pass for background (they used to become 0)
+    ("brats2023", [np.nan, -1.0, 0.5, 1.4, 300.0, np.inf], [255, 255, 255, 255, 255, 255]),
+    ("msd", [np.nan, -2.0, 2.5], [255, 255, 255]),
+    ("brats2020", [np.nan, -1.0, 0.25], [255, 255, 255]),
+    # a canonical id the convention does not use would pass for enhancing tumour after remapping
+    ("brats2023", [4.0], [255]),
+    ("msd", [4.0], [255]),
+    # other whole numbers are kept so that validation reports them as they were
+    ("brats2023", [7.0], [7]),
+    ("brats2020", [3.0], [3]),
+])
+def test_values_that_are_no_label_stay_visible(convention, values, expected):
+    assert to_canonical(np.array(values, dtype=np.float32), convention).tolist() == expected
+    assert INVALID_LABEL == 255
+
+
+def test_integer_volumes_of_any_dtype():
+    assert to_canonical(np.array([-1, 0, 3, 256], dtype=np.int16), "brats2023").tolist() == [255, 0, 4, 255]
+    assert to_canonical(np.array([True, False]), "brats2020").tolist() == [1, 0]
+    assert label_ids(np.array([2.0005, 1.99, -0.0], dtype=np.float64)).tolist() == [2, 255, 0]
+
+
+@pytest.mark.parametrize(("values", "allowed", "expected"), [
+    ([0, 1, 2, 4, 4], {0, 1, 2, 4}, []),
+    ([0, 3, 7, 1], {0, 1, 2, 4}, ["3", "7"]),
+    ([0.0, 0.5, -1.0, np.nan, 1.0], {0, 1}, ["-1", "0.5", "nan"]),
+    ([0.0, 2.0, 1.0], {0, 1}, ["2"]),
+    ([True, False], {0, 1}, []),
+    ([0, 255], {0, 1, 2, 4}, ["255"]),
+])
+def test_unexpected_labels_lists_each_offending_value_once(values, allowed, expected):
+    assert unexpected_labels(np.array(values), frozenset(allowed)) == expected
 
 
 def test_regions():

@@ -2,6 +2,8 @@
 
 Canonical labels (BraTS 2020): 0 background, 1 necrotic / non-enhancing core, 2 oedema, 4 enhancing tumour.
 Regions: whole tumour WT = {1, 2, 4}, tumour core TC = {1, 4}, enhancing tumour ET = {4}.
+Values that are no label (NaN, negative, fractional) are never rounded or clipped into one: they become
+:data:`INVALID_LABEL` (255) so that validation can report them.
 """
 
 from __future__ import annotations
@@ -33,25 +35,53 @@ SOURCE_LABELS: dict[str, frozenset[int]] = {
     "brats2023": frozenset({0, 1, 2, 3}),
     "msd": frozenset({0, 1, 2, 3}),
 }
+# Every id some convention uses: in each of them 0 is background and any other id is tumour (WT).
+ANY_SOURCE_LABELS: frozenset[int] = frozenset().union(*SOURCE_LABELS.values())
+# A binary whole-tumour mask (what `brats-seg predict` writes).
+MASK_LABELS: frozenset[int] = frozenset({0, 1})
+# to_canonical's value for a voxel that holds no label of its convention: NaN, infinite, negative,
+# fractional or above 254, or a canonical id the convention does not use (4 in BraTS 2023 or MSD files).
+# It is not a label: validation reports it, and region masks never include it.
+INVALID_LABEL = 255
+_INTEGER_TOLERANCE = 1e-3  # a float label within this of an integer is that integer (scaled storage)
+
+
+def label_ids(seg: np.ndarray) -> np.ndarray:
+    """Integer ids (int32) of a label volume of any numeric dtype, with :data:`INVALID_LABEL` wherever a
+    value is NaN, infinite, negative, fractional or above 254. Nothing is clipped or rounded away."""
+    if seg.dtype.kind in "biu":
+        ids = seg.astype(np.int64)
+    else:
+        rounded = np.rint(seg)
+        with np.errstate(invalid="ignore"):  # inf - inf
+            whole = np.abs(seg - rounded) <= _INTEGER_TOLERANCE  # False for NaN and infinities
+        ids = np.where(whole, np.nan_to_num(rounded, nan=-1.0, posinf=-1.0, neginf=-1.0), -1).astype(np.int64)
+    return np.where((ids >= 0) & (ids < INVALID_LABEL), ids, INVALID_LABEL).astype(np.int32)
 
 
 def to_canonical(seg: np.ndarray, convention: str) -> np.ndarray:
-    """Map a label volume from ``convention`` to canonical BraTS 2020 labels.
+    """Map a label volume from ``convention`` to canonical BraTS 2020 labels (uint8, same shape).
 
-    ``seg`` may be any numeric dtype (BraTS 2023 ships float32). Values are rounded; the result is uint8.
-    Labels the convention does not know are kept as they are so that validation can report them.
+    ``seg`` may be any numeric dtype (BraTS 2023 ships float32). Voxels that hold no label of the convention
+    become :data:`INVALID_LABEL`, except whole numbers below 255 that are not canonical ids either (7, or 3 in
+    a BraTS 2020 file): those are kept as they are. Either way validation sees them and reports them.
     """
     if convention not in _REMAPS:
         raise ValueError(f"unknown label convention {convention!r}")
-    labels = np.rint(seg).astype(np.int32) if seg.dtype.kind == "f" else seg.astype(np.int32)
-    labels = np.clip(labels, 0, 255)
-    remap = _REMAPS[convention]
-    if not remap:
-        return labels.astype(np.uint8)
     lut = np.arange(256, dtype=np.uint8)
-    for src, dst in remap.items():
+    for label in CANONICAL_LABELS - SOURCE_LABELS[convention]:
+        lut[label] = INVALID_LABEL  # it would pass for a canonical label after remapping
+    for src, dst in _REMAPS[convention].items():
         lut[src] = dst
-    return lut[labels]
+    return lut[label_ids(seg)]
+
+
+def unexpected_labels(seg: np.ndarray, allowed: frozenset[int] = CANONICAL_LABELS) -> list[str]:
+    """The distinct values of ``seg`` that are not ids in ``allowed``, sorted and written as a person reads
+    them ('-1', '0.5', '7', 'nan'); empty when every voxel holds an allowed label."""
+    values = np.unique(seg.astype(np.uint8) if seg.dtype.kind == "b" else seg)
+    bad = values[~np.isin(label_ids(values), sorted(allowed))]
+    return [f"{v:g}" for v in bad.tolist()]
 
 
 def region_mask(labels: np.ndarray, region: str = "wt") -> np.ndarray:
