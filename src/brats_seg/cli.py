@@ -72,9 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics files as JSON instead")
     p = sub.add_parser("score", help="score a predicted label map or mask against a reference (JSON)")
     p.add_argument("--ref", required=True, help="reference label map (.nii.gz)")
-    p.add_argument("--pred", required=True, help="prediction: a label map, or a binary whole-tumour mask")
-    p.add_argument("--labels", choices=["brats2020", "brats2023"], default="brats2020",
-                   help="label convention of both files (brats2023: enhancing tumour is 3)")
+    p.add_argument("--pred", required=True, help="prediction: a label map, or a 0/1 whole-tumour mask with "
+                   "--labels binary")
+    p.add_argument("--labels", choices=["brats2020", "brats2023", "msd", "binary"], default="brats2020",
+                   help="label scheme of both files (brats2023: enhancing tumour is 3; msd: Decathlon Task01), "
+                   "or binary: the prediction is a 0/1 mask, scored as whole tumour (WT) only against the "
+                   "reference's non-zero voxels")
     p = sub.add_parser("predict", help="segment new cases: binary whole-tumour masks on each input's grid")
     p.add_argument("cases", nargs="+", metavar="CASE_DIR", help="folders holding cases in any supported naming")
     p.add_argument("--model", default=None, help="models:/NAME@ALIAS or a model file (default: "

@@ -1,4 +1,10 @@
-"""Score one prediction against one reference, per region, with DESIGN.md's definitions."""
+"""Score one prediction against one reference, per region, with DESIGN.md's definitions.
+
+Both files are checked first: readable NIfTI, 3D, on one grid, and holding only labels of the named scheme.
+The scheme is an explicit choice: a label map in ``brats2020``, ``brats2023`` or ``msd`` labels is scored
+for WT, TC and ET; ``binary`` scores a 0/1 whole-tumour mask for WT only (the reference may then be a 0/1
+mask or a label map in any scheme: WT is its non-zero voxels). The result names the scheme used.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +12,71 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_seg.data.labels import REGIONS, region_mask, to_canonical
-from brats_seg.errors import UserError
-from brats_seg.io.nifti import read_nifti
+from brats_seg.data.labels import (
+    ANY_SOURCE_LABELS,
+    MASK_LABELS,
+    REGIONS,
+    SOURCE_LABELS,
+    label_ids,
+    region_mask,
+    to_canonical,
+    unexpected_labels,
+)
+from brats_seg.errors import DataError, UserError
+from brats_seg.io.nifti import Meta, read_volume
 from brats_seg.metrics import case_metrics
 
+BINARY = "binary"
+SCHEMES: tuple[str, ...] = (*SOURCE_LABELS, BINARY)
+_SHOWN_VALUES = 8
 
-def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020") -> dict[str, dict[str, float]]:
-    """``{region: metrics}`` for WT, TC and ET. Both files use the label convention ``labels``.
 
-    A binary prediction (only 0 and 1) is scored as whole tumour only.
-    """
-    for path in (ref, pred):
-        if not Path(path).is_file():
-            raise UserError(f"{path} does not exist; pass existing NIfTI files to --ref and --pred.")
-    ref_data, ref_meta = read_nifti(ref)
-    pred_data, pred_meta = read_nifti(pred)
+def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020") -> dict:
+    """``{"labels": scheme, region: metrics, ...}``: WT, TC and ET for a label scheme, WT only for ``binary``."""
+    if labels not in SCHEMES:
+        raise UserError(f"--labels {labels} is not a label scheme; use one of {', '.join(SCHEMES)}.")
+    ref_data, ref_meta = read_volume(ref)
+    pred_data, pred_meta = read_volume(pred)
+    _check_grid(ref, ref_meta, pred, pred_meta)
+    if labels == BINARY:
+        _check_values(ref, ref_data, ANY_SOURCE_LABELS, "the labels of every scheme",
+                      "pass a label map or a 0/1 mask as the reference")
+        _check_values(pred, pred_data, MASK_LABELS, "a 0/1 mask", "--labels binary needs a whole-tumour mask, "
+                      f"so name the label scheme of a label map instead ({', '.join(SOURCE_LABELS)})")
+        wt = case_metrics(label_ids(pred_data) == 1, label_ids(ref_data) != 0, ref_meta.spacing)
+        return {"labels": BINARY, "wt": wt}
+    fix = (f"name the files' scheme with --labels ({', '.join(SCHEMES)}), and pass label maps, not probabilities "
+           f"or images")
+    _check_values(ref, ref_data, SOURCE_LABELS[labels], f"the {labels} labels", fix)
+    _check_values(pred, pred_data, SOURCE_LABELS[labels], f"the {labels} labels", fix)
+    _refuse_mask_as_label_map(pred, pred_data, ref, ref_data)
+    ref_labels, pred_labels = to_canonical(ref_data, labels), to_canonical(pred_data, labels)
+    scores = {r: case_metrics(region_mask(pred_labels, r), region_mask(ref_labels, r), ref_meta.spacing)
+              for r in REGIONS}
+    return {"labels": labels, **scores}
+
+
+def _check_grid(ref: str | Path, ref_meta: Meta, pred: str | Path, pred_meta: Meta) -> None:
     if not ref_meta.same_grid(pred_meta):
-        raise UserError(f"{pred} is not on the grid of {ref} (shape {pred_meta.shape} vs {ref_meta.shape}, or "
+        raise DataError(f"{pred} is not on the grid of {ref} (shape {pred_meta.shape} vs {ref_meta.shape}, or "
                         f"different affines); resample the prediction to the reference grid first.")
-    ref_labels = to_canonical(ref_data, labels)
-    values = set(np.unique(pred_data).tolist())
-    if values <= {0, 1}:
-        return {"wt": case_metrics(pred_data > 0, region_mask(ref_labels, "wt"), ref_meta.spacing)}
-    pred_labels = to_canonical(pred_data, labels)
-    return {r: case_metrics(region_mask(pred_labels, r), region_mask(ref_labels, r), ref_meta.spacing)
-            for r in REGIONS}
+
+
+def _check_values(path: str | Path, data: np.ndarray, allowed: frozenset[int], what: str, fix: str) -> None:
+    """Refuse a volume holding anything but ids in ``allowed`` (NaN, -1, 0.5, 7, raw intensities)."""
+    bad = unexpected_labels(data, allowed)
+    if bad:
+        more = len(bad) - _SHOWN_VALUES
+        shown = ", ".join(bad[:_SHOWN_VALUES]) + (f" and {more} more" if more > 0 else "")
+        ids = ", ".join(map(str, sorted(allowed)))
+        raise DataError(f"{path} holds values outside {what} {{{ids}}}: {shown}; {fix}.")
+
+
+def _refuse_mask_as_label_map(pred: str | Path, pred_data: np.ndarray, ref: str | Path, ref_data: np.ndarray) -> None:
+    """A prediction holding exactly 0 and 1 against a reference with other labels is most likely a binary
+    mask, which scored as a label map would be all label 1. The user says which it is."""
+    pred_values = set(label_ids(np.unique(pred_data)).tolist())
+    ref_values = set(label_ids(np.unique(ref_data)).tolist())
+    if pred_values == set(MASK_LABELS) and not ref_values <= set(MASK_LABELS):
+        raise DataError(f"{pred} holds only 0 and 1 but {ref} is a multi-label map; pass --labels binary to "
+                        f"score the prediction as a whole-tumour mask (WT only).")

@@ -1,7 +1,8 @@
 """NIfTI reading and writing: the only module that touches .nii / .nii.gz files.
 
 Reader contract (as in nnU-Net): arrays in voxel order ``(X, Y, Z)`` plus a :class:`Meta` that carries the
-affine, spacing in mm and the on-disk dtype.
+affine, spacing in mm and the on-disk dtype. Files a person names on the command line are read with
+:func:`read_header` / :func:`read_volume`, which turn every failure into one :class:`DataError` sentence.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from brats_seg.errors import DataError
 from brats_seg.io.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -58,6 +60,43 @@ def read_nifti(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray,
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     return data, _meta(img)
+
+
+def read_header(path: str | Path, ndim: int | None = 3) -> Meta:
+    """Header of a NIfTI file a user passed, checked: it exists, decodes and has ``ndim`` axes (any when
+    None). Raises DataError with one sentence otherwise."""
+    return _meta(_load_checked(Path(path), ndim))
+
+
+def read_volume(path: str | Path, ndim: int | None = 3) -> tuple[np.ndarray, Meta]:
+    """:func:`read_nifti` for a file a user passed: a missing, non-NIfTI, truncated or wrongly shaped file
+    raises DataError with one sentence instead of a decoder's exception."""
+    path = Path(path)
+    img = _load_checked(path, ndim)
+    try:
+        data = np.asarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise _unreadable(path, exc) from None
+    return data, _meta(img)
+
+
+def _load_checked(path: Path, ndim: int | None) -> nib.spatialimages.SpatialImage:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file; pass an existing NIfTI file (.nii or .nii.gz).")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises several kinds for "not a NIfTI file"
+        raise _unreadable(path, exc) from None
+    if ndim is not None and len(img.shape) != ndim:
+        raise DataError(f"{path} is {len(img.shape)}D (shape {'x'.join(map(str, img.shape))}) but must be "
+                        f"{ndim}D; pass one volume per file.")
+    return img
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:100]
+    return DataError(f"{path} cannot be read as NIfTI ({reason}); check or replace the file (a truncated "
+                     f"download is the usual cause).")
 
 
 def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, dtype: type | None = None) -> Path:
