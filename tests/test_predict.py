@@ -81,3 +81,57 @@ def test_no_champion_in_the_registry_is_one_sentence(tmp_path, monkeypatch):
     write_case(tmp_path / "in", case.case_id, case.images, case.seg, case.affine)
     with pytest.raises(UserError, match="cannot load models:/brats-unet@champion from the registry"):
         predict_dirs([tmp_path / "in"], None, tmp_path / "out", "cpu")
+
+
+def _case_folder(tmp_path, index=5):
+    case = make_case(index, 0, (48, 48, 24))
+    write_case(tmp_path / "in", case.case_id, case.images, None, case.affine)
+    return case, tmp_path / "in" / "_unlabelled" / case.case_id
+
+
+def _resave(path, data, affine):
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+@pytest.mark.parametrize(("defect", "message"), [
+    ("4d", r"_t1\.nii\.gz is 4D \(shape 48x48x24x2\) but must be 3D; pass one volume per file\."),
+    ("shape", r"_t1\.nii\.gz is not on the grid of .*_flair\.nii\.gz \(shape 48x48x23 vs 48x48x24, or different "
+              r"affines\); resample the modalities to one grid first\."),
+    ("affine", r"_t1\.nii\.gz is not on the grid of .*_flair\.nii\.gz .*resample the modalities"),
+    ("nan", r"the t1 image .*_t1\.nii\.gz holds 3 NaN or infinite voxels; fix or replace the image\."),
+    ("zero", r"the t1 image .*_t1\.nii\.gz holds only zeros; replace it"),
+    ("garbage", r"_t1\.nii\.gz cannot be read as NIfTI \(.*\); check or replace the file"),
+])
+def test_inputs_are_checked_before_any_mask_is_written(tmp_path, model_file, defect, message):
+    """A good case first, then a broken one: the sentence names the broken file and no mask is written."""
+    good = make_case(6, 0, (48, 48, 24))
+    write_case(tmp_path / "good", good.case_id, good.images, None, good.affine)
+    case, folder = _case_folder(tmp_path)
+    t1 = folder / f"{case.case_id}_t1.nii.gz"
+    volume = case.images["t1"].astype(np.float32)
+    if defect == "4d":
+        _resave(t1, np.stack([volume, volume], axis=-1), case.affine)
+    elif defect == "shape":
+        _resave(t1, volume[:, :, :-1], case.affine)
+    elif defect == "affine":
+        _resave(t1, volume, case.affine @ np.diag([2.0, 1.0, 1.0, 1.0]))
+    elif defect == "nan":
+        volume[1, 1, 1:4] = np.nan
+        _resave(t1, volume, case.affine)
+    elif defect == "zero":
+        _resave(t1, np.zeros_like(volume), case.affine)
+    else:
+        t1.write_bytes(b"not an image at all\n")
+    with pytest.raises(UserError, match=message) as err:
+        predict_dirs([tmp_path / "good", folder], str(model_file), tmp_path / "out", "cpu")
+    assert "\n" not in str(err.value)
+    if defect not in ("nan", "zero"):  # header checks run for every case before the first prediction
+        assert not (tmp_path / "out").exists()
+
+
+def test_out_must_be_a_folder(tmp_path, model_file):
+    _, folder = _case_folder(tmp_path)
+    (tmp_path / "out").write_text("mine")
+    with pytest.raises(UserError, match="--out .*out is a file; pass a folder for the masks."):
+        predict_dirs([folder], str(model_file), tmp_path / "out", "cpu")
+    assert (tmp_path / "out").read_text() == "mine"

@@ -1,7 +1,8 @@
 """Segment new cases: binary whole-tumour masks on each input's own grid.
 
 Cases may use any naming the download stage recognises. Preprocessing is the slice stage's own
-(:func:`brats_seg.data.preprocess.preprocess_case`) with the parameters stored with the model.
+(:func:`brats_seg.data.preprocess.preprocess_case`) with the parameters stored with the model. Inputs are
+checked before anything is written: each modality decodes, is 3D and lies on the case's one grid.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 
 from brats_seg.data.layouts import CaseSource, discover_cases
 from brats_seg.data.preprocess import preprocess_case, restore_volume
-from brats_seg.errors import UserError
+from brats_seg.errors import DataError, UserError
 from brats_seg.inference import ModelBundle, load_model, pick_device, predict_slices
-from brats_seg.io.nifti import read_meta, read_nifti, write_like
+from brats_seg.io.nifti import Meta, read_header, read_volume, write_like
 
 log = logging.getLogger(__name__)
 
@@ -41,42 +42,76 @@ def resolve_model(model: str | None, device: str = "auto") -> ModelBundle:
     return ModelBundle(net.eval(), tuple(meta["regions"]), dict(meta["slice"]), float(meta.get("threshold", 0.5)))
 
 
+def check_case(case: CaseSource, modalities: tuple[str, ...]) -> Meta:
+    """Check a case from the file headers alone before any prediction: every modality the model needs is
+    there, decodes as NIfTI, is one 3D volume (a channel of a 4D Decathlon image) and lies on one grid.
+    Returns the grid (the first modality's header). Raises DataError with one sentence otherwise."""
+    missing = [m for m in modalities if m not in case.images]
+    if missing:
+        raise DataError(f"case {case.case_id} has no {', '.join(missing)} image; the model needs "
+                        f"{', '.join(modalities)} (found {', '.join(sorted(case.images)) or 'none'}).")
+    metas = {}
+    for m in modalities:
+        path, channel = case.images[m]
+        metas[m] = read_header(path, ndim=3 if channel is None else 4)
+        if channel is not None and metas[m].shape[3] <= channel:
+            raise DataError(f"{path} has {metas[m].shape[3]} volumes but the {m} image is volume {channel + 1}; "
+                            f"pass the Decathlon's 4D image with FLAIR, T1w, T1gd and T2w.")
+    grid = metas[modalities[0]]
+    for m, meta in metas.items():
+        if not grid.same_grid(meta):
+            raise DataError(f"case {case.case_id}: {case.images[m][0]} is not on the grid of "
+                            f"{case.images[modalities[0]][0]} (shape {'x'.join(map(str, meta.shape[:3]))} vs "
+                            f"{'x'.join(map(str, grid.shape[:3]))}, or different affines); resample the "
+                            f"modalities to one grid first.")
+    return grid
+
+
 def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, batch_size: int = 256) -> dict:
     """Write ``<case>_mask.nii.gz`` (uint8, 0/1) on the grid of the case's first modality."""
     modalities = tuple(bundle.slice_params["modalities"])
-    missing = [m for m in modalities if m not in case.images]
-    if missing:
-        raise UserError(f"case {case.case_id} has no {', '.join(missing)} image; the model needs "
-                        f"{', '.join(modalities)} (found {', '.join(sorted(case.images)) or 'none'}).")
-    volumes, affine = [], None
-    for m in modalities:
-        path, channel = case.images[m]
-        try:
-            data, meta = read_nifti(path)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault, said in one sentence
-            raise UserError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); check or replace "
-                            f"the file (a truncated download is the usual cause).") from None
-        volumes.append(data[..., channel] if channel is not None else data)
-        affine = meta.affine if affine is None else affine
+    grid = check_case(case, modalities)
+    volumes = [read_modality(case, m) for m in modalities]
     reference = case.images[modalities[0]][0]
-    pre = preprocess_case(np.stack(volumes).astype(np.float32), affine, int(bundle.slice_params["size"]),
+    pre = preprocess_case(np.stack(volumes).astype(np.float32), grid.affine, int(bundle.slice_params["size"]),
                           int(bundle.slice_params["margin"]))
     probs = predict_slices(bundle.model, pre.images, batch_size).float().cpu().numpy()[:, 0]
     mask = (restore_volume(probs, pre.z, pre.geometry) > bundle.threshold).astype(np.uint8)
     out = write_like(Path(out_dir) / f"{case.case_id}_mask.nii.gz", mask, reference)
-    spacing = read_meta(reference).spacing
-    volume_ml = float(mask.sum()) * float(np.prod(spacing)) / 1000.0
+    volume_ml = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
     log.info("%s: tumour %.1f ml -> %s", case.case_id, volume_ml, out)
     return {"case_id": case.case_id, "mask": str(out), "tumour_ml": round(volume_ml, 2), "voxels": int(mask.sum())}
 
 
+def read_modality(case: CaseSource, modality: str) -> np.ndarray:
+    """One modality ``(X, Y, Z)`` of a case, refused with one sentence when it holds NaN or infinite voxels or
+    only zeros (a wrong or empty file: the model never saw such an input, validation quarantines it)."""
+    path, channel = case.images[modality]
+    data, _ = read_volume(path, ndim=3 if channel is None else 4)
+    volume = data[..., channel] if channel is not None else data
+    if volume.dtype.kind == "f" and not np.isfinite(volume).all():
+        raise DataError(f"case {case.case_id}: the {modality} image {path} holds {int((~np.isfinite(volume)).sum())} "
+                        f"NaN or infinite voxels; fix or replace the image.")
+    if not volume.any():
+        raise DataError(f"case {case.case_id}: the {modality} image {path} holds only zeros; replace it with the "
+                        f"case's real {modality} image.")
+    return volume
+
+
 def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir: str | Path = "predictions",
                  device: str = "auto") -> list[dict]:
-    """Predict every case found in ``case_dirs`` (each may hold one case or many)."""
+    """Predict every case found in ``case_dirs`` (each may hold one case or many).
+
+    Every case is checked (:func:`check_case`) before the first mask is written.
+    """
     for d in case_dirs:
         if not Path(d).is_dir():
             raise UserError(f"{d} is not a folder; pass folders that hold a case's NIfTI files.")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir} is a file; pass a folder for the masks.")
     bundle = resolve_model(model, device)
     cases = [c for d in case_dirs for c in discover_cases(d)]
+    for case in cases:
+        check_case(case, tuple(bundle.slice_params["modalities"]))
     with torch.inference_mode():
         return [predict_case(c, bundle, out_dir) for c in cases]
