@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import shutil
 import subprocess
@@ -59,12 +60,16 @@ class FileServer:
 
     ``cut_first[path] = n``: the first ``n`` GETs of ``path`` send half the body then drop the connection.
     ``auth = (user, key)``: every request must carry that HTTP basic auth, else 401.
+    HEAD answers with the validators a GET sends too: ETag (a hash of the body), Last-Modified
+    (``modified[path]``, else a fixed date) and Content-Length; ``no_head`` paths answer HEAD with 405.
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut_first: dict[str, int] = {}
         self.auth: tuple[str, str] | None = None
+        self.modified: dict[str, str] = {}
+        self.no_head: set[str] = set()
         self.requests: list[dict] = []
         server = self
 
@@ -72,17 +77,39 @@ class FileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's API
-                server.requests.append({"path": self.path, "range": self.headers.get("Range"),
-                                        "auth": self.headers.get("Authorization")})
+            def _allowed(self) -> bytes | None:
+                """The body at this path, or None after answering 401 / 404."""
+                server.requests.append({"method": self.command, "path": self.path,
+                                        "range": self.headers.get("Range"), "auth": self.headers.get("Authorization")})
                 if server.auth:
                     token = base64.b64encode(":".join(server.auth).encode()).decode()
                     if self.headers.get("Authorization") != f"Basic {token}":
                         self.send_error(401)
-                        return
+                        return None
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404)
+                return body
+
+            def _validators(self, body: bytes) -> None:
+                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()[:16]}"')
+                self.send_header("Last-Modified", server.modified.get(self.path, "Mon, 01 Jan 2024 00:00:00 GMT"))
+
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server's API
+                body = self._allowed()
+                if body is None:
+                    return
+                if self.path in server.no_head:
+                    self.send_error(405)
+                    return
+                self.send_response(200)
+                self._validators(body)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's API
+                body = self._allowed()
+                if body is None:
                     return
                 start = 0
                 if rng := self.headers.get("Range"):
@@ -91,6 +118,7 @@ class FileServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
+                self._validators(body)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 if server.cut_first.get(self.path, 0) > 0:
@@ -136,6 +164,8 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
     """Run a command with the project's virtualenv first on PATH (as `make` does)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's own local store
+    if (Path(cwd) / "src" / "brats_seg").is_dir():  # a copy of the project runs its own code, not the checkout's
+        env["PYTHONPATH"] = str(Path(cwd) / "src")
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -80,3 +80,38 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
 
     again = run_cmd(["dvc", "repro", "evaluate"], repo)
     assert "Running stage" not in again.stdout
+    assert not list((repo / "data" / "cache" / "checkpoints").glob("*.pt"))  # a finished run leaves none
+
+
+def _cached_out_hashes(repo) -> dict[str, str]:
+    import yaml
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    uncached = {next(iter(o)) for s in stages.values() for o in s.get("outs", []) if isinstance(o, dict)}
+    return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", [])
+            if o["path"] not in {p.replace("${base.validation_reports}", "reports/validation") for p in uncached}
+            and not o["path"].startswith("reports/")}
+
+
+def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_epochs(dvc_project):
+    """Byte-reproducible cached outputs on CPU, and `dvc exp run -S train.epochs=1` after a 2-epoch run."""
+    repo = dvc_project.path
+    run_cmd(["dvc", "repro", "train"], repo)
+    first = _cached_out_hashes(repo)
+    assert set(first) == {"data/raw", "data/validated/manifest.parquet", "data/slices", "models/unet.pt"}
+    longer = json.loads((repo / "reports" / "train.json").read_text())
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "2 epochs"], repo)
+
+    forced = run_cmd(["dvc", "repro", "--force", "train"], repo)
+    assert "Running stage 'download'" in forced.stdout and "Running stage 'train'" in forced.stdout
+    assert _cached_out_hashes(repo) == first
+    again = json.loads((repo / "reports" / "train.json").read_text())
+    assert again["run_id"] != longer["run_id"] and again["fingerprint"] == longer["fingerprint"]
+
+    run_cmd(["dvc", "exp", "run", "-S", "train.epochs=1", "train"], repo)
+    shorter = json.loads((repo / "reports" / "train.json").read_text())
+    assert shorter["epochs"] == 1 and shorter["run_id"] != longer["run_id"]
+    assert shorter["fingerprint"] != longer["fingerprint"]
+    assert _cached_out_hashes(repo)["models/unet.pt"] != first["models/unet.pt"]

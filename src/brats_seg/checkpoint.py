@@ -6,6 +6,7 @@ Everything in a checkpoint is a tensor, a number, a string or a container of tho
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 from pathlib import Path
@@ -42,9 +43,13 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` with torch.save, atomically."""
+    """Write ``state`` with torch.save, atomically and byte-reproducibly: the same state gives the same bytes
+    (torch names the archive's folder after the file, and the temporary file's name differs per process, so
+    the archive is built in memory under torch's fixed name first)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)
 
 
