@@ -146,3 +146,30 @@ def test_kaggle_downloads_the_dataset_zip_with_basic_auth(tmp_path, monkeypatch,
                             kaggle=KaggleSource(dataset="owner/brats", api_url=file_server.url("/api/v1")))
     run_download(params, tmp_path / "raw", tmp_path / "cache", 0)
     _check_raw(tmp_path / "raw", 2)
+
+
+def _link_case(src_case, dest_case):
+    dest_case.mkdir()
+    for f in sorted(src_case.iterdir()):
+        (dest_case / f.name.replace(src_case.name, dest_case.name)).symlink_to(f)
+
+
+def test_links_inside_the_source_folder_are_read_but_links_outside_it_or_broken_are_refused(tmp_path):
+    src, elsewhere = tmp_path / "incoming", tmp_path / "elsewhere"
+    write_synthetic_cohort(src, 2)
+    write_synthetic_cohort(elsewhere, 1)
+    _link_case(src / "BraTS20_Synthetic_001", src / "Linked_001")  # validation flags it as a duplicate
+    run_download(DownloadParams(source="local", workers=1, local=LocalSource(str(src))), tmp_path / "raw",
+                 tmp_path / "cache", seed=0)
+    _check_raw(tmp_path / "raw", 3)
+    _link_case(elsewhere / "BraTS20_Synthetic_001", src / "Outside_001")
+    params = DownloadParams(source="local", workers=1, local=LocalSource(str(src)))
+    with pytest.raises(DataError, match=r"Outside_001_flair.nii.gz is a symbolic link to .*elsewhere.*, outside the "
+                                        r"source folder"):
+        run_download(params, tmp_path / "raw2", tmp_path / "cache", seed=0)
+    assert not (tmp_path / "raw2").exists()
+    for f in (src / "Outside_001").iterdir():
+        f.unlink()
+    (src / "Outside_001" / "Outside_001_flair.nii.gz").symlink_to(src / "nothing.nii.gz")
+    with pytest.raises(DataError, match="Outside_001_flair.nii.gz is a broken symbolic link"):
+        run_download(params, tmp_path / "raw2", tmp_path / "cache", seed=0)

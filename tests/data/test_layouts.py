@@ -9,6 +9,7 @@ from brats_seg.data.layouts import (
     canonical_files,
     discover_cases,
     list_canonical_cases,
+    refuse_outside_links,
     write_canonical,
 )
 from brats_seg.data.synthetic import MODALITIES, make_case
@@ -112,3 +113,13 @@ def test_unreadable_source_file_is_kept_for_validation(tmp_path, case):
     write_canonical(found, tmp_path / "raw")
     flair = canonical_files(tmp_path / "raw" / "X-1")["flair"]
     assert flair is not None and flair.read_bytes() == good[: len(good) // 2]
+
+
+def test_a_linked_folder_counts_as_a_link_too(tmp_path):
+    (tmp_path / "src" / "real").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "src" / "alias").symlink_to(tmp_path / "src" / "real", target_is_directory=True)
+    refuse_outside_links(tmp_path / "src")  # a link that stays inside is fine
+    (tmp_path / "src" / "cases").symlink_to(tmp_path / "other", target_is_directory=True)
+    with pytest.raises(DataError, match=r"src/cases is a symbolic link to .*other, outside the source folder"):
+        refuse_outside_links(tmp_path / "src")

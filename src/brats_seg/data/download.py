@@ -28,6 +28,7 @@ from brats_seg.data.layouts import (
     canonical_dir,
     discover_cases,
     file_sha256,
+    refuse_outside_links,
     write_canonical,
     write_case,
 )
@@ -115,6 +116,7 @@ class DownloadParams:
 def run_download(params: DownloadParams, raw_dir: str | Path, cache_dir: str | Path, seed: int) -> dict:
     """Fill ``raw_dir`` with canonical cases from ``params.source``; returns the sources.json record."""
     raw_dir, cache_dir = Path(raw_dir), Path(cache_dir)
+    local = local_source_path(params.local.path, raw_dir, cache_dir) if params.source == "local" else None
     used = getattr(params, params.source)
     key = hashlib.sha256(json.dumps([params.source, dataclasses.asdict(used), seed], sort_keys=True,
                                     default=str).encode()).hexdigest()[:12]
@@ -123,7 +125,7 @@ def run_download(params: DownloadParams, raw_dir: str | Path, cache_dir: str | P
     if params.source == "synthetic":
         record = _synthetic(used, staging, seed, params.workers)
     else:
-        record = _from_files(params, staging, cache_dir)
+        record = _from_files(params, staging, cache_dir, local)
     record = {"source": params.source, "params": dataclasses.asdict(used), "seed": seed, **record}
     (staging / "sources.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     if raw_dir.exists():
@@ -161,8 +163,8 @@ def _make_and_write(index: int, root: Path, seed: int, shape: tuple[int, int, in
     return case.case_id
 
 
-def _from_files(params: DownloadParams, staging: Path, cache_dir: Path) -> dict:
-    source_root, fetched = _materialise(params, cache_dir)
+def _from_files(params: DownloadParams, staging: Path, cache_dir: Path, local: Path | None) -> dict:
+    source_root, fetched = _materialise(params, cache_dir, local)
     cases = discover_cases(source_root)
     todo = [c for c in cases if not canonical_dir(staging, c).is_dir()]
     if len(todo) < len(cases):
@@ -186,14 +188,30 @@ def _case_record(case: CaseSource, staging: Path, source_root: Path) -> dict:
             "files": {p.name: file_sha256(p) for p in sorted(folder.iterdir())}}
 
 
-def _materialise(params: DownloadParams, cache_dir: Path) -> tuple[Path, dict]:
+def local_source_path(path: str, raw_dir: str | Path, cache_dir: str | Path) -> Path:
+    """``download.local.path``, checked: it must exist and must neither lie inside nor contain the folders
+    that the pipeline deletes and rewrites (``raw_dir``, ``cache_dir``). Raises DataError otherwise."""
+    source = Path(path).expanduser()
+    if not path or not source.exists():
+        raise DataError(f"download.local.path {path!r} does not exist; point it at a folder of BraTS cases or an "
+                        f"archive of them.")
+    resolved = source.resolve()
+    for key, folder in (("base.raw_dir", Path(raw_dir).resolve()), ("base.cache_dir", Path(cache_dir).resolve())):
+        if resolved.is_relative_to(folder):
+            raise DataError(f"download.local.path {path} lies inside {key} ({folder}), which the pipeline deletes "
+                            f"and rewrites; move the source cases out of it and point download.local.path there.")
+        if folder.is_relative_to(resolved):
+            raise DataError(f"download.local.path {path} contains {key} ({folder}), the pipeline's own data; point "
+                            f"download.local.path at the folder (or archive) of source cases itself.")
+    return source
+
+
+def _materialise(params: DownloadParams, cache_dir: Path, local: Path | None) -> tuple[Path, dict]:
     """Return a folder holding the source's files, fetching and extracting as needed."""
-    if params.source == "local":
-        path = Path(params.local.path).expanduser()
-        if not params.local.path or not path.exists():
-            raise DataError(f"download.local.path {params.local.path!r} does not exist; point it at a folder "
-                            f"of BraTS cases or an archive of them.")
+    if local is not None:
+        path = local
         if path.is_dir():
+            refuse_outside_links(path)
             return path, {"path": str(path)}
         if not is_archive(path):
             raise DataError(f"download.local.path {path} is neither a folder nor an archive "

@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ def discover_cases(root: str | Path) -> list[CaseSource]:
     Raises DataError when nothing is recognised or when one case id appears twice.
     """
     root = Path(root)
-    files = [p for p in _walk_nifti(root)]
+    files = list(walk_nifti(root))
     by_case: dict[tuple[str, str, Path], dict[str, Path]] = defaultdict(dict)
     msd: dict[str, dict[str, Path]] = defaultdict(dict)
     leftovers: list[Path] = []
@@ -102,12 +102,38 @@ def discover_cases(root: str | Path) -> list[CaseSource]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _walk_nifti(root: Path) -> Iterable[Path]:
+def walk_nifti(root: str | Path) -> Iterator[Path]:
+    """Every NIfTI file under ``root`` that :func:`discover_cases` looks at, in sorted order: hidden and
+    ``__MACOSX`` folders are skipped, links to files are listed, links to folders are not followed."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        dirnames[:] = sorted(d for d in dirnames if not _skipped_dir(d))
         for name in sorted(filenames):
             if is_nifti(name):
                 yield Path(dirpath) / name
+
+
+def _skipped_dir(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def refuse_outside_links(root: str | Path) -> None:
+    """Raise DataError when a symbolic link under ``root`` (outside hidden folders) points outside ``root``
+    or nowhere: a source folder must hold its cases, not borrow them from elsewhere."""
+    root = Path(root).resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _skipped_dir(d))
+        for name in sorted([*dirnames, *filenames]):
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # missing target, or a loop of links
+                raise DataError(f"{path} is a broken symbolic link (to {os.readlink(path)}); remove it or restore "
+                                f"its target.") from None
+            if not target.is_relative_to(root):
+                raise DataError(f"{path} is a symbolic link to {target}, outside the source folder {root}; "
+                                f"replace the link with a copy of its target, or use a folder that holds it.")
 
 
 def _add(by_case: dict, key: tuple[str, str, Path], kind: str, path: Path) -> None:
