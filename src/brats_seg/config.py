@@ -236,6 +236,7 @@ class BaseParams:
     seed: int = 42
     raw_dir: str = "data/raw"
     cache_dir: str = "data/cache"
+    source_manifest: str = "data/source.json"
     manifest: str = "data/validated/manifest.parquet"
     validation_reports: str = "reports/validation"
     validation_metrics: str = "reports/validation.json"

@@ -1,0 +1,21 @@
+"""DVC stage `source`: record what the data source holds, so that download reruns only when it changed
+(python -m stages.source)."""
+
+from __future__ import annotations
+
+from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.data.download import DownloadParams
+from brats_seg.data.source_manifest import check_source
+from brats_seg.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    params = stage_params(__doc__, argv)
+    base = load_section(BaseParams, params, "base")
+    check_source(load_section(DownloadParams, params, "download"), base.source_manifest, base.raw_dir,
+                 base.cache_dir, base.seed)
+
+
+if __name__ == "__main__":
+    main()
