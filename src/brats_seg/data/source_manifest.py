@@ -53,7 +53,7 @@ def check_source(params: DownloadParams, manifest_path: str | Path, raw_dir: str
     """Write the source manifest to ``manifest_path`` (only when it changed); returns it."""
     manifest_path = Path(manifest_path)
     previous = _read_previous(manifest_path)
-    config = _config(params, seed)
+    config = json.loads(json.dumps(_config(params, seed)))  # as JSON holds it (tuples become lists)
     try:
         content = _content(params, raw_dir, cache_dir)
     except SourceUnreachable as exc:
@@ -64,7 +64,7 @@ def check_source(params: DownloadParams, manifest_path: str | Path, raw_dir: str
         raise DownloadError(f"could not reach the {params.source} source to check it for changes ({exc}); "
                             f"check the network and download.{params.source} in params.yaml, then rerun.") from None
     text = json.dumps({"source": params.source, "config": config, "content": content}, indent=1, sort_keys=True) + "\n"
-    manifest = json.loads(text)  # as written: tuples become lists
+    manifest = json.loads(text)
     if previous == manifest and manifest_path.read_text() == text:
         log.info("source unchanged since the last check (%s)", manifest_path)
         return manifest
