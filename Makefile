@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 # full-size setup: 128 x 128, base 32, 20 epochs) and runs the pipeline flow through Prefect.
 DEMO_PARAMS := slice.size=64 train.base=16 train.depth=3 train.batch_size=16 train.epochs=12
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean clean-tracking
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,5 +42,29 @@ bench: setup
 	$(BIN)/python benchmarks/slice_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
 
+# Rebuildable outputs only: DVC stage outputs (restored by `dvc checkout` from the DVC cache, or rebuilt by
+# `dvc repro`), reports, training checkpoints and download staging (default paths of params.yaml `base`).
+# Kept: downloaded archives (data/cache/downloads), the source manifest (data/source.json) and the MLflow
+# tracking store with every registered model version (see clean-tracking).
+CLEAN_PATHS := data/raw data/validated data/slices models/unet.pt reports/validation reports/validation.json \
+	reports/train.json reports/train_curve.csv reports/train_curve.png reports/eval.json reports/eval_cases.csv \
+	reports/overlays reports/registered.json data/cache/checkpoints data/cache/extracted data/cache/raw-*
+TRACKING_STORE := mlflow/mlflow.db mlflow/artifacts
+
 clean:
-	rm -rf data models reports/validation mlflow/mlflow.db mlflow/artifacts
+	@echo "removing rebuildable outputs: $(CLEAN_PATHS)"
+	rm -rf -- $(CLEAN_PATHS)
+	@echo "kept: downloads (data/cache/downloads), data/source.json and the MLflow store (make clean-tracking)"
+
+# Deletes every MLflow run, registered model version and alias (champion history) of the local store, after
+# saying so and asking: type 'delete' at the prompt, or pass CONFIRM=1 where there is no terminal.
+clean-tracking:
+	@echo "clean-tracking deletes the local MLflow tracking store: every run, every registered model version"
+	@echo "and the champion/challenger aliases. That is:"
+	@for p in $(TRACKING_STORE); do if [ -e "$$p" ]; then du -sh -- "$$p"; else echo "  $$p (not there)"; fi; done
+	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "The server at MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI is not touched."; fi
+	@if [ "$(CONFIRM)" = 1 ]; then :; \
+	elif [ -t 0 ]; then read -r -p "Type 'delete' to delete it: " answer; \
+		if [ "$$answer" != delete ]; then echo "nothing deleted"; exit 1; fi; \
+	else echo "nothing deleted: no terminal to ask; run 'make clean-tracking CONFIRM=1' to delete it"; exit 1; fi
+	rm -rf -- $(TRACKING_STORE)
