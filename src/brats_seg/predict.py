@@ -31,7 +31,9 @@ def resolve_model(model: str | None, device: str = "auto") -> ModelBundle:
     if Path(model).is_file():
         return load_model(model, dev)
     if not model.startswith(("models:/", "runs:/")):
-        raise UserError(f"--model {model} is neither a model file nor a models:/NAME@ALIAS URI.")
+        what = "is a folder, not a model file" if Path(model).is_dir() else "does not exist"
+        raise UserError(f"--model {model} {what}; pass a model file (models/unet.pt) or a registry URI such as "
+                        f"{DEFAULT_MODEL}.")
     from brats_seg import tracking
 
     try:

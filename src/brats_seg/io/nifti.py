@@ -94,7 +94,7 @@ def _load_checked(path: Path, ndim: int | None) -> nib.spatialimages.SpatialImag
 
 
 def _unreadable(path: Path, exc: Exception) -> DataError:
-    reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:100]
+    reason = " ".join(f"{type(exc).__name__}: {str(exc).replace(str(path), path.name)}".split())[:100]
     return DataError(f"{path} cannot be read as NIfTI ({reason}); check or replace the file (a truncated "
                      f"download is the usual cause).")
 

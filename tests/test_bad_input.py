@@ -1,0 +1,292 @@
+"""Hostile and careless input (issue 12): every row is the real CLI or stage run as a subprocess.
+
+Each must exit with status 2, print exactly one line on stderr (``error: <sentence>``, no traceback) and
+leave every file in its folder as it was: nothing deleted, moved, half-written or created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from brats_seg.data.layouts import write_case
+from brats_seg.data.synthetic import make_case
+from brats_seg.inference import save_model
+from brats_seg.models.unet import UNet, UNetConfig
+from tests.conftest import PROJECT_ROOT
+
+SHAPE = (48, 48, 24)
+SLICE = {"size": 32, "margin": 4, "modalities": ["flair", "t1", "t1ce", "t2"]}
+Builder = Callable[[Path, Path], list[str]]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    net = UNet(UNetConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
+    return save_model(tmp_path_factory.mktemp("model") / "unet.pt", net, ("wt",), SLICE)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root``: a file's SHA-256, or 'dir' / 'link -> target'."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = f"link -> {os.readlink(path)}"
+        elif path.is_dir():
+            found[rel] = "dir"
+        else:
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+# --- score ---------------------------------------------------------------------------------------------
+
+def _label_map() -> tuple[np.ndarray, np.ndarray]:
+    case = make_case(1, 0, (32, 32, 16))
+    return case.seg, case.affine
+
+
+def _score(tmp: Path, pred: np.ndarray | bytes | None, *extra: str, ref: np.ndarray | None = None,
+           affine: np.ndarray | None = None) -> list[str]:
+    seg, ref_affine = _label_map()
+    nib.save(nib.Nifti1Image(seg if ref is None else ref, ref_affine), str(tmp / "ref.nii.gz"))
+    pred_path = tmp / "pred.nii.gz"
+    if isinstance(pred, bytes):
+        pred_path.write_bytes(pred)
+    elif pred is not None:
+        nib.save(nib.Nifti1Image(pred, ref_affine if affine is None else affine), str(pred_path))
+    return ["-m", "brats_seg.cli", "score", "--ref", str(tmp / "ref.nii.gz"), "--pred", str(pred_path), *extra]
+
+
+def _with_values(*values: float) -> np.ndarray:
+    seg = _label_map()[0].astype(np.float32)
+    seg[0, 0, : len(values)] = values
+    return seg
+
+
+def _truncated_label_map(tmp: Path) -> bytes:
+    seg, affine = _label_map()
+    nib.save(nib.Nifti1Image(seg, affine), str(tmp / "whole.nii.gz"))
+    data = (tmp / "whole.nii.gz").read_bytes()
+    (tmp / "whole.nii.gz").unlink()
+    return data[: len(data) // 2]
+
+
+SCORE_ROWS = [
+    ("score-not-nifti", lambda t, m: _score(t, b"id,dice\n1,0.9\n"), "pred.nii.gz cannot be read as NIfTI"),
+    ("score-truncated-gzip", lambda t, m: _score(t, _truncated_label_map(t)), "pred.nii.gz cannot be read as NIfTI"),
+    ("score-missing-file", lambda t, m: _score(t, None), "pred.nii.gz does not exist or is not a file"),
+    ("score-4d-prediction", lambda t, m: _score(t, np.stack([_label_map()[0]] * 2, -1)),
+     "pred.nii.gz is 4D (shape 32x32x16x2) but must be 3D"),
+    ("score-grid-shape", lambda t, m: _score(t, _label_map()[0][:, :, :-1]), "is not on the grid of"),
+    ("score-grid-affine", lambda t, m: _score(t, _label_map()[0], affine=np.diag([2.0, 2.0, 2.0, 1.0])),
+     "is not on the grid of"),
+    ("score-label-7", lambda t, m: _score(t, _with_values(7)), "outside the brats2020 labels {0, 1, 2, 4}: 7;"),
+    ("score-label-3-under-brats2020", lambda t, m: _score(t, _with_values(3)), "labels {0, 1, 2, 4}: 3;"),
+    ("score-fractional", lambda t, m: _score(t, _with_values(0.5)), "labels {0, 1, 2, 4}: 0.5;"),
+    ("score-negative", lambda t, m: _score(t, _with_values(-1)), "labels {0, 1, 2, 4}: -1;"),
+    ("score-nan", lambda t, m: _score(t, _with_values(np.nan)), "labels {0, 1, 2, 4}: nan;"),
+    ("score-raw-intensities", lambda t, m: _score(t, make_case(1, 0, (32, 32, 16)).images["flair"]), " more; "),
+    ("score-0-1-against-multi-label", lambda t, m: _score(t, (_label_map()[0] > 0).astype(np.uint8)),
+     "holds only 0 and 1 but"),
+    ("score-binary-given-a-label-map", lambda t, m: _score(t, _label_map()[0], "--labels", "binary"),
+     "outside a 0/1 mask {0, 1}: 2, 4;"),
+    ("score-reference-fractional", lambda t, m: _score(t, _label_map()[0], ref=_with_values(0.5)),
+     "ref.nii.gz holds values outside the brats2020 labels {0, 1, 2, 4}: 0.5;"),
+]
+
+
+# --- predict -------------------------------------------------------------------------------------------
+
+def _predict(tmp: Path, model: Path | str, change: Callable[[Path, str], None] | None = None,
+             *extra: str) -> list[str]:
+    case = make_case(2, 0, SHAPE)
+    write_case(tmp / "in", case.case_id, case.images, None, case.affine)
+    folder = tmp / "in" / "_unlabelled" / case.case_id
+    if change:
+        change(folder, case.case_id)
+    return ["-m", "brats_seg.cli", "predict", str(folder), "--model", str(model), "--out", str(tmp / "out"),
+            "--device", "cpu", *extra]
+
+
+def _rewrite_t1(transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]):
+    def change(folder: Path, case_id: str) -> None:
+        path = folder / f"{case_id}_t1.nii.gz"
+        img = nib.load(str(path))
+        data, affine = transform(np.asarray(img.dataobj).astype(np.float32), img.affine)
+        nib.save(nib.Nifti1Image(data, affine), str(path))
+    return change
+
+
+def _truncate_flair(folder: Path, case_id: str) -> None:
+    path = folder / f"{case_id}_flair.nii.gz"
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def _garbage_t2(folder: Path, case_id: str) -> None:
+    (folder / f"{case_id}_t2.nii.gz").write_bytes(b"<html>404 not found</html>\n")
+
+
+def _with_nan(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    data[5, 5, 5] = np.nan
+    return data, affine
+
+
+class _RunsCode:
+    """Unpickling this calls os.mkdir(target): a model file that would run code when loaded unsafely."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.target),)
+
+
+def _crafted_model(tmp: Path) -> Path:
+    torch.save({"state_dict": _RunsCode(tmp / "payload-ran"), "config": {}, "regions": ["wt"], "slice": SLICE},
+               tmp / "evil.pt")
+    return tmp / "evil.pt"
+
+
+def _junk_model(tmp: Path) -> Path:
+    (tmp / "junk.pt").write_bytes(os.urandom(2048))
+    return tmp / "junk.pt"
+
+
+def _out_is_a_file(tmp: Path, model: Path) -> list[str]:
+    (tmp / "out").write_text("my notes\n")
+    return _predict(tmp, model)
+
+
+PREDICT_ROWS = [
+    ("predict-4d-modality", lambda t, m: _predict(t, m, _rewrite_t1(lambda d, a: (np.stack([d, d], -1), a))),
+     "_t1.nii.gz is 4D (shape 48x48x24x2) but must be 3D"),
+    ("predict-shapes-differ", lambda t, m: _predict(t, m, _rewrite_t1(lambda d, a: (d[:, :-2], a))),
+     "_t1.nii.gz is not on the grid of"),
+    ("predict-affines-differ", lambda t, m: _predict(t, m, _rewrite_t1(lambda d, a: (d, a @ np.diag([1, 1, 3, 1])))),
+     "_t1.nii.gz is not on the grid of"),
+    ("predict-nan-voxels", lambda t, m: _predict(t, m, _rewrite_t1(_with_nan)), "holds 1 NaN or infinite voxels"),
+    ("predict-all-zero-modality", lambda t, m: _predict(t, m, _rewrite_t1(lambda d, a: (0 * d, a))),
+     "holds only zeros"),
+    ("predict-missing-modality", lambda t, m: _predict(t, m, lambda f, c: (f / f"{c}_t1ce.nii.gz").unlink()),
+     "has no t1ce image; the model needs flair, t1, t1ce, t2"),
+    ("predict-truncated-gzip", lambda t, m: _predict(t, m, _truncate_flair), "_flair.nii.gz cannot be read"),
+    ("predict-not-nifti", lambda t, m: _predict(t, m, _garbage_t2),
+     "_t2.nii.gz cannot be read as NIfTI (ImageFileError: File BraTS20_Synthetic_002_t2.nii.gz is not a gzip file)"),
+    ("predict-junk-model", lambda t, m: _predict(t, _junk_model(t)), "junk.pt"),
+    ("predict-crafted-pickle-model", lambda t, m: _predict(t, _crafted_model(t)), "evil.pt"),
+    ("predict-missing-model", lambda t, m: _predict(t, t / "nope.pt"), "nope.pt does not exist; pass a model file"),
+    ("predict-case-not-a-folder", lambda t, m: ["-m", "brats_seg.cli", "predict", str(t / "nothing"), "--model",
+                                                str(m), "--device", "cpu"], "is not a folder"),
+    ("predict-out-is-a-file", _out_is_a_file, "is a file; pass a folder for the masks"),
+]
+
+
+# --- params set and the stages that read params ----------------------------------------------------------
+
+def _params_file(tmp: Path, **changes: object) -> Path:
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    for key, value in changes.items():
+        section, leaf = key.split("__")
+        params[section][leaf] = value
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _params_set(*assignments: str) -> Builder:
+    def build(tmp: Path, model: Path) -> list[str]:
+        _params_file(tmp)
+        return ["-m", "brats_seg.cli", "params", "set", *assignments]
+    return build
+
+
+def _stage(name: str, **changes: object) -> Builder:
+    def build(tmp: Path, model: Path) -> list[str]:
+        return ["-m", f"stages.{name}", "--params", str(_params_file(tmp, **changes))]
+    return build
+
+
+PARAMS_ROWS = [
+    ("params-set-epochs-abc", _params_set("train.epochs=abc"), "train.epochs must be an integer, got 'abc'."),
+    ("params-set-epochs-negative", _params_set("train.epochs=-1"), "train.epochs must be an integer >= 1, got -1."),
+    ("params-set-depth-0", _params_set("train.depth=0"), "train.depth must be an integer >= 1, got 0."),
+    ("params-set-lr-negative", _params_set("train.lr=-0.1"), "train.lr must be a number > 0, got -0.1."),
+    ("params-set-batch-size-0", _params_set("train.batch_size=0"), "train.batch_size must be an integer >= 1"),
+    ("params-set-size-60-depth-3", _params_set("slice.size=60", "train.depth=3"),
+     "slice.size must be a multiple of 2**train.depth = 8 (train.depth is 3), got 60"),
+    ("params-set-bad-fraction", _params_set("validate.max_bad_fraction=1.5"), "must be a number from 0 to 1"),
+    ("params-set-unknown-key", _params_set("train.epoch=3"), "train.epoch is not a known key"),
+    ("params-set-not-key-value", _params_set("train.epochs"), "is not KEY=VALUE"),
+    ("params-set-bad-yaml", _params_set("slice.split=[0.7"), "does not hold a YAML value"),
+    ("params-missing-file", lambda t, m: ["-m", "brats_seg.cli", "params", "set", "train.epochs=3"],
+     "params.yaml does not exist"),
+    ("stage-train-epochs-negative", _stage("train", train__epochs=-1, train__resume=False),
+     "train.epochs must be an integer >= 1, got -1."),
+    ("stage-train-depth-0", _stage("train", train__depth=0), "train.depth must be an integer >= 1, got 0."),
+    ("stage-train-lr-negative", _stage("train", train__lr=-0.1), "train.lr must be a number > 0, got -0.1."),
+    ("stage-train-batch-size-0", _stage("train", train__batch_size=0), "train.batch_size must be an integer >= 1"),
+    ("stage-slice-size-60-depth-3", _stage("slice", slice__size=60, train__depth=3),
+     "slice.size must be a multiple of 2**train.depth = 8"),
+    ("stage-train-size-60-depth-3", _stage("train", slice__size=60, train__depth=3),
+     "slice.size must be a multiple of 2**train.depth = 8"),
+    ("stage-validate-unknown-key", _stage("validate", validate__max_bad=0.5), "validate.max_bad is not a known key"),
+]
+
+
+@pytest.mark.parametrize(("build", "expected"),
+                         [pytest.param(b, e, id=i) for i, b, e in SCORE_ROWS + PREDICT_ROWS + PARAMS_ROWS])
+def test_bad_input_is_one_sentence_and_loses_nothing(tmp_path, model_file, build, expected):
+    work = tmp_path / "work"
+    work.mkdir()
+    args = build(work, model_file)
+    before = snapshot(work)
+    proc = run(args, work)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert expected in lines[0], lines[0]
+    assert snapshot(work) == before  # nothing deleted, changed or created (no payload ran, no half a mask)
+
+
+def test_make_clean_removes_rebuildable_outputs_only(tmp_path):
+    for rel in ("data/raw/c1/c1_flair.nii.gz", "data/validated/manifest.parquet", "data/slices/index.parquet",
+                "models/unet.pt", "reports/eval.json", "reports/validation/index.html", "data/cache/checkpoints/a.pt",
+                "data/cache/raw-abc/c1/x.nii.gz", "data/cache/downloads/Task01.tar", "data/source.json",
+                "mlflow/mlflow.db", "mlflow/artifacts/1/model.pth", "reports/my-notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    kept = {k: v for k, v in snapshot(tmp_path).items() if k.startswith(("data/cache/downloads", "data/source.json",
+                                                                          "mlflow", "reports/my-notes.txt"))}
+    subprocess.run(["make", "-s", "-f", str(PROJECT_ROOT / "Makefile"), "clean"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    files = {k: v for k, v in snapshot(tmp_path).items() if v != "dir"}
+    assert files == {k: v for k, v in kept.items() if v != "dir"}
+
+
+def test_make_clean_tracking_says_what_it_deletes_and_needs_confirmation(tmp_path):
+    (tmp_path / "mlflow" / "artifacts").mkdir(parents=True)
+    (tmp_path / "mlflow" / "mlflow.db").write_text("registry")
+    make = ["make", "-s", "-f", str(PROJECT_ROOT / "Makefile"), "clean-tracking"]
+    refused = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert refused.returncode != 0 and "mlflow/mlflow.db" in refused.stdout and "CONFIRM=1" in refused.stdout
+    assert (tmp_path / "mlflow" / "mlflow.db").read_text() == "registry"
+    subprocess.run([*make, "CONFIRM=1"], cwd=tmp_path, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists() and not (tmp_path / "mlflow" / "artifacts").exists()
