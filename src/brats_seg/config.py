@@ -76,10 +76,9 @@ def load_section(cls: type[T], params: Mapping[str, Any], name: str, source: str
 def check_params(params: Mapping[str, Any], source: str = PARAMS_FILE) -> None:
     """Check a whole params document: every known section present in it (others are left alone), then
     the rules between sections. Raises ConfigError with one sentence for the first problem."""
-    for name, target in SECTIONS.items():
+    for name in SECTIONS:
         if name in params:
-            module, _, attr = target.partition(":")
-            build(getattr(importlib.import_module(module), attr), params[name], f"{source}: {name}")
+            build(section_class(name), params[name], f"{source}: {name}")
     check_cross_section(params, source)
 
 
@@ -89,8 +88,7 @@ def check_cross_section(params: Mapping[str, Any], source: str = PARAMS_FILE) ->
     to their own section's check; the defaults are those of SliceParams and TrainParams."""
     if "slice" not in params or "train" not in params:
         return
-    size = _raw_value(params, "slice", "size", "brats_seg.data.slicing:SliceParams")
-    depth = _raw_value(params, "train", "depth", "brats_seg.train:TrainParams")
+    size, depth = _raw_value(params, "slice", "size"), _raw_value(params, "train", "depth")
     if not (_is_int(size) and _is_int(depth) and size >= 1 and depth >= 1):
         return
     step = 2**depth
@@ -100,13 +98,18 @@ def check_cross_section(params: Mapping[str, Any], source: str = PARAMS_FILE) ->
                           f"{max(step, round(size / step) * step)}, or a smaller train.depth.")
 
 
-def _raw_value(params: Mapping[str, Any], section: str, key: str, target: str) -> Any:
+def section_class(name: str) -> type:
+    """The dataclass that checks section ``name`` (imported on first use; see :data:`SECTIONS`)."""
+    module, _, attr = SECTIONS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _raw_value(params: Mapping[str, Any], section: str, key: str) -> Any:
+    """``params[section][key]`` as written, or the section dataclass's default when it is absent."""
     values = params[section]
     if isinstance(values, Mapping) and key in values:
         return values[key]
-    module, _, attr = target.partition(":")
-    fields = dataclasses.fields(getattr(importlib.import_module(module), attr))
-    return next(f.default for f in fields if f.name == key)
+    return next(f.default for f in dataclasses.fields(section_class(section)) if f.name == key)
 
 
 def _is_int(value: Any) -> bool:
