@@ -54,7 +54,8 @@ def test_a_second_concurrent_run_fails_clearly_and_leaves_dvc_usable(ran):
     with workspace_lock(repo):
         with pytest.raises(UserError, match="another pipeline run .* is driving dvc in .*wait for it to finish"):
             pipeline(str(repo))
-    assert "up to date" in run_cmd(["dvc", "status"], repo).stdout
+    status = run_cmd(["dvc", "status"], repo).stdout
+    assert status.split() == ["source:", "always", "changed"], status  # the source check runs every time
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:
@@ -89,6 +90,23 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
     assert code == 1 and "DRIFT    data/raw: the workspace files are modified" in out
     subprocess.run(["dvc", "checkout", "--force", "data/raw"], cwd=repo, check=True, capture_output=True)
     assert _cli(["lineage", "models:/brats-unet@champion", "--verify"], capsys)[0] == 0
+
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"]["lr"], params["train"]["threads"] = 0.5, 2  # threads does not shape the model
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    code, out = _cli(["lineage", "models:/brats-unet@champion", "--verify"], capsys)
+    (repo / "params.yaml").write_text(original)
+    assert code == 1 and out.count("DRIFT") == 1
+    assert "DRIFT    params.yaml train.lr: the model was trained with 0.003, params.yaml now says 0.5" in out
+
+    from brats_seg.lineage import lineage, verify
+
+    chain = lineage("models:/brats-unet@champion")
+    edited = next(f for f in chain["code"]["files"] if f.endswith("losses.py"))
+    chain["code"]["files"][edited] = "0" * 16
+    assert verify(chain, params | {"train": yaml.safe_load(original)["train"]}, repo) == \
+        [f"{edited}: edited since the model was trained"]
 
 
 def test_the_served_deployment_carries_the_schedule_from_params(ran):

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 
+import mlflow
 from brats_seg import tracking
 
 _HOLD_A_RUN = """

@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p = sub.add_parser("lineage", help="trace a registered model to its code, params, data and metrics")
     p.add_argument("model_uri", metavar="MODEL_URI", help="e.g. models:/brats-unet@champion")
-    p.add_argument("--verify", action="store_true", help="fail when the workspace data no longer matches")
+    p.add_argument("--verify", action="store_true",
+                   help="exit 1 and name what drifted when the workspace's params, code or data no longer match")
     p.add_argument("--json", action="store_true")
     p.add_argument("--params", default="params.yaml")
     p = sub.add_parser("params", help="set values in params.yaml (like dvc exp run -S, without running)")
@@ -122,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{r['case_id']}: tumour {r['tumour_ml']:.1f} ml -> {r['mask']}\n")
     elif args.command == "promote":
         from brats_seg.promotion import PromoteParams, promote
-        from brats_seg.runs import RegisterParams
+        from brats_seg.runners.register import RegisterParams
 
         params = read_params(args.params)
         name = args.model or load_section(RegisterParams, params, "register").model_name
@@ -134,10 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         chain = lineage(args.model_uri)
         sys.stdout.write((json.dumps(chain, indent=2) if args.json else format_chain(chain)) + "\n")
         if args.verify:
-            drift = verify(chain, load_section(BaseParams, read_params(args.params), "base"))
+            drift = verify(chain, read_params(args.params))
             for line in drift:
                 sys.stdout.write(f"DRIFT    {line}\n")
-            sys.stdout.write("verify   workspace matches the model's data\n" if not drift else "")
+            sys.stdout.write("verify   workspace matches the model's params, code and data\n" if not drift else "")
             return 1 if drift else 0
     elif args.command == "params":
         from brats_seg.config import set_params

@@ -1,16 +1,22 @@
 """Lineage of a registered model: version -> run -> git commit -> parameters -> data hashes -> metrics,
-and a check that the workspace still matches what produced it."""
+and a check that the workspace still matches what produced it: the same parameters in params.yaml, the
+same code (every file the stages from download to train run, by content), the same data in dvc.lock and
+on disk."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from brats_seg import tracking
-from brats_seg.config import BaseParams
+from brats_seg.config import BaseParams, load_section
 from brats_seg.dvc_cli import dvc_run
 from brats_seg.errors import UserError
-from brats_seg.provenance import dvc_lock_hashes, git_state
+from brats_seg.provenance import code_manifest, dvc_lock_hashes, git_state
+
+# Settings logged with a run that do not shape the model: a different value in params.yaml is no drift.
+RUNTIME_PARAMS = ("train.resume", "train.threads")
 
 
 def lineage(uri: str) -> dict:
@@ -28,7 +34,8 @@ def lineage(uri: str) -> dict:
     return {
         "model": {"uri": uri, "name": ref["name"], "version": version["version"], "aliases": version["aliases"]},
         "run": {"id": version["run_id"], "status": run["status"]},
-        "code": {"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty")},
+        "code": {"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty"),
+                 "code_digest": tags.get("code_digest"), "files": json.loads(tags.get("code_files") or "{}")},
         "params": run["params"],
         "data": {"raw_md5": tags.get("dvc_raw_md5"), "slices_md5": tags.get("dvc_slices_md5"),
                  "split_digest": tags.get("split_digest"), "slice_index_digest": tags.get("slice_index_digest")},
@@ -36,8 +43,40 @@ def lineage(uri: str) -> dict:
     }
 
 
-def verify(chain: dict, base: BaseParams, repo: str | Path = ".") -> list[str]:
-    """What in the workspace no longer matches ``chain``; an empty list means nothing drifted."""
+def verify(chain: dict, params: dict, repo: str | Path = ".") -> list[str]:
+    """What in the workspace no longer matches ``chain``: parameters (``params``, the params.yaml mapping),
+    code files and data. Each entry names the thing and both values; an empty list means nothing drifted."""
+    base = load_section(BaseParams, params, "base")
+    return [*_params_drift(chain, params), *_code_drift(chain), *_data_drift(chain, base, repo)]
+
+
+def _params_drift(chain: dict, params: dict) -> list[str]:
+    from brats_seg.data.slicing import SliceParams
+    from brats_seg.runners.train import model_params
+    from brats_seg.train import TrainParams
+
+    slice_params = {k: v for k, v in dataclasses.asdict(load_section(SliceParams, params, "slice")).items()
+                    if k != "workers"}
+    current = tracking.param_strings(model_params(load_section(TrainParams, params, "train"), slice_params,
+                                                  load_section(BaseParams, params, "base").seed))
+    recorded = chain["params"]
+    return [f"params.yaml {key}: the model was trained with {recorded.get(key, '(not recorded)')}, params.yaml "
+            f"now says {value}" for key, value in sorted(current.items())
+            if key not in RUNTIME_PARAMS and recorded.get(key) != value]
+
+
+def _code_drift(chain: dict) -> list[str]:
+    recorded = chain["code"]["files"]
+    if not recorded:
+        return ["code: the model's run recorded no code digests (trained by an older brats-seg); retrain to "
+                "make its code verifiable"]
+    current = code_manifest()
+    changed = sorted(f for f in set(recorded) | set(current) if recorded.get(f) != current.get(f))
+    return [f"{f}: {'added since' if f not in recorded else 'removed since' if f not in current else 'edited since'}"
+            f" the model was trained" for f in changed]
+
+
+def _data_drift(chain: dict, base: BaseParams, repo: str | Path) -> list[str]:
     drift = []
     lock = dvc_lock_hashes({"raw_md5": base.raw_dir, "slices_md5": base.slices_dir}, Path(repo) / "dvc.lock")
     for key, path in (("raw_md5", base.raw_dir), ("slices_md5", base.slices_dir)):
@@ -76,6 +115,7 @@ def format_chain(chain: dict, head: dict | None = None) -> str:
         f"{', '.join(chain['model']['aliases']) or 'none'})",
         f"run      {chain['run']['id']} ({chain['run']['status']})",
         f"commit   {code['git_commit']} (dirty: {code['git_dirty']}; {same})",
+        f"code     digest {code['code_digest']} over {len(code['files'])} files (download to train)",
         "params   " + ", ".join(f"{k}={v}" for k, v in params.items()),
         f"data     raw md5 {chain['data']['raw_md5']}, slices md5 {chain['data']['slices_md5']}",
         f"         split {chain['data']['split_digest']}, slice index {chain['data']['slice_index_digest']}",
