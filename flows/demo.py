@@ -10,6 +10,7 @@ from prefect import flow
 
 from brats_seg.config import BaseParams, load_section, read_params
 from brats_seg.data.layouts import discover_cases
+from brats_seg.history import DEMO_BRANCH, record_run
 from brats_seg.inference import ModelBundle
 from brats_seg.orchestration import working_directory
 from brats_seg.predict import DEFAULT_MODEL, predict_case, resolve_model
@@ -46,10 +47,14 @@ def report(summary: dict) -> str:
         lines.append(f"test WT Dice per case (original grid): mean {wt['dice_mean']:.3f}, "
                      f"HD95 median {wt['hd95_median']:.1f} mm")
     p = summary["prediction"]
-    lines += [f"predicted {p['case_id']} with {p['model']}: tumour {p['tumour_ml']:.1f} ml -> {p['mask']}",
-              "look at the runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db "
-              "--host 127.0.0.1  (then open http://127.0.0.1:5000)",
-              "trace the champion: .venv/bin/brats-seg lineage models:/brats-unet@champion --verify"]
+    lines.append(f"predicted {p['case_id']} with {p['model']}: tumour {p['tumour_ml']:.1f} ml -> {p['mask']}")
+    if summary.get("commit"):
+        lines.append(f"recorded as commit {summary['commit'][:10]} on branch {DEMO_BRANCH}: try a variant with "
+                     f"`dvc exp run -S train.lr=3e-4`, then `dvc metrics diff`")
+    lines += ["first `source .venv/bin/activate`, then:",
+              "  look at the runs: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 "
+              "(open http://127.0.0.1:5000)",
+              "  trace the champion: brats-seg lineage models:/brats-unet@champion --verify"]
     return "\n".join(lines)
 
 
@@ -57,5 +62,8 @@ if __name__ == "__main__":
     from brats_seg.cli import summary as pipeline_summary
 
     result = demo()
+    model = result.get("model", {})
+    result["commit"] = record_run(".", f"demo: pipeline run on the synthetic cohort, {model.get('name')} "
+                                       f"v{model.get('version')}")
     print(pipeline_summary())  # noqa: T201
     print(report(result))  # noqa: T201

@@ -67,8 +67,10 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     weights (truncated, not a torch file, or a pickle that would run code)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        why = "it holds Python objects other than tensors and plain values, which could run code"
+    except pickle.UnpicklingError as exc:
+        crafted = "unsupported GLOBAL" in str(exc)  # torch names the callable it refused to import
+        why = ("it holds Python objects other than tensors and plain values, which could run code" if crafted
+               else "it is not a torch weights file")
     except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, the file is not usable
         why = f"it is not a complete torch weights file ({type(exc).__name__})"
     raise UserError(f"{path} was refused: {why}; use a model or checkpoint written by brats-seg.")
