@@ -71,7 +71,10 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
     assert run["tags"]["git_commit"] == head and run["tags"]["git_dirty"] in ("true", "false")
     assert run["tags"]["dvc_raw_md5"] == lock["download"]["outs"][0]["md5"]
     assert run["tags"]["dvc_slices_md5"] == lock["slice"]["outs"][0]["md5"]
-    assert run["inputs"] == [run["tags"]["slice_index_digest"][:36]]
+    assert run["tags"]["slice_index_digest"][:36] in run["inputs"] and len(run["inputs"]) == 4  # + 3 split tables
+    splits = tracking.split_tables(train["run_id"]).sort_values("case_id", ignore_index=True)
+    cases = pd.read_parquet(repo / "data" / "slices" / "cases.parquet", columns=list(splits.columns))
+    assert splits.equals(cases.sort_values("case_id", ignore_index=True).astype(str))
     assert [step for step, _ in tracking.metric_history(train["run_id"], "val_dice")] == [1, 2]
     assert run["params"]["train.lr"] == "0.003" and run["params"]["slice.size"] == "32"
     assert run["metrics"]["test_wt_dice_mean"] == pytest.approx(report["wt"]["dice_mean"])

@@ -8,9 +8,11 @@ a tracking server instead.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,11 +83,41 @@ class Run:
             dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
             mlflow.log_input(dataset, context=context)
 
+    def log_split_tables(self, table: pd.DataFrame) -> dict[str, str]:
+        """Log who is in which split: for each split of ``table`` (columns case_id, patient_id, split), its rows
+        as the artifact ``splits/<split>.csv`` and an MLflow dataset input named ``<split>-split`` with
+        context training / validation / testing, whose source is that artifact. Returns ``{split: digest}``.
+
+        Read back with :func:`split_tables`; this is what the promotion gate and `brats-seg lineage --case` use
+        to know which patients a model was trained, validated and tested on."""
+        digests = {}
+        for split, context in SPLIT_CONTEXTS.items():
+            rows = table.loc[table["split"] == split, list(SPLIT_COLUMNS)].sort_values(["patient_id", "case_id"])
+            text = rows.to_csv(index=False)
+            digests[split] = hashlib.sha256(text.encode()).hexdigest()
+            path = f"{SPLIT_FOLDER}/{split}.csv"
+            mlflow.log_text(text, path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(rows.reset_index(drop=True), source=mlflow.get_artifact_uri(path),
+                                                  name=f"{split}-split", digest=digests[split][:36])
+                mlflow.log_input(dataset, context=context, tags={
+                    ARTIFACT_TAG: path, "n_cases": str(len(rows)), "n_patients": str(rows["patient_id"].nunique())})
+        return digests
+
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
 
     def log_dict(self, data: dict, name: str) -> None:
         mlflow.log_dict(data, name)
+
+
+# Split tables of a training run (Run.log_split_tables, split_tables): split -> MLflow dataset context.
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+SPLIT_COLUMNS = ("case_id", "patient_id", "split")
+SPLIT_FOLDER = "splits"
+ARTIFACT_TAG = "brats_seg.artifact"
+CONTEXT_TAG = "mlflow.data.context"
 
 
 # Tags that say which process holds a run, so that a run whose process was killed can be closed later.
@@ -226,3 +258,36 @@ def load_registered_model(uri: str, device: str = "cpu") -> tuple[object, dict]:
     _set_uri(tracking_uri())
     model = mlflow.pytorch.load_model(uri, map_location=device)
     return model, dict(mlflow.models.get_model_info(uri).metadata or {})
+
+
+def split_tables(run_id: str) -> pd.DataFrame | None:
+    """Who was in which split of a training run: one row per case (case_id, patient_id, split), read from the
+    run's split dataset inputs (:meth:`Run.log_split_tables`); None when the run logged none (older runs)."""
+    _set_uri(tracking_uri())
+    paths = [next((t.value for t in d.tags if t.key == ARTIFACT_TAG), None)
+             for d in mlflow.get_run(run_id).inputs.dataset_inputs
+             if any(t.key == CONTEXT_TAG and t.value in SPLIT_CONTEXTS.values() for t in d.tags)]
+    paths = [p for p in paths if p]
+    if not paths:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = [pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=p, dst_path=tmp,
+                                                                   tracking_uri=tracking_uri()), dtype=str)
+                  for p in sorted(set(paths))]
+    return pd.concat(frames, ignore_index=True)[list(SPLIT_COLUMNS)]
+
+
+def model_versions(name: str | None = None) -> list[dict]:
+    """Every registered version (of model ``name``, or of every registered model), as :func:`model_version`
+    gives them, ordered by name and version number."""
+    client = _client()
+    query = None if name is None else f"name = '{name}'"
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(query, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    out = [model_version(mv.name, version=str(mv.version)) for mv in found]  # aliases are filled in here
+    return sorted((v for v in out if v is not None), key=lambda v: (v["name"], int(v["version"])))

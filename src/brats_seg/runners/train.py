@@ -37,6 +37,11 @@ def model_params(params: TrainParams, slice_params: dict, seed: int) -> dict:
     return {"train": dataclasses.asdict(params), "slice": slice_params, "seed": seed}
 
 
+def split_table(slices_dir: str | Path) -> pd.DataFrame:
+    """Who is in which split: one row per sliced case (case_id, patient_id, split), from cases.parquet."""
+    return pd.read_parquet(Path(slices_dir) / "cases.parquet", columns=["case_id", "patient_id", "split"])
+
+
 def train_stage(params: TrainParams, base: BaseParams) -> dict:
     """Train on the slice stage's train split, track it in MLflow, write the model and reports.
 
@@ -60,6 +65,7 @@ def train_stage(params: TrainParams, base: BaseParams) -> dict:
             run.log_dataset(index, "slices", str(Path(base.slices_dir).resolve() / "index.parquet"), digest,
                             context="training")
             run.set_tags({"slice_index_digest": digest})
+            run.log_split_tables(split_table(base.slices_dir))
         result = train_model(params, train_set, val_set, base.seed, checkpoint, train_set.images.shape[1],
                              on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch), key=key)
         save_model(base.model, result.model, result.regions, meta["params"],
