@@ -1,18 +1,34 @@
-"""Register and promote against a real sqlite MLflow store in a temporary directory."""
+"""Register and promote against a real sqlite MLflow store in a temporary directory: the gate on one split,
+the champion re-scored on a challenger's new test split (checked against the evaluate stage's own code on
+slices made with the champion's preprocessing), the refusals, and the case-level audit."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from brats_seg import tracking
+from brats_seg.cli import main as cli
+from brats_seg.config import BaseParams
+from brats_seg.data.dataset import load_split
+from brats_seg.data.labels import region_mask
+from brats_seg.data.slicing import SliceParams, run_slice
 from brats_seg.errors import UserError
+from brats_seg.evaluate import evaluate_cases
+from brats_seg.inference import ModelBundle
+from brats_seg.lineage import case_lineage
 from brats_seg.models.unet import UNet, UNetConfig
 from brats_seg.promotion import PromoteParams, promote
+from tests.conftest import write_synthetic_cohort
 
 NAME = "brats-unet-test"
 PARAMS = PromoteParams(min_improvement=0.01, min_dice=0.5)
+TINY_SLICE = {"size": 16, "margin": 0, "modalities": ["flair"]}
 
 
 @pytest.fixture
@@ -22,15 +38,22 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _register(dice: float, split: str = "split-a") -> str:
-    model = UNet(UNetConfig(in_channels=1, base=4, depth=1)).eval()
-    example = np.zeros((1, 1, 16, 16), np.float32)
+def _register(dice: float, split: str = "split-a", slice_params: dict | None = None,
+              splits: pd.DataFrame | None = None, model: UNet | None = None) -> str:
+    """A new version of NAME: ``model`` (default: a tiny untrained U-Net for ``slice_params``), with its run's
+    split tables when given."""
+    slice_params = slice_params or TINY_SLICE
+    model = model or UNet(UNetConfig(in_channels=len(slice_params["modalities"]), base=4, depth=1)).eval()
+    size = slice_params["size"]
+    example = np.zeros((1, len(slice_params["modalities"]), size, size), np.float32)
     with tracking.start_run("registry-test") as run:
         run.log_metrics({"test_wt_dice_mean": dice})
+        if splits is not None:
+            run.log_split_tables(splits)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
     record = tracking.register_model(run.run_id, model, NAME, example, out,
-                                     {"regions": ["wt"], "slice": {"size": 16, "margin": 0, "modalities": ["flair"]}},
+                                     {"regions": ["wt"], "slice": slice_params, "threshold": 0.5},
                                      {"test_wt_dice_mean": str(dice), "split_digest": split}, "challenger")
     return record["version"]
 
@@ -40,7 +63,11 @@ def _champion() -> str | None:
     return None if found is None else found["version"]
 
 
-def test_first_champion_better_promoted_worse_refused_other_split_refused(store):
+def _tags(version: str) -> dict:
+    return tracking.model_version(NAME, version=version)["tags"]
+
+
+def test_first_champion_better_promoted_worse_refused_on_one_split(store):
     low = _register(0.40)
     decision = promote(NAME, PARAMS)
     assert not decision["promoted"] and "below the floor" in decision["reason"] and _champion() is None
@@ -52,6 +79,7 @@ def test_first_champion_better_promoted_worse_refused_other_split_refused(store)
     record = promote(NAME, PARAMS)
     assert record["promoted"] and _champion() == better
     assert record["champion_dice"] == pytest.approx(0.80) and record["previous_champion"] == first
+    assert record["test_split"] == "split-a" and not record["champion_rescored"]
 
     slightly = _register(0.855)  # higher, but by less than min_improvement
     assert not promote(NAME, PARAMS)["promoted"] and _champion() == better
@@ -60,15 +88,23 @@ def test_first_champion_better_promoted_worse_refused_other_split_refused(store)
     record = promote(NAME, PARAMS)
     assert not record["promoted"] and "does not beat champion" in record["reason"] and _champion() == better
 
-    other = _register(0.99, split="split-b")
-    record = promote(NAME, PARAMS)
-    assert not record["promoted"] and "refused to compare" in record["reason"] and _champion() == better
-
-    tags = tracking.model_version(NAME, version=worse)["tags"]
+    tags = _tags(worse)
     assert tags["promotion_decision"] == "kept" and tags["promotion_compared_with"] == better
-    assert tracking.model_version(NAME, version=better)["tags"]["promotion_decision"] == "promoted"
-    assert promote(NAME, PARAMS, version=other, force=True)["promoted"] and _champion() == other
+    assert tags["promotion_challenger_dice"] == "0.700000" and tags["promotion_champion_dice"] == "0.850000"
+    assert tags["promotion_test_split"] == "split-a" and tags["promotion_champion_rescored"] == "false"
+    assert tags["promotion_test_patients"] == "unknown"  # these runs logged no split tables
+    assert _tags(better)["promotion_decision"] == "promoted"
     assert low and slightly  # every candidate was registered as its own version
+
+
+def test_another_split_without_a_workspace_is_one_sentence_and_force_still_promotes(store):
+    _register(0.80)
+    promote(NAME, PARAMS)
+    other = _register(0.99, split="split-b")
+    with pytest.raises(UserError, match=r"cannot re-score champion v1: the workspace has no slices .*dvc repro slice"):
+        promote(NAME, PARAMS)
+    assert _champion() == "1" and "promotion_decision" not in _tags(other)
+    assert promote(NAME, PARAMS, version=other, force=True)["promoted"] and _champion() == other
 
 
 def test_registered_model_loads_with_its_metadata_and_batches(store):
@@ -83,3 +119,183 @@ def test_registered_model_loads_with_its_metadata_and_batches(store):
 def test_no_challenger_is_one_sentence(store):
     with pytest.raises(UserError, match="model nothing-here has no .challenger. alias in the registry"):
         promote("nothing-here", PARAMS)
+
+
+# --- a challenger tested on a new split: the champion re-scored in the workspace ---------------------------
+
+WORKSPACE_SLICE = SliceParams(size=32, margin=4, workers=1)
+
+
+@pytest.fixture
+def workspace(store) -> dict:
+    """Seven tiny synthetic cases sliced by the real slice stage code under data/ (the default base paths)."""
+    ids = write_synthetic_cohort(store / "data" / "raw", 7, tumour_free=(7,))
+    meta = run_slice(WORKSPACE_SLICE, store / "data" / "raw", pd.DataFrame({"case_id": ids}), store / "data" / "slices",
+                     seed=42)
+    cases = pd.read_parquet(store / "data" / "slices" / "cases.parquet")
+    test = sorted(cases.loc[cases["split"] == "test", "case_id"])
+    return {"digest": meta["split_digest"], "cases": cases, "test": test}
+
+
+def _table(train: list[str], val: list[str] = (), test: list[str] = ()) -> pd.DataFrame:
+    rows = [(c, c, s) for s, ids in (("train", train), ("val", val), ("test", test)) for c in ids]
+    return pd.DataFrame(rows, columns=["case_id", "patient_id", "split"])
+
+
+def _slices(slice_params: SliceParams) -> Path:
+    """The workspace's raw cases sliced with ``slice_params`` (same seed: same split) in a folder of their own."""
+    out = Path(f"slices-{slice_params.size}-{'-'.join(slice_params.modalities)}")
+    if not out.is_dir():
+        ids = sorted(p.name for p in Path("data/raw").iterdir())
+        run_slice(slice_params, "data/raw", pd.DataFrame({"case_id": ids}), out, seed=42)
+    return out
+
+
+def _fit(slice_params: SliceParams, seed: int, steps: int = 60) -> UNet:
+    """A tiny U-Net fitted briefly to the train split cut with ``slice_params``: its whole-tumour
+    probabilities follow the images, so that a wrong preprocessing or threshold changes its Dice."""
+    data = load_split(_slices(slice_params), "train")
+    x = torch.from_numpy(data.images.astype(np.float32))
+    y = torch.from_numpy(region_mask(data.labels).astype(np.float32))[:, None]
+    torch.manual_seed(seed)
+    model = UNet(UNetConfig(in_channels=x.shape[1], base=4, depth=1))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    balance = (y.numel() - y.sum()) / y.sum().clamp(min=1)  # tumour is rare: weigh it up
+    for _ in range(steps):
+        optimiser.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x), y, pos_weight=balance).backward()
+        optimiser.step()
+    return model.eval()
+
+
+def _reference_dice(version: str, slice_params: SliceParams) -> float:
+    """The champion scored by the evaluate stage's own code on slices cut with its own preprocessing."""
+    out = _slices(slice_params)
+    net, meta = tracking.load_registered_model(f"models:/{NAME}/{version}")
+    bundle = ModelBundle(net.eval(), tuple(meta["regions"]), dict(meta["slice"]), float(meta["threshold"]))
+    frame, _ = evaluate_cases(bundle, out, "data/raw", "test")
+    return float(frame.loc[frame["region"] == "wt", "dice"].mean())
+
+
+@pytest.mark.parametrize("champion_slice", [
+    SliceParams(size=16, margin=2, modalities=("flair", "t2"), workers=1),  # unlike the workspace's
+    WORKSPACE_SLICE,
+], ids=["own-preprocessing", "same-preprocessing"])
+def test_the_champion_is_rescored_on_the_challengers_test_patients(workspace, champion_slice):
+    old_train = [c for c in workspace["cases"]["case_id"] if c not in workspace["test"]]
+    stored = {"size": champion_slice.size, "margin": champion_slice.margin,
+              "modalities": list(champion_slice.modalities)}
+    champion = _register(0.95, split="old-split", slice_params=stored, splits=_table(old_train),
+                         model=_fit(champion_slice, seed=1))
+    assert promote(NAME, PARAMS, force=True)["promoted"]
+    expected = _reference_dice(champion, champion_slice)
+    assert 0.05 < expected < 0.95  # a real score of a model that learnt something, unlike the recorded one
+
+    challenger = _register(round(expected + 0.05, 6), split=workspace["digest"], slice_params=stored,
+                           splits=workspace["cases"][["case_id", "patient_id", "split"]])
+    record = promote(NAME, PromoteParams(min_improvement=0.01, min_dice=0.0), base=BaseParams())
+    assert record["champion_rescored"] and record["champion_dice"] == pytest.approx(expected, abs=1e-9)
+    assert record["promoted"] and _champion() == challenger, record["reason"]
+    tags = _tags(challenger)
+    assert tags["promotion_test_patients"] == str(len(workspace["test"]))
+    assert tags["promotion_test_split"] == workspace["digest"] and tags["promotion_champion_rescored"] == "true"
+    assert tags["promotion_champion_dice"] == f"{expected:.6f}" and tags["promotion_compared_with"] == champion
+    assert f"on the same {len(workspace['test'])} test patients" in tags["promotion_reason"]
+
+
+def test_a_champion_trained_on_a_test_patient_is_refused_naming_it(workspace):
+    leaked = workspace["test"][0]
+    others = [c for c in workspace["cases"]["case_id"] if c not in workspace["test"]]
+    champion = _register(0.6, split="old-split", splits=_table([*others, leaked]))
+    promote(NAME, PARAMS, force=True)
+    challenger = _register(0.9, split=workspace["digest"])
+    record = promote(NAME, PARAMS, base=BaseParams())
+    assert not record["promoted"] and _champion() == champion
+    assert record["reason"] == (f"refused to compare: champion v{champion} was trained or validated on 1 of the "
+                                f"challenger's {len(workspace['test'])} test patients ({leaked}), so it cannot be "
+                                f"scored fairly on them; keep the champion, or promote with --force")
+    assert _tags(challenger)["promotion_decision"] == "kept"
+
+
+def test_a_champion_without_split_tables_or_unloadable_is_refused(workspace):
+    _register(0.6, split="old-split")  # logged no split tables
+    promote(NAME, PARAMS, force=True)
+    _register(0.9, split=workspace["digest"])
+    record = promote(NAME, PARAMS, base=BaseParams())
+    assert not record["promoted"] and "recorded no split tables" in record["reason"]
+
+    broken = _register(0.6, split="old-split", splits=_table(["nobody"]))
+    promote(NAME, PARAMS, version=broken, force=True)
+    model_id = tracking.model_version(NAME, version=broken)["source"].rsplit("/", 1)[-1]  # models:/m-...
+    (folder,) = [p.parent for p in Path("mlflow/artifacts").rglob("MLmodel") if model_id in str(p)]
+    shutil.rmtree(folder)  # the weights are gone: the champion cannot be loaded
+    _register(0.9, split=workspace["digest"])
+    record = promote(NAME, PARAMS, base=BaseParams())
+    assert not record["promoted"] and _champion() == broken
+    assert record["reason"].startswith(f"refused to compare: champion v{broken} cannot be loaded to re-score it")
+
+
+def test_a_workspace_holding_another_split_is_one_sentence(workspace):
+    _register(0.6, split="old-split", splits=_table(["nobody"]))
+    promote(NAME, PARAMS, force=True)
+    _register(0.9, split="third-split")
+    with pytest.raises(UserError, match=rf"the workspace's slices \(data/slices, split {workspace['digest'][:12]}\) "
+                                        r"are not the split that challenger v2 was tested on \(third-split\)"):
+        promote(NAME, PARAMS, base=BaseParams())
+
+
+# --- the case-level audit --------------------------------------------------------------------------------
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        cli(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_split_tables_round_trip_through_the_tracking_store(store):
+    table = pd.DataFrame({"case_id": ["BraTS-GLI-00001-000", "BraTS-GLI-00001-001", "B", "C"],
+                          "patient_id": ["BraTS-GLI-00001", "BraTS-GLI-00001", "B", "C"],
+                          "split": ["test", "test", "train", "val"]})
+    with tracking.start_run("registry-test") as run:
+        digests = run.log_split_tables(table)
+    back = tracking.split_tables(run.run_id)
+    assert back.sort_values("case_id", ignore_index=True).equals(table.sort_values("case_id", ignore_index=True))
+    inputs = tracking.get_run(run.run_id)["inputs"]
+    assert sorted(inputs) == sorted(d[:36] for d in digests.values())
+    with tracking.start_run("registry-test") as bare:
+        pass
+    assert tracking.split_tables(bare.run_id) is None
+
+
+def test_lineage_case_lists_every_version_whose_splits_held_the_patient(store, capsys):
+    gli = ["BraTS-GLI-00001-000", "BraTS-GLI-00001-001"]
+    first = pd.DataFrame({"case_id": [*gli, "B"], "patient_id": ["BraTS-GLI-00001"] * 2 + ["B"],
+                          "split": ["test", "test", "train"]})
+    second = pd.DataFrame({"case_id": ["BraTS-GLI-00001-000", "B", "C"], "patient_id": ["BraTS-GLI-00001", "B", "C"],
+                           "split": ["train", "val", "test"]})
+    v1, v2 = _register(0.8, splits=first), _register(0.9, splits=second)
+    v3 = _register(0.7)  # an older run: no split tables
+    promote(NAME, PARAMS, version=v1, force=True)
+
+    found = case_lineage("BraTS-GLI-00001-001")  # the other time point counts: same patient
+    assert [(f["version"], f["split"], f["case_ids"]) for f in found["found"]] == [
+        (v1, "test", gli), (v2, "train", ["BraTS-GLI-00001-000"])]
+    assert [u["version"] for u in found["unrecorded"]] == [v3] and found["versions_searched"] == 3
+    assert case_lineage("BraTS-GLI-00001")["found"] == found["found"]  # the patient id itself
+
+    code, out, _ = _cli(["lineage", "--case", "B"], capsys)
+    assert code == 0 and out.splitlines()[:3] == [
+        "B is in the splits of 2 of 3 registered model versions:",
+        f"  {NAME} v{v1} @champion: train (patient B: B; run {tracking.model_version(NAME, version=v1)['run_id']})",
+        f"  {NAME} v{v2}: val (patient B: B; run {tracking.model_version(NAME, version=v2)['run_id']})"]
+    code, out, _ = _cli(["lineage", "--case", "Z"], capsys)
+    assert code == 0 and out.startswith(f"no registered model version in {tracking.tracking_uri()} had Z in its "
+                                        f"train, val or test split (3 versions searched).")
+    assert f"v{v3}: its training run recorded no split tables" in out
+    code, _, err = _cli(["lineage"], capsys)
+    assert code == 2 and err == ("error: brats-seg lineage needs a MODEL_URI (e.g. models:/brats-unet@champion) "
+                                 "or --case ID.\n")

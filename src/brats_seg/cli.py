@@ -89,8 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None, help="version to consider (default: the challenger alias)")
     p.add_argument("--force", action="store_true", help="promote without the comparison")
     p.add_argument("--params", default="params.yaml")
-    p = sub.add_parser("lineage", help="trace a registered model to its code, params, data and metrics")
-    p.add_argument("model_uri", metavar="MODEL_URI", help="e.g. models:/brats-unet@champion")
+    p = sub.add_parser("lineage", help="trace a registered model to its code, params, data and metrics; or, with "
+                       "--case, list every registered model version whose splits held a patient")
+    p.add_argument("model_uri", metavar="MODEL_URI", nargs="?", help="e.g. models:/brats-unet@champion")
+    p.add_argument("--case", metavar="ID", default=None, help="a case id or patient id: list every registered "
+                   "model version whose train, val or test split contained that patient, with the split")
     p.add_argument("--verify", action="store_true",
                    help="exit 1 and name what drifted when the workspace's params, code or data no longer match")
     p.add_argument("--json", action="store_true")
@@ -127,11 +130,16 @@ def _run(args: argparse.Namespace) -> int:
 
         params = read_params(args.params)
         name = args.model or load_section(RegisterParams, params, "register").model_name
-        record = promote(name, load_section(PromoteParams, params, "promote"), args.version, args.force)
+        record = promote(name, load_section(PromoteParams, params, "promote"), args.version, args.force,
+                         load_section(BaseParams, params, "base"))
         sys.stdout.write(json.dumps(json_safe(record), indent=2) + "\n")
+    elif args.command == "lineage" and args.case is not None:
+        return _case_lineage(args)
     elif args.command == "lineage":
         from brats_seg.lineage import format_chain, lineage, verify
 
+        if args.model_uri is None:
+            raise UserError("brats-seg lineage needs a MODEL_URI (e.g. models:/brats-unet@champion) or --case ID.")
         chain = lineage(args.model_uri)
         sys.stdout.write((json.dumps(chain, indent=2) if args.json else format_chain(chain)) + "\n")
         if args.verify:
@@ -145,6 +153,18 @@ def _run(args: argparse.Namespace) -> int:
 
         for key, value in set_params(args.params, args.assignments).items():
             sys.stdout.write(f"{key} = {value}\n")
+    return 0
+
+
+def _case_lineage(args: argparse.Namespace) -> int:
+    """`brats-seg lineage --case ID`: every registered version whose splits held that patient."""
+    from brats_seg.lineage import case_lineage, format_case_lineage
+
+    if args.model_uri is not None or args.verify:
+        raise UserError("brats-seg lineage --case searches every registered model version; pass it without "
+                        "MODEL_URI and --verify.")
+    result = case_lineage(args.case)
+    sys.stdout.write((json.dumps(result, indent=2) if args.json else format_case_lineage(result)) + "\n")
     return 0
 
 

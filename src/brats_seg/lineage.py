@@ -122,3 +122,55 @@ def format_chain(chain: dict, head: dict | None = None) -> str:
         "metrics  " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
     ]
     return "\n".join(lines)
+
+
+# --- case-level audit: which registered versions saw a patient ----------------------------------------
+
+def case_lineage(case: str) -> dict:
+    """Every registered model version (of every registered model) whose train, val or test split held the
+    patient of ``case`` (a case id, or a patient id: all of that patient's time points count), read from the
+    split tables logged with each version's training run. Versions whose run logged none are listed apart."""
+    from brats_seg.data.slicing import patient_id
+
+    versions = tracking.model_versions()
+    tables: dict = {}  # run id -> its split tables (versions of one run share them)
+    found, unrecorded = [], []
+    for version in versions:
+        if version["run_id"] not in tables:
+            tables[version["run_id"]] = tracking.split_tables(version["run_id"])
+        table = tables[version["run_id"]]
+        if table is None:
+            unrecorded.append(_version_ref(version))
+            continue
+        patients = {case, patient_id(case), *table.loc[table["case_id"] == case, "patient_id"]}
+        rows = table[table["patient_id"].isin(patients)]
+        for (split, patient), group in rows.groupby(["split", "patient_id"], sort=True):
+            found.append({**_version_ref(version), "split": split, "patient_id": patient,
+                          "case_ids": sorted(group["case_id"])})
+    return {"case": case, "registry": tracking.tracking_uri(), "versions_searched": len(versions),
+            "found": found, "unrecorded": unrecorded}
+
+
+def _version_ref(version: dict) -> dict:
+    return {"model": version["name"], "version": version["version"], "aliases": version["aliases"],
+            "run_id": version["run_id"]}
+
+
+def format_case_lineage(result: dict) -> str:
+    """One line per (version, split) that held the patient; one sentence when none did."""
+    lines = []
+    if result["found"]:
+        versions = {(f["model"], f["version"]) for f in result["found"]}
+        lines.append(f"{result['case']} is in the splits of {len(versions)} of {result['versions_searched']} "
+                     f"registered model versions:")
+        for f in result["found"]:
+            aliases = f" @{', @'.join(f['aliases'])}" if f["aliases"] else ""
+            lines.append(f"  {f['model']} v{f['version']}{aliases}: {f['split']} (patient {f['patient_id']}: "
+                         f"{', '.join(f['case_ids'])}; run {f['run_id']})")
+    else:
+        lines.append(f"no registered model version in {result['registry']} had {result['case']} in its train, val "
+                     f"or test split ({result['versions_searched']} versions searched).")
+    for ref in result["unrecorded"]:
+        lines.append(f"  {ref['model']} v{ref['version']}: its training run recorded no split tables (trained "
+                     f"before they were logged), so whether it saw {result['case']} cannot be told")
+    return "\n".join(lines)

@@ -1,16 +1,33 @@
-"""The promotion gate: the challenger becomes champion only when it is better on the same test split."""
+"""The promotion gate: the challenger becomes champion only when it is better on the same test patients.
+
+When both versions were tested on one split (equal ``split_digest`` tags) their recorded test WT Dice are
+compared. When the challenger was tested on another split (new data arrived), the champion is re-scored on
+the challenger's test patients, from the workspace's raw data, with the preprocessing stored with the
+champion and the evaluate stage's metric code (:mod:`brats_seg.rescore`), and those two numbers are compared.
+That comparison is refused only when the champion cannot be loaded, or was trained or validated on any of
+those patients (or its run recorded no split tables, so that this cannot be checked).
+
+The decision is recorded as tags on the challenger's version: the decision and its reason, the version it
+was compared with, the number of test patients, the test split's digest and both scores.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from brats_seg import tracking
-from brats_seg.errors import UserError
+from brats_seg.config import BaseParams
+from brats_seg.errors import DataError, UserError
+
+if TYPE_CHECKING:
+    from brats_seg.inference import ModelBundle
 
 log = logging.getLogger(__name__)
 
 METRIC_TAG = "test_wt_dice_mean"
+TRAINED_ON = ("train", "val")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,47 +45,133 @@ class PromoteParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The champion's test WT Dice on the challenger's test patients, and which patients those are."""
+
+    champion_dice: float
+    test_patients: int | None
+    test_split: str | None
+    rescored: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
     challenger_dice: float
-    champion_dice: float | None
-    champion_version: str | None
+    champion_dice: float | None = None
+    champion_version: str | None = None
+    test_patients: int | None = None
+    test_split: str | None = None
+    champion_rescored: bool = False
 
 
-def decide(challenger: dict, champion: dict | None, params: PromoteParams, force: bool = False) -> Decision:
-    """Compare two model versions (dicts from :func:`tracking.model_version`) by their test WT Dice."""
-    dice = float(challenger["tags"].get(METRIC_TAG, "nan"))
-    if champion is None:
-        if dice >= params.min_dice or force:
-            return Decision(True, f"no champion yet and test WT Dice {dice:.4f} >= floor {params.min_dice}"
-                            if dice >= params.min_dice else "forced", dice, None, None)
-        return Decision(False, f"test WT Dice {dice:.4f} is below the floor promote.min_dice={params.min_dice}",
-                        dice, None, None)
-    champ_dice = float(champion["tags"].get(METRIC_TAG, "nan"))
-    if force:
-        return Decision(True, "forced", dice, champ_dice, champion["version"])
-    split, champ_split = challenger["tags"].get("split_digest"), champion["tags"].get("split_digest")
-    if split != champ_split:
-        return Decision(False, f"refused to compare: the challenger was tested on split {str(split)[:12]} and "
-                        f"the champion on {str(champ_split)[:12]}; retrain both on one split or use --force",
-                        dice, champ_dice, champion["version"])
+class Refusal(Exception):
+    """The two versions cannot be compared fairly; the message says why."""
+
+
+def judge(dice: float, champion: dict | None, comparison: Comparison | None, params: PromoteParams) -> Decision:
+    """The gate on numbers: the challenger's test WT Dice must reach ``min_dice`` and, when there is a
+    champion, be higher than the champion's (on the same test patients) by at least ``min_improvement``."""
+    if champion is None or comparison is None:
+        if dice >= params.min_dice:
+            return Decision(True, f"no champion yet and test WT Dice {dice:.4f} >= floor {params.min_dice}", dice)
+        return Decision(False, f"test WT Dice {dice:.4f} is below the floor promote.min_dice={params.min_dice}", dice)
+    c = comparison
+    same = dict(champion_dice=c.champion_dice, champion_version=champion["version"], test_patients=c.test_patients,
+                test_split=c.test_split, champion_rescored=c.rescored)
+    who = "test split" if c.test_patients is None else f"{c.test_patients} test patients"
+    where = f" on the same {who} (split {str(c.test_split)[:12]}{', champion re-scored' if c.rescored else ''})"
     if dice < params.min_dice:
-        return Decision(False, f"test WT Dice {dice:.4f} is below the floor {params.min_dice}", dice, champ_dice,
-                        champion["version"])
-    improvement = dice - champ_dice
+        return Decision(False, f"test WT Dice {dice:.4f} is below the floor {params.min_dice}", dice, **same)
+    improvement = dice - c.champion_dice
     if not (improvement > 0 and improvement >= params.min_improvement):  # "higher by at least min_improvement"
         return Decision(False, f"test WT Dice {dice:.4f} does not beat champion v{champion['version']} "
-                        f"({champ_dice:.4f}) by promote.min_improvement={params.min_improvement}", dice,
-                        champ_dice, champion["version"])
-    return Decision(True, f"test WT Dice {dice:.4f} beats champion v{champion['version']} ({champ_dice:.4f})",
-                    dice, champ_dice, champion["version"])
+                        f"({c.champion_dice:.4f}) by promote.min_improvement={params.min_improvement}{where}",
+                        dice, **same)
+    return Decision(True, f"test WT Dice {dice:.4f} beats champion v{champion['version']} ({c.champion_dice:.4f})"
+                    f"{where}", dice, **same)
 
 
-def promote(model_name: str, params: PromoteParams, version: str | None = None, force: bool = False) -> dict:
+def compare(challenger: dict, champion: dict, base: BaseParams) -> Comparison:
+    """Both versions on one set of test patients: the recorded scores when they share a split, else the
+    champion re-scored on the challenger's test patients in the workspace. Raises Refusal when that cannot
+    be done fairly, UserError when the workspace does not hold the challenger's test split."""
+    split = challenger["tags"].get("split_digest")
+    if split == champion["tags"].get("split_digest"):
+        return Comparison(float(champion["tags"].get(METRIC_TAG, "nan")), _test_patients(challenger), split, False)
+    from brats_seg import rescore
+
+    digest, tests = rescore.workspace_split(base.slices_dir)
+    if digest != split:
+        raise UserError(f"the workspace's slices ({base.slices_dir}, split {digest[:12]}) are not the split that "
+                        f"challenger v{challenger['version']} was tested on ({str(split)[:12]}); run the promotion in "
+                        f"the workspace that produced it (or `git checkout` its commit and `dvc checkout`).")
+    _refuse_if_seen(champion, sorted(set(tests["patient_id"])))
+    bundle = _load(champion)
+    frame = rescore.score_model(bundle, base.raw_dir, tests["case_id"].tolist())
+    dice = rescore.mean_dice(frame)
+    log.info("champion v%s re-scored on %d test patients of split %s: WT Dice %.4f", champion["version"],
+             tests["patient_id"].nunique(), digest[:12], dice)
+    return Comparison(dice, int(tests["patient_id"].nunique()), digest, True)
+
+
+def _test_patients(version: dict) -> int | None:
+    table = tracking.split_tables(version["run_id"])
+    return None if table is None else int(table.loc[table["split"] == "test", "patient_id"].nunique())
+
+
+def _refuse_if_seen(champion: dict, patients: list[str]) -> None:
+    """Refuse when the champion's run trained or validated on any of ``patients`` (or recorded no splits)."""
+    table = tracking.split_tables(champion["run_id"])
+    if table is None:
+        raise Refusal(f"champion v{champion['version']}'s training run recorded no split tables, so whether it "
+                      f"saw the challenger's test patients cannot be checked; retrain it, or promote with --force")
+    seen = table[table["split"].isin(TRAINED_ON) & table["patient_id"].isin(patients)]
+    if len(seen):
+        ids = sorted(set(seen["patient_id"]))
+        named = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+        raise Refusal(f"champion v{champion['version']} was trained or validated on {len(ids)} of the challenger's "
+                      f"{len(patients)} test patients ({named}), so it cannot be scored fairly on them; keep the "
+                      f"champion, or promote with --force")
+
+
+def _load(champion: dict) -> ModelBundle:
+    from brats_seg.predict import resolve_model
+
+    uri = f"models:/{champion['name']}/{champion['version']}"
+    try:
+        return resolve_model(uri, "auto")
+    except UserError as exc:
+        raise Refusal(f"champion v{champion['version']} cannot be loaded to re-score it ({exc})") from None
+
+
+def decide(challenger: dict, champion: dict | None, params: PromoteParams, base: BaseParams,
+           force: bool = False) -> Decision:
+    """The whole gate for two versions (dicts from :func:`tracking.model_version`)."""
+    dice = float(challenger["tags"].get(METRIC_TAG, "nan"))
+    if champion is not None and champion["version"] == challenger["version"]:
+        return Decision(False, f"version {challenger['version']} is already the champion", dice,
+                        champion_version=champion["version"])
+    if force:
+        champ_dice = None if champion is None else float(champion["tags"].get(METRIC_TAG, "nan"))
+        return Decision(True, "forced", dice, champ_dice, None if champion is None else champion["version"])
+    if champion is None:
+        return dataclasses.replace(judge(dice, None, None, params), test_patients=_test_patients(challenger),
+                                   test_split=challenger["tags"].get("split_digest"))
+    try:
+        comparison = compare(challenger, champion, base)
+    except Refusal as exc:
+        return Decision(False, f"refused to compare: {exc}", dice, champion_version=champion["version"])
+    return judge(dice, champion, comparison, params)
+
+
+def promote(model_name: str, params: PromoteParams, version: str | None = None, force: bool = False,
+            base: BaseParams | None = None) -> dict:
     """Run the gate for ``version`` (default: the ``challenger`` alias); moves ``champion`` if it passes.
 
-    The decision and its numbers are recorded as tags on the challenger's version and returned.
+    ``base`` locates the workspace's slices and raw data (needed when the champion must be re-scored). The
+    decision and its numbers are recorded as tags on the challenger's version and returned.
     """
     challenger = (tracking.model_version(model_name, version=version) if version
                   else tracking.model_version(model_name, alias="challenger"))
@@ -77,18 +180,31 @@ def promote(model_name: str, params: PromoteParams, version: str | None = None, 
         raise UserError(f"model {model_name} has no {what} in the registry at {tracking.tracking_uri()}; "
                         f"run the pipeline (dvc repro register) first.")
     champion = tracking.model_version(model_name, alias="champion")
-    if champion is not None and champion["version"] == challenger["version"]:
-        decision = Decision(False, f"version {challenger['version']} is already the champion",
-                            float(challenger["tags"].get(METRIC_TAG, "nan")), None, champion["version"])
-    else:
-        decision = decide(challenger, champion, params, force)
+    try:
+        decision = decide(challenger, champion, params, base or BaseParams(), force)
+    except DataError as exc:
+        raise UserError(f"cannot re-score champion v{champion['version'] if champion else '?'}: {exc}") from None
     if decision.promote:
         tracking.set_alias(model_name, "champion", challenger["version"])
     record = {"model": model_name, "version": challenger["version"], "promoted": decision.promote,
               "reason": decision.reason, "challenger_dice": decision.challenger_dice,
-              "champion_dice": decision.champion_dice, "previous_champion": decision.champion_version}
-    tracking.set_version_tags(model_name, challenger["version"], {
-        "promotion_decision": "promoted" if decision.promote else "kept", "promotion_reason": decision.reason,
-        "promotion_compared_with": decision.champion_version or "none"})
+              "champion_dice": decision.champion_dice, "previous_champion": decision.champion_version,
+              "test_patients": decision.test_patients, "test_split": decision.test_split,
+              "champion_rescored": decision.champion_rescored}
+    tracking.set_version_tags(model_name, challenger["version"], decision_tags(decision))
     log.info("promotion of %s v%s: %s (%s)", model_name, challenger["version"], record["promoted"], decision.reason)
     return record
+
+
+def decision_tags(decision: Decision) -> dict[str, str]:
+    """The decision record on the challenger's version."""
+    def number(value: float | None) -> str:
+        return "none" if value is None else f"{value:.6f}"
+
+    return {"promotion_decision": "promoted" if decision.promote else "kept", "promotion_reason": decision.reason,
+            "promotion_compared_with": decision.champion_version or "none",
+            "promotion_test_patients": "unknown" if decision.test_patients is None else str(decision.test_patients),
+            "promotion_test_split": decision.test_split or "unknown",
+            "promotion_challenger_dice": number(decision.challenger_dice),
+            "promotion_champion_dice": number(decision.champion_dice),
+            "promotion_champion_rescored": str(decision.champion_rescored).lower()}

@@ -1,0 +1,73 @@
+"""Score any model on a workspace's test patients, from the raw cases, with the model's own preprocessing.
+
+The promotion gate uses this to compare a champion with a challenger that was tested on another split: the
+champion is scored on the challenger's test patients exactly as the evaluate stage scores a model (the same
+brain slices, :func:`~brats_seg.data.preprocess.preprocess_case` with the slice parameters stored with the
+model, the prediction mapped back to each case's own grid, :func:`~brats_seg.evaluate.score_case`), so that
+for a model whose slice parameters match the workspace's it reproduces the evaluate stage's numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from brats_seg.data.layouts import canonical_files
+from brats_seg.data.preprocess import preprocess_case, restore_volume
+from brats_seg.errors import DataError
+from brats_seg.evaluate import score_case
+from brats_seg.inference import ModelBundle, predict_slices
+from brats_seg.io.nifti import read_nifti
+from brats_seg.io.tables import read_json
+from brats_seg.metrics import summarise
+
+
+def workspace_split(slices_dir: str | Path, split: str = "test") -> tuple[str, pd.DataFrame]:
+    """The workspace's split digest and the cases of ``split`` that have slices (``case_id``, ``patient_id``),
+    as the slice stage wrote them; the cases the evaluate stage scores."""
+    meta, table = Path(slices_dir) / "meta.json", Path(slices_dir) / "cases.parquet"
+    if not meta.is_file() or not table.is_file():
+        raise DataError(f"the workspace has no slices ({meta} or {table} is missing); run `dvc repro slice` "
+                        f"(or `dvc checkout`) in the workspace that produced the model, then retry.")
+    cases = pd.read_parquet(table, columns=["case_id", "patient_id", "split", "n_slices"])
+    cases = cases[(cases["split"] == split) & (cases["n_slices"] > 0)]
+    return read_json(meta)["split_digest"], cases[["case_id", "patient_id"]].reset_index(drop=True)
+
+
+def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str], batch_size: int = 256) -> pd.DataFrame:
+    """One row per case and region of ``bundle.regions`` (the columns of :func:`score_case`)."""
+    rows = []
+    for case_id in tqdm(case_ids, desc="re-score", unit="case", leave=False):
+        rows.extend(score_raw_case(bundle, Path(raw_dir) / case_id, batch_size))
+    return pd.DataFrame(rows)
+
+
+def score_raw_case(bundle: ModelBundle, case_dir: Path, batch_size: int = 256) -> list[dict]:
+    """Preprocess one canonical case with the model's slice parameters, predict its brain slices, map the
+    probabilities back to the case's grid, threshold them and score every region against its label map."""
+    files = canonical_files(case_dir)
+    params = bundle.slice_params
+    missing = [kind for kind in (*params["modalities"], "seg") if files.get(kind) is None]
+    if missing:
+        raise DataError(f"case {case_dir.name} has no {', '.join(missing)} file in {case_dir}; the workspace's raw "
+                        f"data does not match its slices: run `dvc checkout` (or `dvc repro download`), then retry.")
+    volumes, affine = [], None
+    for modality in params["modalities"]:
+        data, meta = read_nifti(files[modality])
+        volumes.append(data)
+        affine = meta.affine
+    pre = preprocess_case(np.stack(volumes), affine, int(params["size"]), int(params["margin"]))
+    keep = pre.brain_pixels > 0  # every brain slice, as the slice stage keeps for val and test cases
+    probs = predict_slices(bundle.model, pre.images[keep], batch_size).float().cpu().numpy()
+    seg, seg_meta = read_nifti(files["seg"])
+    predicted = {region: restore_volume(probs[:, r], pre.z[keep], pre.geometry) > bundle.threshold
+                 for r, region in enumerate(bundle.regions)}
+    return score_case(case_dir.name, predicted, seg, seg_meta.spacing)
+
+
+def mean_dice(frame: pd.DataFrame, region: str = "wt") -> float:
+    """Mean Dice over cases of ``region`` (NaN ignored), as eval.json's ``dice_mean``."""
+    return float(summarise(frame.loc[frame["region"] == region, "dice"].tolist())["mean"])
