@@ -253,6 +253,7 @@ class BaseParams:
     eval_cases: str = "reports/eval_cases.csv"
     overlays_dir: str = "reports/overlays"
     registered_report: str = "reports/registered.json"
+    report: str = "reports/index.html"
     experiment: str = "brats-seg"
 
     def __post_init__(self) -> None:

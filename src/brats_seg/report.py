@@ -1,0 +1,151 @@
+"""One self-contained run report: ``reports/index.html``.
+
+A single HTML file with inline styles, inline images (base64 PNG) and a few lines of inline script (sorting
+the per-case table), so that it opens offline in any browser, where hospitals run this. It shows the
+validation summary and quarantine table, the training curves, per-case test metrics, the overlays of the
+best, median and worst cases with tumour, and the model's lineage. Everything comes from the pipeline's own
+reports; nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d6d9de;padding-bottom:4px}
+.sub{color:#5b6472;margin:0 0 16px}.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{background:#fff;border:1px solid #d6d9de;border-radius:6px;padding:10px 14px;min-width:140px}
+.card b{display:block;font-size:20px}.card span{color:#5b6472;font-size:12px}
+table{border-collapse:collapse;background:#fff;width:100%;font-size:13px}
+th,td{border:1px solid #d6d9de;padding:4px 8px;text-align:left}th{background:#eceef2;cursor:pointer;user-select:none}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.one_empty td{background:#fff4e5}
+figure{display:inline-block;vertical-align:top;width:330px;margin:0 12px 12px 0;background:#fff;
+border:1px solid #d6d9de;padding:6px}figure img{display:block;width:100%}
+figcaption{font-size:12px;color:#5b6472;margin-top:4px}
+img.curve{max-width:100%;background:#fff;border:1px solid #d6d9de}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;background:#fff;border:1px solid #d6d9de;
+padding:10px}
+dt{color:#5b6472}dd{margin:0;font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
+.note{color:#5b6472;font-size:12px}
+"""
+
+SORT_SCRIPT = """
+document.querySelectorAll('table.sortable th').forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
+    var up = th.dataset.dir !== 'asc'; th.dataset.dir = up ? 'asc' : 'desc';
+    rows.sort(function(a, b){
+      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+      return up ? c : -c;
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+  });
+});
+"""
+
+
+def image_tag(path: str | Path, alt: str, css: str = "") -> str:
+    """An ``<img>`` holding the PNG at ``path`` inline (base64), or a note when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return f'<p class="note">({html.escape(alt)}: {html.escape(str(path))} not written)</p>'
+    data = base64.b64encode(path.read_bytes()).decode()
+    cls = f' class="{css}"' if css else ""
+    return f'<img{cls} alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        shown = "n/a" if math.isnan(value) else f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        return f'<td class="num" data-v="{value}">{shown}</td>'
+    if isinstance(value, int):
+        return f'<td class="num" data-v="{value}">{value}</td>'
+    text = html.escape(str(value))
+    return f'<td data-v="{text}">{text}</td>'
+
+
+def table(frame: pd.DataFrame, sortable: bool = False, row_class: str | None = None) -> str:
+    """An HTML table of ``frame`` (numbers right-aligned; sortable by clicking a header when asked)."""
+    if frame.empty:
+        return '<p class="note">none</p>'
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for record in frame.to_dict("records"):
+        cls = f' class="{html.escape(str(record.get(row_class, "")))}"' if row_class else ""
+        rows.append(f"<tr{cls}>" + "".join(_cell(v) for v in record.values()) + "</tr>")
+    kind = ' class="sortable"' if sortable else ""
+    return f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def cards(items: dict[str, object]) -> str:
+    return '<div class="cards">' + "".join(
+        f"<div class=\"card\"><b>{html.escape(str(v))}</b><span>{html.escape(k)}</span></div>"
+        for k, v in items.items()) + "</div>"
+
+
+def definition_list(items: dict[str, object]) -> str:
+    pairs = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())
+    return f"<dl>{pairs}</dl>"
+
+
+def validation_section(metrics: dict, quarantine: pd.DataFrame) -> str:
+    summary = cards({"cases": metrics.get("cases"), "ok": metrics.get("ok"), "quarantined": metrics.get("quarantined"),
+                     "unlabelled (kept apart)": metrics.get("unlabelled", 0)})
+    return (f"<h2>Validation</h2>{summary}<h3>Quarantined cases</h3>"
+            f"{table(quarantine.rename(columns={'case_id': 'case', 'reasons': 'reasons'}))}")
+
+
+def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
+    wt = summary.get("wt", {})
+    top = cards({"test cases": summary.get("n_cases"),
+                 "WT Dice (mean per case)": f"{wt.get('dice_mean', math.nan):.3f}",
+                 "WT HD95 median (mm)": f"{wt.get('hd95_median', math.nan):.1f}",
+                 "missed or spurious tumour": wt.get("cases_one_empty", 0),
+                 "no tumour, none predicted": wt.get("cases_both_empty", 0)})
+    columns = [c for c in ("case_id", "region", "dice", "iou", "precision", "recall", "hd95", "ref_voxels",
+                           "pred_voxels", "empty_rule") if c in cases.columns]
+    shown = cases[columns].fillna({"empty_rule": ""}).sort_values(["region", "dice"]) if len(cases) else cases
+    note = ('<p class="note">Per patient on its own grid (DESIGN.md). Click a header to sort. Rows in orange: '
+            "exactly one of prediction and reference is empty (HD95 = 373.13 mm by the BraTS rule).</p>")
+    return f"<h2>Test metrics</h2>{top}{note}{table(shown, sortable=True, row_class='empty_rule')}"
+
+
+def overlay_section(overlays_dir: str | Path) -> str:
+    figures = []
+    for name in ("best", "median", "worst"):
+        caption = f"{name} case with tumour (green: agree, blue: missed, red: false positive)"
+        figures.append(f"<figure>{image_tag(Path(overlays_dir) / f'{name}.png', caption)}"
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return "<h2>Overlays</h2>" + "".join(figures)
+
+
+def render_report(sections: dict[str, str], title: str, subtitle: str) -> str:
+    """The whole page: ``sections`` are HTML fragments in order."""
+    body = "".join(sections.values())
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{STYLE}</style></head>"
+            f"<body><main><h1>{html.escape(title)}</h1><p class=\"sub\">{html.escape(subtitle)}</p>{body}</main>"
+            f"<script>{SORT_SCRIPT}</script></body></html>\n")
+
+
+def lineage_section(lineage: dict) -> str:
+    params = lineage.get("params", {})
+    shown = {k: v for k, v in sorted(params.items()) if k.startswith(("train.", "slice.", "seed"))}
+    return ("<h2>Lineage</h2>" + definition_list({k: v for k, v in lineage.items() if k != "params"})
+            + "<h3>Parameters</h3>" + definition_list(shown))
+
+
+def curve_section(curve_png: str | Path) -> str:
+    note = ('<p class="note">Left: loss (soft Dice, lower is better) on the training and validation sets. Right: '
+            "validation Dice per case in slice space (higher is better).</p>")
+    return f"<h2>Training</h2>{note}{image_tag(curve_png, 'training curves', 'curve')}"
+

@@ -1,0 +1,17 @@
+"""DVC stage `report`: one self-contained HTML run report, reports/index.html (python -m stages.report)."""
+
+from __future__ import annotations
+
+from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.errors import exit_on_user_error
+from brats_seg.runners.report import report_stage
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    params = stage_params(__doc__, argv)
+    report_stage(load_section(BaseParams, params, "base"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The self-contained run report: built from real pipeline reports, logged to MLflow, rendered offline in
+headless Chromium with no failed request and every image decoded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brats_seg import tracking
+from brats_seg.config import BaseParams
+from brats_seg.evaluate import score_case, summarise_cases
+from brats_seg.plots import plot_overlay, plot_training_curve
+from brats_seg.runners.report import report_stage
+from tests.conftest import PROJECT_ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def built(tmp_path, monkeypatch) -> tuple[BaseParams, str]:
+    """Every input of the report stage, written by the project's own code, and the report built from them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = BaseParams()
+    Path(base.validation_reports).mkdir(parents=True)
+    Path(base.validation_metrics).write_text(json.dumps({"cases": 5, "ok": 4, "quarantined": 1, "unlabelled": 0}))
+    pd.DataFrame({"case_id": ["BraTS20_Bad_009"], "reasons": ["labels outside {0, 1, 2, 4}: 255"]}).to_csv(
+        Path(base.validation_reports) / "quarantine.csv", index=False)
+    plot_training_curve([{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_dice": 0.2 * e}
+                         for e in (1, 2, 3)], base.train_curve_png)
+    seg = np.zeros((12, 12, 6), np.uint8)
+    seg[3:7, 3:7, 2:4] = 2
+    rows = (score_case("BraTS20_Hit_001", {"wt": seg > 0}, seg, (1.0, 1.0, 1.0))
+            + score_case("BraTS20_Missed_002", {"wt": seg > 5}, seg, (1.0, 1.0, 1.0))
+            + score_case("BraTS20_Half_003", {"wt": np.roll(seg > 0, 2, 0)}, seg, (1.0, 1.0, 1.0)))
+    frame = pd.DataFrame(rows)
+    frame.to_csv(base.eval_cases, index=False)
+    summary = summarise_cases(frame, {"wt": {"dice_mean": 0.5, "dice_pooled": 0.5}})
+    Path(base.eval_report).write_text(json.dumps(summary))
+    image = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
+    for name in ("best", "median", "worst"):
+        plot_overlay(image, image > 1, image > 0.8, name, Path(base.overlays_dir) / f"{name}.png")
+    with tracking.start_run(base.experiment) as run:
+        run.log_params({"train": {"lr": 0.001, "epochs": 3}, "slice": {"size": 32}, "seed": 42})
+        run.set_tags({"git_commit": "abc123", "git_dirty": "false", "code_digest": "c0de", "dvc_raw_md5": "r4w"})
+    Path(base.registered_report).write_text(json.dumps({"name": "brats-unet", "version": "1", "alias": "challenger",
+                                                        "run_id": run.run_id}))
+    report_stage(base)
+    return base, run.run_id
+
+
+def test_the_report_is_one_file_with_every_section_and_nothing_to_fetch(built):
+    base, run_id = built
+    page = Path(base.report).read_text()
+    for text in ("BraTS20_Bad_009", "labels outside {0, 1, 2, 4}: 255", "BraTS20_Missed_002", run_id,
+                 "brats-unet v1", "abc123", "train.lr", "r4w", "lower is better", "higher is better"):
+        assert text in page, text
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) == 4  # curve and three overlays
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no script, style or image from elsewhere
+    assert "<link" not in page
+    logged = list(Path("mlflow/artifacts").rglob("index.html"))
+    assert len(logged) == 1 and logged[0].read_text() == page
+
+
+def _chromium_or_skip():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if CHROMIUM is None or sync_playwright is None:
+        reason = "headless Chromium (Debian package chromium) and playwright are needed for the browser test"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; make test installs them")
+        pytest.skip(reason)
+    return sync_playwright
+
+
+def test_the_report_renders_offline_in_chromium_with_every_image_decoded(built):
+    sync_playwright = _chromium_or_skip()
+    base, _ = built
+    failed, external = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        context = browser.new_context(viewport={"width": 1200, "height": 900}, offline=True)
+        page = context.new_page()
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        page.on("request", lambda request: external.append(request.url)
+                if not request.url.startswith(("file:", "data:")) else None)
+        page.goto(Path(base.report).resolve().as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
+        header = page.locator("table.sortable th", has_text="dice").first
+        first_cells = "rows => rows.map(r => r.cells[0].textContent)"
+        header.click()
+        ascending = page.eval_on_selector_all("table.sortable tbody tr", first_cells)
+        header.click()
+        descending = page.eval_on_selector_all("table.sortable tbody tr", first_cells)
+        shot = PROJECT_ROOT / "reports" / "report-screenshot.png"  # kept for CI's artifacts
+        shot.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert not failed and not external, (failed, external)
+    assert len(images) == 4 and all(ok and w > 0 and h > 0 for ok, w, h in images), images
+    assert ascending[0] == "BraTS20_Missed_002" and ascending[-1] == "BraTS20_Hit_001"
+    assert descending == ascending[::-1]
+    assert shot.stat().st_size > 10_000
+
+
+def test_the_report_stage_is_declared_with_its_inputs():
+    import yaml
+
+    stage = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["report"]
+    assert {"${base.eval_cases}", "${base.registered_report}", "${base.overlays_dir}"} <= set(stage["deps"])
+    assert stage["outs"] == [{"${base.report}": {"cache": False}}]
+    assert dataclasses.asdict(BaseParams())["report"] == "reports/index.html"
