@@ -299,3 +299,14 @@ def test_lineage_case_lists_every_version_whose_splits_held_the_patient(store, c
     code, _, err = _cli(["lineage"], capsys)
     assert code == 2 and err == ("error: brats-seg lineage needs a MODEL_URI (e.g. models:/brats-unet@champion) "
                                  "or --case ID.\n")
+
+
+def test_split_tables_logged_through_a_tracking_server_keep_their_rows(store):
+    """A server's proxied artifact URIs (mlflow-artifacts:) are no MLflow dataset source: the input is logged
+    anyway, and its artifact tag still leads to the rows."""
+    table = pd.DataFrame({"case_id": ["A"], "patient_id": ["A"], "split": ["test"]})
+    with tracking.start_run("registry-test") as run:
+        tracking.mlflow.log_text(table.to_csv(index=False), "splits/test.csv")
+        tracking._log_table_input(table, "mlflow-artifacts:/0/x/artifacts/splits/test.csv", "test-split", "0" * 64,
+                                  "testing", {tracking.ARTIFACT_TAG: "splits/test.csv"})
+    assert tracking.split_tables(run.run_id).equals(table)

@@ -97,12 +97,9 @@ class Run:
             digests[split] = hashlib.sha256(text.encode()).hexdigest()
             path = f"{SPLIT_FOLDER}/{split}.csv"
             mlflow.log_text(text, path)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(rows.reset_index(drop=True), source=mlflow.get_artifact_uri(path),
-                                                  name=f"{split}-split", digest=digests[split][:36])
-                mlflow.log_input(dataset, context=context, tags={
-                    ARTIFACT_TAG: path, "n_cases": str(len(rows)), "n_patients": str(rows["patient_id"].nunique())})
+            _log_table_input(rows.reset_index(drop=True), mlflow.get_artifact_uri(path), f"{split}-split",
+                             digests[split], context, {ARTIFACT_TAG: path, "n_cases": str(len(rows)),
+                                                       "n_patients": str(rows["patient_id"].nunique())})
         return digests
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
@@ -118,6 +115,21 @@ SPLIT_COLUMNS = ("case_id", "patient_id", "split")
 SPLIT_FOLDER = "splits"
 ARTIFACT_TAG = "brats_seg.artifact"
 CONTEXT_TAG = "mlflow.data.context"
+
+
+def _log_table_input(frame: pd.DataFrame, artifact_uri: str, name: str, digest: str, context: str,
+                     tags: dict[str, str]) -> None:
+    """Log ``frame`` as a dataset input of the active run whose source is the run artifact holding its rows.
+    A tracking server's proxied artifacts (``mlflow-artifacts:`` URIs) are no dataset source MLflow can resolve:
+    then the source is left to MLflow's default, and the input's artifact tag still names the rows (what
+    :func:`split_tables` reads)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            dataset = mlflow.data.from_pandas(frame, source=artifact_uri, name=name, digest=digest[:36])
+        except mlflow.exceptions.MlflowException:
+            dataset = mlflow.data.from_pandas(frame, name=name, digest=digest[:36])
+        mlflow.log_input(dataset, context=context, tags=tags)
 
 
 # Tags that say which process holds a run, so that a run whose process was killed can be closed later.
