@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from brats_seg.config import BaseParams, load_section, read_params
+from brats_seg.console import setup_logging
 from brats_seg.errors import UserError, exit_on_user_error
 from brats_seg.io.tables import json_safe, read_json
 
@@ -171,8 +171,7 @@ def _case_lineage(args: argparse.Namespace) -> int:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, with_time=False)  # a command's answer goes to stdout; its log lines stay short
     code = _run(args)
     if code:
         raise SystemExit(code)

@@ -289,14 +289,14 @@ class ScheduleParams:
 def stage_params(description: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Parse a stage's command line (``--params PATH``, ``-v``), set up logging, return the params file."""
     import argparse
-    import logging
+
+    from brats_seg.console import setup_logging
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     return read_params(args.params)
 
 

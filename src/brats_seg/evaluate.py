@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from brats_seg.data.labels import region_mask
 from brats_seg.data.layouts import canonical_files
@@ -23,6 +22,7 @@ from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
 from brats_seg.metrics import METRICS, case_metrics, empty_rule, scores_from_counts, summarise
 from brats_seg.plots import plot_overlay
+from brats_seg.progress import progress
 
 
 def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path, split: str = "test",
@@ -35,7 +35,7 @@ def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | P
         raise DataError(f"the {split} split has no cases in {slices_dir}; add cases or change slice.split.")
     rows, slice_counts = [], {r: np.zeros(3) for r in bundle.regions}
     slice_scores: dict[str, list[float]] = {r: [] for r in bundle.regions}
-    for rec in tqdm(cases.to_dict("records"), desc=f"evaluate {split}", unit="case", leave=False):
+    for rec in progress(cases.to_dict("records"), desc=f"evaluate {split}", unit="case"):
         shard = read_shard(slices_dir / rec["shard"])
         probs = predict_slices(bundle.model, shard["images"], batch_size).float().cpu().numpy()
         seg, meta = read_nifti(canonical_files(Path(raw_dir) / rec["case_id"])["seg"])

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from brats_seg.progress import progress
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -34,7 +34,7 @@ def run_parallel(func: Callable[[A], R], items: Sequence[A], workers: int = 0, d
     """
     n = resolve_workers(workers, len(items))
     results: list[R | None] = [None] * len(items)
-    bar = tqdm(total=len(items), desc=desc, unit="case", leave=False)
+    bar = progress(total=len(items), desc=desc, unit="case")
     if n == 1:
         for i, item in enumerate(items):
             results[i] = func(item)

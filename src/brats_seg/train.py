@@ -20,7 +20,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from brats_seg.augment import augment_batch
 from brats_seg.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -30,6 +29,7 @@ from brats_seg.errors import DataError
 from brats_seg.inference import pick_device, predict_slices
 from brats_seg.losses import segmentation_loss
 from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.progress import progress
 from brats_seg.provenance import code_digest, code_manifest
 
 log = logging.getLogger(__name__)
@@ -133,12 +133,9 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
         log.info("resuming from the checkpoint after epoch %d of %d", state["epoch"], params.epochs)
     step = make_step(model, optimiser, params, device)
     train_data = DeviceData(train_set, regions, device)
-    bar = tqdm(total=params.epochs, initial=state["epoch"], desc="train", unit="epoch")
     for epoch in range(state["epoch"], params.epochs):
         train_loss = _train_epoch(step, train_data, params, generator, epoch)
         metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.bce_weight, params.amp)}
-        bar.set_postfix(loss=f"{train_loss:.4f}", val_dice=f"{metrics['val_dice']:.4f}")
-        bar.update()
         state["history"].append({"epoch": epoch + 1, **metrics})
         if metrics["val_dice"] > state["best"]["dice"]:
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -149,7 +146,6 @@ def train_model(params: TrainParams, train_set: SliceSet, val_set: SliceSet, see
         log.info("epoch %d/%d: %s", epoch + 1, params.epochs, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         if on_epoch:
             on_epoch(epoch + 1, metrics)
-    bar.close()
     best = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
     if state["best"]["weights"] is not None:
         best.load_state_dict(state["best"]["weights"])
@@ -214,12 +210,17 @@ def _train_epoch(step: Callable, data: DeviceData, params: TrainParams, generato
     n_steps = len(data) // batch  # the last partial batch is dropped: static shapes for torch.compile
     order = torch.randperm(len(data), generator=generator, device=data.device)
     total = torch.zeros((), device=data.device)
-    for s in tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{params.epochs}", unit="batch", leave=False):
-        x, y = data.batch(order[s * batch:(s + 1) * batch])
-        if params.augment:
-            x, y = augment_batch(x, y, generator)
-        total += step(x, y)
-    return float(total / n_steps)  # one host synchronisation per epoch
+    with progress(total=n_steps, desc=f"train epoch {epoch + 1}/{params.epochs}", unit="batch") as bar:
+        for s in range(n_steps):
+            x, y = data.batch(order[s * batch:(s + 1) * batch])
+            if params.augment:
+                x, y = augment_batch(x, y, generator)
+            loss = step(x, y)
+            total += loss
+            if s % 25 == 0:  # the running loss for the bar: one host synchronisation every 25 steps
+                bar.set_postfix(loss=f"{float(total) / (s + 1):.4f}", refresh=False)
+            bar.update()
+    return float(total / n_steps)
 
 
 def validate(model: UNet, data: SliceSet, regions: tuple[str, ...], bce_weight: float = 0.0,

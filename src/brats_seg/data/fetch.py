@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import requests
-from tqdm.auto import tqdm
 
 from brats_seg.errors import DownloadError
+from brats_seg.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ def _transfer(url: str, part: Path, timeout_s: float, auth: tuple[str, str] | No
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         written = offset
-        with open(part, "ab" if resumed else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc=part.name[:-5], leave=False
+        with open(part, "ab" if resumed else "wb") as out, progress(
+            total=total, initial=offset, unit="B", unit_scale=True, desc=f"download {part.name[:-5]}"
         ) as bar:
             for block in resp.iter_content(chunk_size=chunk):
                 out.write(block)

@@ -27,15 +27,16 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import requests
-from tqdm.auto import tqdm
 
 from brats_seg.data.download import DownloadParams, KaggleSource, UrlSource, local_source_path
 from brats_seg.data.fetch import kaggle_credentials
 from brats_seg.data.layouts import refuse_outside_links, walk_nifti
 from brats_seg.errors import DownloadError
 from brats_seg.io.atomic import atomic_path
+from brats_seg.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def hash_files(paths: list[Path], cache_path: Path) -> dict[Path, dict]:
     if todo:
         total = sum(stats[p].st_size for p in todo)
         log.info("hashing %d of %d source file(s) (%.1f MB); the rest are cached", len(todo), len(paths), total / 1e6)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="hash source", leave=False) as bar:
+        with progress(total=total, unit="B", unit_scale=True, desc="hash source") as bar:
             for p in todo:
                 known[p] = _sha256(p, bar)
     with atomic_path(cache_path) as tmp:
@@ -138,7 +139,7 @@ def _stat_key(path: Path, st: os.stat_result) -> str:
     return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_dev}"
 
 
-def _sha256(path: Path, bar: tqdm, chunk: int = 1 << 20) -> str:
+def _sha256(path: Path, bar: Any, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

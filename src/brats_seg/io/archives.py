@@ -14,9 +14,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
-
 from brats_seg.errors import DataError
+from brats_seg.progress import progress
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
@@ -69,7 +68,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise DataError(f"archive {archive.name} contains a link ({info.filename!r}); refusing to "
                                 f"extract it. Repack the archive without links.")
-        for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False):
+        for info in progress(infos, desc=f"extract {archive.name}", unit="file"):
             target = dest / _check_name(archive, info.filename)
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
@@ -87,7 +86,7 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             if not (member.isfile() or member.isdir()):
                 raise DataError(f"archive {archive.name} contains a link or special file ({member.name!r}); "
                                 f"refusing to extract it. Repack the archive with regular files only.")
-        for member in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
+        for member in progress(members, desc=f"extract {archive.name}", unit="file"):
             target = dest / _check_name(archive, member.name)
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
