@@ -20,7 +20,8 @@ def setup_logging(verbose: bool = False, with_time: bool | None = None) -> None:
     if with_time is None:
         with_time = os.environ.get(TIME_VARIABLE, "1") != "0"
     fmt = "%(asctime)s %(levelname)s %(message)s" if with_time else "%(levelname)s %(message)s"
-    logging.basicConfig(level=logging.WARNING, format=fmt, datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(format=fmt, datefmt="%H:%M:%S")  # no-op where a host (pytest, Prefect) has handlers
+    logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("brats_seg").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # library warnings become one log line each, not two-line warning dumps
     warnings.filterwarnings("ignore", category=DeprecationWarning)
