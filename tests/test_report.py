@@ -123,3 +123,32 @@ def test_the_report_stage_is_declared_with_its_inputs():
     assert {"${base.eval_cases}", "${base.registered_report}", "${base.overlays_dir}"} <= set(stage["deps"])
     assert stage["outs"] == [{"${base.report}": {"cache": False}}]
     assert dataclasses.asdict(BaseParams())["report"] == "reports/index.html"
+
+
+def test_dvc_plots_render_offline_with_the_projects_template(tmp_path):
+    """`dvc plots show` with .dvc/config's template: the CSV plots draw with no request leaving the machine."""
+    sync_playwright = _chromium_or_skip()
+    from tests.conftest import run_cmd
+
+    repo = tmp_path / "plots"
+    repo.mkdir()
+    run_cmd(["git", "init", "-q"], repo)
+    run_cmd(["dvc", "init", "-q"], repo)
+    shutil.copy(PROJECT_ROOT / ".dvc" / "offline-plots.html", repo / ".dvc" / "offline-plots.html")
+    shutil.copy(PROJECT_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    (repo / "dvc.yaml").write_text("plots:\n  - curve.csv:\n      x: epoch\n      y: val_dice\n")
+    (repo / "curve.csv").write_text("epoch,val_dice\n1,0.2\n2,0.5\n3,0.6\n")
+    run_cmd(["dvc", "plots", "show", "-o", "out"], repo)
+    page = (repo / "out" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                     "--disable-background-networking"])
+        context = browser.new_context(offline=True)
+        view = context.new_page()
+        view.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        view.goto((repo / "out" / "index.html").as_uri())
+        view.wait_for_selector("canvas, svg.marks", timeout=20_000)  # vega drew the plot
+        browser.close()
+    assert not requests, requests
