@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from brats_seg.console import TIME_VARIABLE
 from brats_seg.errors import UserError
 
 
@@ -28,7 +29,8 @@ def dvc_executable() -> str:
 
 def dvc_popen(args: list[str], cwd: str | Path, **kwargs: object) -> subprocess.Popen:
     """Start ``dvc ARGS`` in ``cwd``; stdout and stderr merged, as text."""
-    return subprocess.Popen([dvc_executable(), *args], cwd=cwd, env=dvc_env({"TQDM_DISABLE": "1"}),
+    # the caller logs each line with its own timestamp (Prefect): the stages leave theirs out
+    return subprocess.Popen([dvc_executable(), *args], cwd=cwd, env=dvc_env({TIME_VARIABLE: "0"}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
