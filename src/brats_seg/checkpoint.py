@@ -68,7 +68,7 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        crafted = "unsupported GLOBAL" in str(exc)  # torch names the callable it refused to import
+        crafted = "unsupported global" in str(exc).lower()  # torch names the callable it refused to import
         why = ("it holds Python objects other than tensors and plain values, which could run code" if crafted
                else "it is not a torch weights file")
     except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, the file is not usable
