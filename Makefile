@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the pipeline on the built-in synthetic cohort.
-# make test: set up .venv and run the whole test suite.
+# make test: set up .venv and run the whole test suite (installs PostgreSQL's server binaries first if missing).
+# make mlflow-server: a tracking server for a team (mlflow/README.md).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 # full-size setup: 128 x 128, base 32, 20 epochs) and runs the pipeline flow through Prefect.
 DEMO_PARAMS := slice.size=64 train.base=16 train.depth=3 train.batch_size=16 train.epochs=12
 
-.PHONY: setup demo test lint bench clean clean-tracking
+.PHONY: setup demo test test-services lint bench clean clean-tracking mlflow-server
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +33,36 @@ demo: setup
 	$(BIN)/brats-seg params set $(DEMO_PARAMS)
 	$(BIN)/python -m flows.demo
 
-test: setup
+test: setup test-services
 	$(BIN)/python -m pytest
+
+# The team-mode tests (tests/test_team_*.py) start their own throwaway PostgreSQL on 127.0.0.1 with the server
+# binaries (initdb, postgres) of Debian's `postgresql` package: installed here when missing, as root; anyone else
+# is told the command. Without them those tests fail under CI=true and are skipped elsewhere.
+test-services:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing PostgreSQL (Debian package postgresql) for the team-mode tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL's initdb not found: run 'sudo apt-get install -y postgresql' for the team-mode tests"; fi
+
+# A tracking server for a team (mlflow/README.md): runs and registry in BACKEND, artifacts proxied to ARTIFACTS
+# (clients need no storage credentials). Bound to 127.0.0.1: expose it only behind a reverse proxy with TLS and
+# authentication. Override on the command line, e.g.
+#   make mlflow-server BACKEND=postgresql://mlflow@127.0.0.1:5432/mlflow ARTIFACTS=/srv/mlflow/artifacts
+# OPTS passes more `mlflow server` options (--cors-allowed-origins, --app-name basic-auth, ...). The defaults
+# serve the local store. Set with `=`, not `?=`: a HOST or PORT variable in someone's environment never rebinds
+# the server. This project logs no GenAI traces, so mlflow's job runner (seven extra processes) stays off.
+HOST = 127.0.0.1
+PORT = 5000
+BACKEND = sqlite:///$(CURDIR)/mlflow/mlflow.db
+ARTIFACTS = $(CURDIR)/mlflow/artifacts
+WORKERS = 4
+OPTS =
+
+mlflow-server: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri '$(BACKEND)' \
+		--artifacts-destination '$(ARTIFACTS)' --host '$(HOST)' --port '$(PORT)' --workers '$(WORKERS)' $(OPTS)
 
 lint: setup
 	$(BIN)/ruff check src stages flows tests benchmarks

@@ -5,6 +5,7 @@ slices made with the champion's preprocessing), the refusals, and the case-level
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from brats_seg import tracking
+from brats_seg import registered_model, tracking
 from brats_seg.cli import main as cli
 from brats_seg.config import BaseParams
 from brats_seg.data.dataset import load_split
@@ -20,9 +21,10 @@ from brats_seg.data.labels import region_mask
 from brats_seg.data.slicing import SliceParams, run_slice
 from brats_seg.errors import UserError
 from brats_seg.evaluate import evaluate_cases
-from brats_seg.inference import ModelBundle
+from brats_seg.inference import save_model
 from brats_seg.lineage import case_lineage
 from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.predict import resolve_model
 from brats_seg.promotion import PromoteParams, promote
 from tests.conftest import write_synthetic_cohort
 
@@ -52,7 +54,8 @@ def _register(dice: float, split: str = "split-a", slice_params: dict | None = N
             run.log_split_tables(splits)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
-    record = tracking.register_model(run.run_id, model, NAME, example, out,
+    model_file = save_model(Path(tempfile.mkdtemp(dir=".")) / "unet.pt", model, ("wt",), slice_params)
+    record = tracking.register_model(run.run_id, model_file, registered_model.__file__, NAME, example, out,
                                      {"regions": ["wt"], "slice": slice_params, "threshold": 0.5},
                                      {"test_wt_dice_mean": str(dice), "split_digest": split}, "challenger")
     return record["version"]
@@ -109,9 +112,9 @@ def test_another_split_without_a_workspace_is_one_sentence_and_force_still_promo
 
 def test_registered_model_loads_with_its_metadata_and_batches(store):
     version = _register(0.9)
-    model, meta = tracking.load_registered_model(f"models:/{NAME}/{version}")
-    assert meta["regions"] == ["wt"] and meta["slice"]["size"] == 16
-    assert model(torch.zeros(3, 1, 16, 16)).shape == (3, 1, 16, 16)
+    bundle = resolve_model(f"models:/{NAME}/{version}", "cpu")
+    assert bundle.regions == ("wt",) and bundle.slice_params["size"] == 16
+    assert bundle.model(torch.zeros(3, 1, 16, 16)).shape == (3, 1, 16, 16)
     info = tracking.model_version(NAME, alias="challenger")
     assert info["version"] == version and info["tags"]["split_digest"] == "split-a"
 
@@ -171,8 +174,7 @@ def _fit(slice_params: SliceParams, seed: int, steps: int = 60) -> UNet:
 def _reference_dice(version: str, slice_params: SliceParams) -> float:
     """The champion scored by the evaluate stage's own code on slices cut with its own preprocessing."""
     out = _slices(slice_params)
-    net, meta = tracking.load_registered_model(f"models:/{NAME}/{version}")
-    bundle = ModelBundle(net.eval(), tuple(meta["regions"]), dict(meta["slice"]), float(meta["threshold"]))
+    bundle = resolve_model(f"models:/{NAME}/{version}", "cpu")
     frame, _ = evaluate_cases(bundle, out, "data/raw", "test")
     return float(frame.loc[frame["region"] == "wt", "dice"].mean())
 

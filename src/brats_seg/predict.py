@@ -8,6 +8,7 @@ checked before anything is written: each modality decodes, is 3D and lies on the
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,26 @@ def resolve_model(model: str | None, device: str = "auto") -> ModelBundle:
         what = "is a folder, not a model file" if Path(model).is_dir() else "does not exist"
         raise UserError(f"--model {model} {what}; pass a model file (models/unet.pt) or a registry URI such as "
                         f"{DEFAULT_MODEL}.")
+    return _load_registered(model, dev)
+
+
+def _load_registered(uri: str, device: torch.device) -> ModelBundle:
+    """The model file of a registry version, downloaded and read by :func:`load_model` (``weights_only``: never
+    unpickles; crafted weights are refused with one sentence naming ``uri``)."""
     from brats_seg import tracking
 
-    try:
-        net, meta = tracking.load_registered_model(model, str(dev))
-    except Exception as exc:  # noqa: BLE001 - mlflow raises several kinds for "not there"
-        raise UserError(f"cannot load {model} from the registry at {tracking.tracking_uri()} ({str(exc)[:120]}); "
-                        f"promote a model first (brats-seg promote) or pass --model models/unet.pt.") from None
-    return ModelBundle(net.eval(), tuple(meta["regions"]), dict(meta["slice"]), float(meta.get("threshold", 0.5)))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            weights = tracking.fetch_registered_weights(uri, tmp)
+        except UserError:
+            raise  # the version is there but was logged as a pickle: its own sentence
+        except Exception as exc:  # noqa: BLE001 - mlflow raises several kinds for "not there"
+            raise UserError(f"cannot load {uri} from the registry at {tracking.tracking_uri()} ({str(exc)[:120]}); "
+                            f"promote a model first (brats-seg promote) or pass --model models/unet.pt.") from None
+        try:
+            return load_model(weights, device)
+        except UserError as exc:
+            raise UserError(str(exc).replace(str(weights), f"the weights file of {uri}")) from None
 
 
 def check_case(case: CaseSource, modalities: tuple[str, ...]) -> Meta:
@@ -81,7 +94,7 @@ def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, bat
     mask = (restore_volume(probs, pre.z, pre.geometry) > bundle.threshold).astype(np.uint8)
     out = write_like(Path(out_dir) / f"{case.case_id}_mask.nii.gz", mask, reference)
     volume_ml = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
-    log.info("%s: tumour %.1f ml -> %s", case.case_id, volume_ml, out)
+    log.debug("%s: tumour %.1f ml -> %s", case.case_id, volume_ml, out)
     return {"case_id": case.case_id, "mask": str(out), "tumour_ml": round(volume_ml, 2), "voxels": int(mask.sum())}
 
 

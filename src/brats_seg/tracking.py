@@ -212,20 +212,30 @@ def _client() -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri())
 
 
-def register_model(run_id: str, model: object, name: str, input_example: np.ndarray, output_example: np.ndarray,
-                   metadata: dict, tags: dict[str, str], alias: str) -> dict:
-    """Log ``model`` with mlflow.pytorch in run ``run_id`` (signature, input example, metadata), register a
-    new version of ``name`` with ``tags`` and point ``alias`` at it."""
+# The model file's name among a registered model's artifacts (brats_seg.registered_model.WEIGHTS, which cannot
+# be imported from here: that module is the register stage's alone).
+WEIGHTS_ARTIFACT = "weights"
+
+
+def register_model(run_id: str, model_file: str | Path, code_file: str | Path, name: str, input_example: np.ndarray,
+                   output_example: np.ndarray, metadata: dict, tags: dict[str, str], alias: str) -> dict:
+    """Log the model file ``model_file`` in run ``run_id`` as an MLflow pyfunc whose code is ``code_file``
+    (:mod:`brats_seg.registered_model`, stored as source text: "models from code"), with signature, input
+    example and metadata; register a new version of ``name`` with ``tags`` and point ``alias`` at it.
+
+    The version loads with mlflow and torch alone and never unpickles: no pickled Python object is written,
+    the weights are read with ``torch.load(weights_only=True)``."""
     import torch
     from mlflow.models import infer_signature
 
     client = _client()
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        info = mlflow.pytorch.log_model(
-            model, name="model", signature=infer_signature(input_example, output_example),
-            input_example=input_example, metadata=metadata, serialization_format="pickle",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "brats-seg"])
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(code_file), artifacts={WEIGHTS_ARTIFACT: str(model_file)},
+            signature=infer_signature(input_example, output_example), input_example=input_example,
+            metadata=metadata, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                 f"mlflow=={mlflow.__version__}"])
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
     return {"name": name, "version": str(version.version), "alias": alias, "run_id": run_id,
@@ -265,11 +275,25 @@ def parse_model_uri(uri: str) -> dict:
     return {"name": name, "version": version or None}
 
 
-def load_registered_model(uri: str, device: str = "cpu") -> tuple[object, dict]:
-    """The PyTorch model behind a registry URI, and the metadata logged with it."""
+def fetch_registered_weights(uri: str, dst: str | Path) -> Path:
+    """Download the model file of the version behind a registry URI (``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION``) into the folder ``dst``; returns its path.
+
+    Nothing is loaded here: read it with :func:`brats_seg.inference.load_model` (``weights_only``), the
+    no-unpickle path the registered pyfunc takes too. A version without that file (logged as a pickle by an
+    older brats-seg or another tool) is refused with one sentence (UserError)."""
+    from brats_seg.errors import UserError
+
     _set_uri(tracking_uri())
-    model = mlflow.pytorch.load_model(uri, map_location=device)
-    return model, dict(mlflow.models.get_model_info(uri).metadata or {})
+    info = mlflow.models.get_model_info(uri)
+    weights = info.flavors.get("python_function", {}).get("artifacts", {}).get(WEIGHTS_ARTIFACT, {}).get("path")
+    if weights is None:
+        raise UserError(f"{uri} has no weights artifact: it was logged as a pickled model (by an older brats-seg or "
+                        f"another tool), which brats-seg never unpickles; register the model again (dvc repro "
+                        f"register) and promote the new version.")
+    location = mlflow.get_logged_model(info.model_id).artifact_location
+    return Path(mlflow.artifacts.download_artifacts(f"{location.rstrip('/')}/{weights}", dst_path=str(dst),
+                                                    tracking_uri=tracking_uri()))
 
 
 def split_tables(run_id: str) -> pd.DataFrame | None:

@@ -1,13 +1,16 @@
-"""Runner of the DVC stage `register`: log the trained model to MLflow and register a new version."""
+"""Runner of the DVC stage `register`: log the trained model to MLflow as a self-contained pyfunc and register a
+new version."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 
-from brats_seg import tracking
+import numpy as np
+
+from brats_seg import registered_model, tracking
 from brats_seg.config import BaseParams
-from brats_seg.inference import load_model
+from brats_seg.inference import ModelBundle, load_model, predict_slices
 from brats_seg.io.tables import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -21,20 +24,41 @@ class RegisterParams:
     alias: str = "challenger"
 
 
-def register_stage(params: RegisterParams, base: BaseParams) -> dict:
-    """Log the trained model with mlflow.pytorch and register it as a new version with alias ``challenger``."""
-    import numpy as np
-    import torch
+# What an application needs to know to feed the registered model and read its output (the model's metadata).
+MODEL_CONTRACT = {
+    "input": "float32 [N, C, H, W]: preprocessed axial slices, C channels in the order of slice.modalities",
+    "output": "float32 [N, R, H, W]: sigmoid probabilities, R channels in the order of regions; "
+              "mask = probability > threshold",
+    "preprocessing": "per case (modalities on one grid): reorient to LPS; brain = voxels non-zero in any "
+                     "modality; keep the axial slices from the first to the last that hold brain; crop them all to "
+                     "one square box around the brain widened by slice.margin voxels (rows anterior to posterior, "
+                     "zero outside the volume); z-score each modality over the case's brain voxels, background 0; "
+                     "resize bilinearly to slice.size x slice.size (align_corners false)",
+}
 
+
+def model_metadata(bundle: ModelBundle) -> dict:
+    """The registered model's metadata: target regions, slice preprocessing, threshold, and its contract."""
+    return {"regions": list(bundle.regions), "slice": bundle.slice_params, "threshold": bundle.threshold,
+            **MODEL_CONTRACT}
+
+
+def synthetic_example(slice_params: dict, batch: int = 2) -> np.ndarray:
+    """Z-scored noise float32 ``[batch, C, size, size]`` of the model's input shape: no patient data goes into
+    the registry."""
+    channels, size = len(slice_params["modalities"]), int(slice_params["size"])
+    return np.random.default_rng(0).standard_normal((batch, channels, size, size)).astype(np.float32)
+
+
+def register_stage(params: RegisterParams, base: BaseParams) -> dict:
+    """Register the model file as a new version (an MLflow pyfunc that carries its own code, see
+    :mod:`brats_seg.registered_model`) with alias ``challenger``, tagged with its run's provenance."""
     bundle = load_model(base.model)
     train = read_json(base.train_report)
     evaluation = read_json(base.eval_report)
     run = tracking.get_run(train["run_id"])
-    # a synthetic input example (z-scored noise of the model's input shape): no patient data in the registry
-    channels, size = len(bundle.slice_params["modalities"]), int(bundle.slice_params["size"])
-    example = np.random.default_rng(0).standard_normal((1, channels, size, size)).astype(np.float32)
-    with torch.no_grad():
-        output = torch.sigmoid(bundle.model(torch.from_numpy(example))).numpy()
+    example = synthetic_example(bundle.slice_params)
+    output = predict_slices(bundle.model, example, amp=False, sigmoid=False).sigmoid().numpy()
     tags = {key: run["tags"][key] for key in ("git_commit", "git_dirty", "dvc_raw_md5", "dvc_slices_md5",
                                               "split_digest", "slice_index_digest") if key in run["tags"]}
     for region, stats in evaluation.items():
@@ -42,9 +66,8 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
             tags[f"test_{region}_dice_mean"] = f"{stats['dice_mean']:.6f}"
             tags[f"test_{region}_hd95_median"] = f"{stats['hd95_median']}"
     tags["run_id"] = train["run_id"]
-    metadata = {"regions": list(bundle.regions), "slice": bundle.slice_params, "threshold": bundle.threshold}
-    record = tracking.register_model(train["run_id"], bundle.model, params.model_name, example, output, metadata,
-                                     tags, params.alias)
+    record = tracking.register_model(train["run_id"], base.model, registered_model.__file__, params.model_name,
+                                     example, output, model_metadata(bundle), tags, params.alias)
     record["test_wt_dice_mean"] = evaluation.get("wt", {}).get("dice_mean")
     write_json(base.registered_report, record)
     log.info("registered %s version %s as @%s", record["name"], record["version"], params.alias)
