@@ -1,6 +1,7 @@
 """The registered model against a real sqlite MLflow store in a temporary directory: it loads with mlflow and torch
 alone (brats-seg not importable, unpickling disabled) and predicts what the project's own inference predicts; its
-artifacts hold no pickle; a crafted pickle where the weights belong is refused by every loader and never runs."""
+artifacts hold no pickle; a crafted pickle where the weights belong is refused by every loader and never runs.
+Also: experiments are tagged as model development, so that MLflow's UI opens on their runs."""
 
 from __future__ import annotations
 
@@ -251,3 +252,16 @@ def test_the_registered_unet_is_the_projects_unet(norm, depth):
     with pytest.raises(registered_model.RefusedWeights, match="the weights do not fit their U-Net config"):
         registered_model.build_unet(wrong)
 
+
+# --- the tracking UI ---------------------------------------------------------------------------------------
+
+def test_experiments_are_tagged_as_model_development_when_created_or_opened(store):
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    new = tracking.use_experiment("made-here")
+    assert client.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("made-before")  # as experiments made before this tag was set
+    assert "mlflow.experimentKind" not in client.get_experiment(older).tags
+    with tracking.start_run("made-before"):
+        pass
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tracking.use_experiment("made-here") == new

@@ -47,17 +47,27 @@ def _set_uri(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+# MLflow 3's UI opens an experiment on its GenAI traces page unless this tag says the experiment is classic
+# model development; then it opens on the runs table.
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
 def use_experiment(name: str) -> str:
-    """Point mlflow at the tracking URI and the experiment ``name`` (created if needed); returns its id."""
+    """Point mlflow at the tracking URI and the experiment ``name`` (created if needed), tagged as model
+    development so that the UI opens on its runs; returns its id."""
     local = not os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri()
     _set_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:  # made before this tag was set
+            mlflow.MlflowClient(uri).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                                         MODEL_DEVELOPMENT)
         mlflow.set_experiment(name)
         return experiment.experiment_id
     location = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if local else None
-    experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    experiment_id = mlflow.create_experiment(name, artifact_location=location,
+                                             tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
     mlflow.set_experiment(name)
     return experiment_id
 
