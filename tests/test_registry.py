@@ -97,6 +97,10 @@ def test_first_champion_better_promoted_worse_refused_on_one_split(store):
     assert tags["promotion_test_split"] == "split-a" and tags["promotion_champion_rescored"] == "false"
     assert tags["promotion_test_patients"] == "unknown"  # these runs logged no split tables
     assert _tags(better)["promotion_decision"] == "promoted"
+    again = promote(NAME, PARAMS, version=better)  # nothing to decide: its record stays as it was
+    assert not again["promoted"] and again["reason"] == f"version {better} is already the champion"
+    assert again["champion_dice"] == pytest.approx(0.80) and again["previous_champion"] == first
+    assert _tags(better)["promotion_decision"] == "promoted" and _tags(better)["promotion_champion_dice"] == "0.800000"
     assert low and slightly  # every candidate was registered as its own version
 
 

@@ -150,9 +150,6 @@ def decide(challenger: dict, champion: dict | None, params: PromoteParams, base:
            force: bool = False) -> Decision:
     """The whole gate for two versions (dicts from :func:`tracking.model_version`)."""
     dice = float(challenger["tags"].get(METRIC_TAG, "nan"))
-    if champion is not None and champion["version"] == challenger["version"]:
-        return Decision(False, f"version {challenger['version']} is already the champion", dice,
-                        champion_version=champion["version"])
     if force:
         champ_dice = None if champion is None else float(champion["tags"].get(METRIC_TAG, "nan"))
         return Decision(True, "forced", dice, champ_dice, None if champion is None else champion["version"])
@@ -180,20 +177,39 @@ def promote(model_name: str, params: PromoteParams, version: str | None = None, 
         raise UserError(f"model {model_name} has no {what} in the registry at {tracking.tracking_uri()}; "
                         f"run the pipeline (dvc repro register) first.")
     champion = tracking.model_version(model_name, alias="champion")
+    if champion is not None and champion["version"] == challenger["version"]:
+        return _already_champion(model_name, challenger)  # the decision that made it champion stays on record
     try:
         decision = decide(challenger, champion, params, base or BaseParams(), force)
     except DataError as exc:
         raise UserError(f"cannot re-score champion v{champion['version'] if champion else '?'}: {exc}") from None
     if decision.promote:
         tracking.set_alias(model_name, "champion", challenger["version"])
-    record = {"model": model_name, "version": challenger["version"], "promoted": decision.promote,
-              "reason": decision.reason, "challenger_dice": decision.challenger_dice,
-              "champion_dice": decision.champion_dice, "previous_champion": decision.champion_version,
-              "test_patients": decision.test_patients, "test_split": decision.test_split,
-              "champion_rescored": decision.champion_rescored}
     tracking.set_version_tags(model_name, challenger["version"], decision_tags(decision))
-    log.info("promotion of %s v%s: %s (%s)", model_name, challenger["version"], record["promoted"], decision.reason)
-    return record
+    log.info("promotion of %s v%s: %s (%s)", model_name, challenger["version"], decision.promote, decision.reason)
+    return _record(model_name, challenger["version"], decision)
+
+
+def _record(model_name: str, version: str, decision: Decision) -> dict:
+    return {"model": model_name, "version": version, "promoted": decision.promote, "reason": decision.reason,
+            "challenger_dice": decision.challenger_dice, "champion_dice": decision.champion_dice,
+            "previous_champion": decision.champion_version, "test_patients": decision.test_patients,
+            "test_split": decision.test_split, "champion_rescored": decision.champion_rescored}
+
+
+def _already_champion(model_name: str, version: dict) -> dict:
+    """Nothing to decide (a scheduled run with nothing new): the record of the decision that promoted it."""
+    tags = version["tags"]
+
+    def recorded(key: str) -> str | None:
+        return None if tags.get(key, "none") in ("none", "unknown") else tags[key]
+
+    dice, patients = recorded("promotion_champion_dice"), recorded("promotion_test_patients")
+    decision = Decision(False, f"version {version['version']} is already the champion",
+                        float(tags.get(METRIC_TAG, "nan")), None if dice is None else float(dice),
+                        recorded("promotion_compared_with"), None if patients is None else int(patients),
+                        recorded("promotion_test_split"), tags.get("promotion_champion_rescored") == "true")
+    return _record(model_name, version["version"], decision)
 
 
 def decision_tags(decision: Decision) -> dict[str, str]:
