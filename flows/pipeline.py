@@ -1,9 +1,10 @@
 """Prefect flow: the DVC pipeline, one task per stage (`dvc repro <stage>`), in order.
 
-DVC decides what is stale, so a second run with nothing changed skips every stage; Prefect adds retries
-(with backoff on download), logs, timings and schedules. One run drives dvc in a workspace at a time.
+DVC decides what is stale: the `source` stage checks the data source on every run, and with nothing new
+every later stage is skipped. Prefect adds retries (with backoff on download), logs, timings and schedules.
+One run drives dvc in a workspace at a time; a run that finds dvc busy (a manual `dvc repro`) waits for it.
 
-    python -m flows.pipeline [--workdir .] [--wait-s 0]
+    python -m flows.pipeline [--workdir .] [--wait-s 0] [--dvc-wait-s 300]
 """
 
 from __future__ import annotations
@@ -14,40 +15,53 @@ import json
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from brats_seg.orchestration import STAGES, pipeline_summary, run_dvc_stage, workspace_lock
+from brats_seg.errors import exit_on_user_error
+from brats_seg.orchestration import STAGES, flow_stages, pipeline_summary, run_dvc_stage, workspace_lock
+from flows.failures import fail_on_user_error, is_not_a_user_error
 
 
 @task(name="dvc-repro", task_run_name="dvc repro {stage}")
-def dvc_stage(stage: str, workdir: str) -> dict:
-    return run_dvc_stage(stage, workdir, get_run_logger())
+def dvc_stage(stage: str, workdir: str, dvc_wait_s: float = 0.0, single: bool = False) -> dict:
+    return run_dvc_stage(stage, workdir, get_run_logger(), busy_wait_s=dvc_wait_s, single=single)
 
 
 @flow(name="brats-seg-pipeline")
-def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: float = 0.0) -> dict:
-    """Run the pipeline's stages in order; returns the summary (stages run or skipped, model, metrics)."""
+@fail_on_user_error
+def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: float = 0.0,
+             dvc_wait_s: float = 300.0) -> dict:
+    """Run the pipeline's stages in order; returns the summary (each stage checked, ran or skipped, the model
+    and its metrics). Waits up to ``lock_wait_s`` for another pipeline run, and up to ``dvc_wait_s`` per stage
+    for any other dvc process, before failing with one sentence.
+
+    The whole pipeline (:func:`flow_stages`) runs each known stage alone (`dvc repro --single-item`), in order,
+    so that the source is checked once per run; a chosen list of ``stages``, and a stage of dvc.yaml that the
+    flow does not know, bring their upstream stages up to date too (plain `dvc repro <stage>`)."""
     logger = get_run_logger()
     results = []
     with workspace_lock(workdir, lock_wait_s):
-        for stage in stages or list(STAGES):
-            retries = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10)} \
-                if stage == "download" else {}
-            results.append(dvc_stage.with_options(**retries)(stage, workdir))
+        for stage in stages or flow_stages(workdir):
+            retries = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+                       "retry_condition_fn": is_not_a_user_error} if stage == "download" else {}
+            single = stages is None and stage in STAGES
+            results.append(dvc_stage.with_options(**retries)(stage, workdir, dvc_wait_s, single=single))
     summary = pipeline_summary(workdir, results)
-    ran = [r["stage"] for r in results if r["ran"]]
-    logger.info("stages run: %s; skipped: %s", ", ".join(ran) or "none",
-                ", ".join(r["stage"] for r in results if not r["ran"]) or "none")
+    logger.info("; ".join(f"{status}: {', '.join(r['stage'] for r in results if r['status'] == status) or 'none'}"
+                          for status in ("checked", "ran", "skipped")))
     if "model" in summary:
         model = summary["model"]
         logger.info("model %s v%s @%s", model["name"], model["version"], model["alias"])
     return summary
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=".")
-    parser.add_argument("--wait-s", type=float, default=0.0, help="wait this long for another run's lock")
+    parser.add_argument("--wait-s", type=float, default=0.0, help="wait this long for another pipeline run's lock")
+    parser.add_argument("--dvc-wait-s", type=float, default=300.0,
+                        help="per stage, wait this long for another dvc process (e.g. a manual dvc repro)")
     args = parser.parse_args()
-    print(json.dumps(pipeline(args.workdir, lock_wait_s=args.wait_s), indent=2))  # noqa: T201
+    print(json.dumps(pipeline(args.workdir, lock_wait_s=args.wait_s, dvc_wait_s=args.dvc_wait_s), indent=2))  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """Prefect flow: the promotion gate (same as `brats-seg promote`).
 
+When the challenger was tested on another split than the champion (new data), the champion is re-scored on
+the challenger's test patients from this workspace's data, so run it in the workspace that produced the
+challenger.
+
     python -m flows.promote [--workdir .] [--version N] [--force]
 """
 
@@ -10,24 +14,41 @@ import json
 
 from prefect import flow, get_run_logger
 
-from brats_seg.config import load_section, read_params
+from brats_seg.config import BaseParams, load_section, read_params
+from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration import working_directory
 from brats_seg.promotion import PromoteParams, promote
 from brats_seg.runners.register import RegisterParams
+from flows.failures import fail_on_user_error
 
 
 @flow(name="brats-seg-promote")
+@fail_on_user_error
 def promote_flow(workdir: str = ".", version: str | None = None, force: bool = False) -> dict:
-    """Move the `champion` alias to the challenger when it is better on the same test split."""
+    """Move the `champion` alias to the challenger when it is better on the same test patients."""
     with working_directory(workdir):
         params = read_params("params.yaml")
         name = load_section(RegisterParams, params, "register").model_name
-        record = promote(name, load_section(PromoteParams, params, "promote"), version, force)
-    get_run_logger().info("%s v%s: %s (%s)", name, record["version"],
-                          "promoted to champion" if record["promoted"] else "not promoted", record["reason"])
+        record = promote(name, load_section(PromoteParams, params, "promote"), version, force,
+                         load_section(BaseParams, params, "base"))
+    get_run_logger().info("%s", describe(name, record))
     return record
 
 
+def describe(name: str, record: dict) -> str:
+    """The decision in one line: outcome, reason, test patients, split and both scores."""
+    def score(value: float | None) -> str:
+        return "none" if value is None else f"{value:.4f}"
+
+    patients = "unknown" if record["test_patients"] is None else record["test_patients"]
+    return (f"{name} v{record['version']}: {'promoted to champion' if record['promoted'] else 'not promoted'} "
+            f"({record['reason']}); test patients {patients}, split {str(record['test_split'])[:12]}, "
+            f"challenger WT Dice {score(record['challenger_dice'])}, champion "
+            f"v{record['previous_champion'] or '-'} WT Dice {score(record['champion_dice'])}"
+            f"{' (re-scored)' if record['champion_rescored'] else ''}")
+
+
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=".")

@@ -4,6 +4,9 @@
 
 Runs in the foreground and submits runs on schedule; with no PREFECT_API_URL Prefect starts its own
 temporary local server. Teams deploying to work pools use prefect.yaml instead (`prefect deploy`).
+Each run checks the data source first: with nothing new, every stage after `source` is skipped and no model
+version is registered; with new cases, download to register rerun and the gate compares the new challenger
+with the champion on the challenger's test patients.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from brats_seg.config import read_params
+from flows.failures import fail_on_user_error
 from flows.pipeline import pipeline
 from flows.promote import promote_flow
 
 
 @flow(name="brats-seg-scheduled")
-def scheduled_pipeline(workdir: str = ".") -> dict:
-    """The pipeline, then the promotion gate."""
-    summary = pipeline(workdir, lock_wait_s=3600)
+@fail_on_user_error
+def scheduled_pipeline(workdir: str = ".", lock_wait_s: float = 3600.0, dvc_wait_s: float = 3600.0) -> dict:
+    """The pipeline, then the promotion gate. Waits up to an hour for another pipeline run or dvc process."""
+    summary = pipeline(workdir, lock_wait_s=lock_wait_s, dvc_wait_s=dvc_wait_s)
     summary["promotion"] = promote_flow(workdir)
     return summary
 

@@ -1,10 +1,12 @@
 """The Prefect flows under prefect_test_harness, on a tiny synthetic cohort in a temporary repository:
-pipeline (then a second run that skips everything), the workspace lock, promotion, lineage, the served
-schedule."""
+pipeline (then a second run that checks the source and skips everything else), the workspace lock (one
+sentence, no traceback), promotion, lineage, the served schedule."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -12,7 +14,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from brats_seg.cli import main as cli
 from brats_seg.errors import UserError
-from brats_seg.orchestration import STAGES, workspace_lock
+from brats_seg.orchestration import STAGES, flow_stages, workspace_lock
 from tests.conftest import make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
@@ -36,26 +38,79 @@ def ran(tmp_path_factory, prefect_server):
     return repo, first, second
 
 
-def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage(ran):
+def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage_but_the_source_check(ran):
     repo, first, second = ran
-    assert [r["stage"] for r in first["stages"]] == list(STAGES)
+    assert list(STAGES) == ["source", "download", "validate", "slice", "train", "evaluate", "register"]
+    stages = flow_stages(repo)  # STAGES, then any stage dvc.yaml has gained since
+    assert [(r["stage"], r["status"]) for r in first["stages"]] == [("source", "checked")] + [
+        (stage, "ran") for stage in stages[1:]]
     assert all(r["ran"] for r in first["stages"]) and all(r["seconds"] > 0 for r in first["stages"])
     assert first["model"]["name"] == "brats-unet" and first["model"]["version"] == "1"
     assert first["model"]["alias"] == "challenger" and "dice_mean" in first["test"]["wt"]
-    assert [r["stage"] for r in second["stages"]] == list(STAGES)
-    assert not any(r["ran"] for r in second["stages"])
+    assert [(r["stage"], r["status"]) for r in second["stages"]] == [("source", "checked")] + [
+        (stage, "skipped") for stage in stages[1:]]
     assert second["model"]["version"] == "1"  # nothing changed: no new version
 
 
 def test_a_second_concurrent_run_fails_clearly_and_leaves_dvc_usable(ran):
+    from prefect.settings import PREFECT_API_URL
+
     from flows.pipeline import pipeline
 
     repo = ran[0]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(repo / "src")}
     with workspace_lock(repo):
         with pytest.raises(UserError, match="another pipeline run .* is driving dvc in .*wait for it to finish"):
             pipeline(str(repo))
+        proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--workdir", "."], cwd=repo, env=env,
+                              capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert proc.stderr.splitlines()[-1].startswith(f"error: another pipeline run (pid {os.getpid()} since ")
+    assert proc.stderr.splitlines()[-1].endswith("wait for it to finish, or stop it, then retry.")
+    assert len(output.splitlines()) <= 5, output  # began, the sentence, finished Failed('the sentence'), error:
     status = run_cmd(["dvc", "status"], repo).stdout
     assert status.split() == ["source:", "always", "changed"], status  # the source check runs every time
+
+
+def _hold_dvc_lock(repo, seconds: float | None = None):
+    """Hold dvc's own repository lock as a running `dvc` process does (zc.lockfile on .dvc/tmp/lock); with
+    ``seconds``, let it go after that long from a timer thread. Returns the lock."""
+    import threading
+
+    import zc.lockfile
+
+    lock = zc.lockfile.LockFile(str(repo / ".dvc" / "tmp" / "lock"))
+    if seconds is not None:
+        threading.Timer(seconds, lock.close).start()
+    return lock
+
+
+def test_a_run_that_finds_dvc_busy_waits_for_it_or_gives_up_with_one_sentence(ran):
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.pipeline import pipeline
+
+    repo = ran[0]
+    lock = _hold_dvc_lock(repo)
+    try:
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(repo / "src")}
+        proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--workdir", ".", "--dvc-wait-s", "1"],
+                              cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        lock.close()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: dvc is busy in {repo.resolve()}: another dvc process (a manual `dvc repro`?) holds its lock and "
+        f"held it for all of the 1 s this run waits; let it finish, then rerun, or let the run wait longer "
+        f"(--dvc-wait-s, flow parameter dvc_wait_s).")
+
+    _hold_dvc_lock(repo, seconds=5.0)  # a manual dvc command that finishes while the flow waits
+    summary = pipeline(str(repo), dvc_wait_s=60)
+    source = summary["stages"][0]
+    assert source["stage"] == "source" and source["status"] == "checked" and source["waited_s"] >= 1
+    assert [r["status"] for r in summary["stages"][1:]] == ["skipped"] * (len(flow_stages(repo)) - 1)
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from brats_seg.errors import UserError
-from brats_seg.orchestration import workspace_lock
+from brats_seg.orchestration import StageFailed, run_dvc_stage, workspace_lock
 
 
 def test_a_second_holder_waits_for_the_first(tmp_path):
@@ -45,7 +45,7 @@ def test_a_second_holder_gives_up_with_one_sentence_naming_the_holder(tmp_path):
 
 _HOLDER = """
 import sys, time
-from brats_seg.orchestration import workspace_lock
+from brats_seg.orchestration import StageFailed, run_dvc_stage, workspace_lock
 with workspace_lock(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(60)
@@ -62,3 +62,63 @@ def test_a_killed_holder_leaves_the_workspace_free(tmp_path):
     proc.wait()
     with workspace_lock(tmp_path):  # the OS released the lock with the process: nothing is left stale
         pass
+
+
+# --- dvc busy: another dvc process (a manual `dvc repro`) holds the workspace -----------------------------
+
+_DVC_YAML = """stages:
+  slow:
+    cmd: python -c "import pathlib, time; time.sleep({sleep}); pathlib.Path('slow.txt').write_text('made')"
+    outs: [slow.txt]
+  after:
+    cmd: python -c "import pathlib; pathlib.Path('after.txt').write_text(pathlib.Path('slow.txt').read_text())"
+    deps: [slow.txt]
+    outs: [after.txt]
+  broken:
+    cmd: python -c "raise SystemExit(3)"
+"""
+
+
+def _busy_repo(tmp_path, sleep: float):
+    """A git + DVC repository whose stage `slow` is being reproduced by another `dvc repro` (a person's),
+    which is inside its stage command when this returns; `after` depends on its output."""
+    from tests.conftest import run_cmd
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(_DVC_YAML.format(sleep=sleep))
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_cmd(args, repo)
+    manual = subprocess.Popen(["dvc", "repro", "slow"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    for line in manual.stdout:
+        if line.startswith("Running stage 'slow'"):
+            break
+    return repo, manual
+
+
+@pytest.mark.slow
+def test_a_stage_that_finds_dvc_busy_waits_and_then_runs(tmp_path):
+    repo, manual = _busy_repo(tmp_path, sleep=5)
+    start = time.monotonic()
+    result = run_dvc_stage("after", repo, busy_wait_s=60)
+    assert manual.wait() == 0  # the person's run was not disturbed
+    assert result["ran"] and result["status"] == "ran" and result["waited_s"] >= 1
+    assert (repo / "after.txt").read_text() == "made"  # ran after `slow` had written its output
+    assert time.monotonic() - start < 40
+
+
+@pytest.mark.slow
+def test_a_stage_gives_up_on_a_busy_dvc_with_one_sentence_and_fails_fast_otherwise(tmp_path):
+    repo, manual = _busy_repo(tmp_path, sleep=12)
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"^dvc is busy in .*repo: another dvc process \(a manual `dvc repro`\?\) "
+                                        r"holds its lock and held it for all of the 2 s this run waits; let it "
+                                        r"finish, then rerun"):
+        run_dvc_stage("after", repo, busy_wait_s=2)
+    assert time.monotonic() - start < 11 and manual.poll() is None  # gave up while the other still ran
+    assert manual.wait() == 0 and not (repo / "after.txt").exists()
+    start = time.monotonic()
+    with pytest.raises(StageFailed, match="dvc repro broken failed with exit code"):
+        run_dvc_stage("broken", repo, busy_wait_s=60)  # a failing stage is not busy: no waiting
+    assert time.monotonic() - start < 10

@@ -1,5 +1,10 @@
 """Driving DVC from an orchestrator: one `dvc repro <stage>` at a time per workspace, with a lock.
 
+Two locks keep drivers apart. Our own workspace lock (:func:`workspace_lock`) keeps two pipeline runs from
+interleaving their stages; DVC's lock (``.dvc/tmp/lock`` and ``.dvc/tmp/rwlock``) keeps any two `dvc`
+processes apart, a person's manual `dvc repro` included. A stage that finds DVC busy waits and retries within
+a bound (:func:`run_dvc_stage`); whoever gives up says so in one sentence (a :class:`UserError`).
+
 Prefect flows in flows/ call these functions; nothing here imports Prefect.
 """
 
@@ -13,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from brats_seg.config import BaseParams, load_section, read_params
 from brats_seg.dvc_cli import dvc_popen
 from brats_seg.errors import UserError
@@ -20,12 +27,18 @@ from brats_seg.io.tables import read_json
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("download", "validate", "slice", "train", "evaluate", "register")
+STAGES: tuple[str, ...] = ("source", "download", "validate", "slice", "train", "evaluate", "register")
 LOCK_NAME = "brats-seg-pipeline.lock"
+# What dvc prints when another dvc process holds the repository (dvc/lock.py) or a stage's files (dvc/rwlock.py).
+DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
 
 
 class StageFailed(RuntimeError):
     """`dvc repro <stage>` exited with an error."""
+
+
+class DvcBusy(Exception):
+    """`dvc repro` could not start: another dvc process holds the workspace; the message is dvc's line."""
 
 
 @contextlib.contextmanager
@@ -61,23 +74,77 @@ def workspace_lock(workdir: str | Path = ".", timeout_s: float = 0.0) -> Iterato
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger | None = None) -> dict:
-    """``dvc repro <stage>`` in ``workdir``; streams its output to ``logger``; returns what happened."""
+def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger | None = None,
+                  busy_wait_s: float = 0.0, single: bool = False) -> dict:
+    """``dvc repro <stage>`` in ``workdir``; streams its output to ``logger``; returns what happened:
+    ``{"stage", "ran", "status", "seconds", "waited_s"}``, status ``ran``, ``skipped`` (up to date) or
+    ``checked`` (an ``always_changed`` stage such as ``source``, which runs every time). With ``single``,
+    ``dvc repro --single-item``: the stage alone, its upstream stages taken as done (the flow runs them first);
+    otherwise dvc brings them up to date too (and reruns ``source`` for every stage).
+
+    While another dvc process holds the workspace, waits (1 s, doubling up to 30 s) and retries, for up to
+    ``busy_wait_s`` seconds in all; then raises UserError. dvc takes its lock before it runs anything, so a
+    refused attempt changed nothing and a retry is safe.
+    """
     logger = logger or log
     start = time.perf_counter()
-    proc = dvc_popen(["repro", stage], workdir)
+    deadline, delay, waited = time.monotonic() + busy_wait_s, 1.0, 0.0
+    while True:
+        try:
+            lines = _repro(["--single-item", stage] if single else [stage], workdir, logger)
+            break
+        except DvcBusy as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                held = f" and held it for all of the {busy_wait_s:.0f} s this run waits" if busy_wait_s else ""
+                raise UserError(f"dvc is busy in {Path(workdir).resolve()}: another dvc process (a manual `dvc "
+                                f"repro`?) holds its lock{held}; let it finish, then rerun, or let the run wait "
+                                f"longer (--dvc-wait-s, flow parameter dvc_wait_s).") from None
+            logger.warning("dvc is busy (%s); retrying `dvc repro %s` in %.0f s", exc, stage, min(delay, left))
+            time.sleep(min(delay, left))
+            waited += min(delay, left)
+            delay = min(2 * delay, 30.0)
+    ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)
+    status = ("checked" if stage in always_changed_stages(workdir) else "ran") if ran else "skipped"
+    return {"stage": stage, "ran": ran, "status": status, "seconds": round(time.perf_counter() - start, 2),
+            "waited_s": round(waited, 2)}
+
+
+def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list[str]:
+    """One attempt of ``dvc repro ARGS``: its output lines; DvcBusy or StageFailed when it fails."""
+    proc = dvc_popen(["repro", *args], workdir)
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line.rstrip())
         logger.info("%s", line.rstrip())
     code = proc.wait()
-    seconds = round(time.perf_counter() - start, 2)
     if code != 0:
+        busy = next((line for line in lines if any(marker in line for marker in DVC_BUSY)), None)
+        if busy is not None:
+            raise DvcBusy(busy.removeprefix("ERROR: ").strip())
         tail = "\n".join(lines[-15:])
-        raise StageFailed(f"dvc repro {stage} failed with exit code {code}:\n{tail}")
-    ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)
-    return {"stage": stage, "ran": ran, "seconds": seconds}
+        raise StageFailed(f"dvc repro {' '.join(args)} failed with exit code {code}:\n{tail}")
+    return lines
+
+
+def always_changed_stages(workdir: str | Path = ".") -> set[str]:
+    """Stages of ``workdir``/dvc.yaml marked ``always_changed`` (they run on every repro)."""
+    return {name for name, stage in _dvc_stages(workdir).items() if stage.get("always_changed")}
+
+
+def flow_stages(workdir: str | Path = ".") -> list[str]:
+    """What the pipeline flow runs, in order: :data:`STAGES`, then any other stage of ``workdir``/dvc.yaml in
+    the file's order (one added since; the flow runs those with their upstream check, see :func:`run_dvc_stage`)."""
+    return [*STAGES, *(name for name in _dvc_stages(workdir) if name not in STAGES)]
+
+
+def _dvc_stages(workdir: str | Path) -> dict[str, dict]:
+    path = Path(workdir) / "dvc.yaml"
+    if not path.is_file():
+        return {}
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    return {name: stage for name, stage in stages.items() if isinstance(stage, dict)}
 
 
 def pipeline_summary(workdir: str | Path, results: list[dict]) -> dict:

@@ -1,0 +1,62 @@
+"""How a flow fails on a user's error: one sentence, no traceback.
+
+A :class:`~brats_seg.errors.UserError` raised inside a flow would make Prefect log "Encountered exception
+during execution" with the whole traceback, in the flow and again in every flow that called it. Instead
+:func:`fail_on_user_error` logs the sentence once as an error and ends the run in a Failed state whose
+message is that sentence; calling the flow still raises the same UserError, so a command line can print it
+as ``error: <sentence>``. A task that raises one (dvc stayed busy) fails as usual, and Prefect's log line
+for it keeps the exception's sentence but not its traceback (:class:`UserErrorsWithoutTraceback`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from prefect import get_run_logger
+from prefect.states import Failed
+
+from brats_seg.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def fail_on_user_error(func: F) -> F:
+    """Wrap a flow function (under ``@flow``): a UserError ends the run Failed with its one sentence."""
+
+    @functools.wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            get_run_logger().error("%s", exc)
+            return Failed(message=str(exc), data=exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class UserErrorsWithoutTraceback(logging.Filter):
+    """Drop the traceback from a log record about a UserError: its message already says what to fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def is_not_a_user_error(task: object, task_run: object, state: object) -> bool:
+    """A task's ``retry_condition_fn``: retry any failure except a UserError (retrying cannot fix those)."""
+    try:
+        state.result()  # type: ignore[attr-defined] - raises the task's exception
+    except UserError:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure is worth a retry
+        return True
+    return True
+
+
+_TASK_LOGGER = logging.getLogger("prefect.task_runs")
+if not any(isinstance(f, UserErrorsWithoutTraceback) for f in _TASK_LOGGER.filters):
+    _TASK_LOGGER.addFilter(UserErrorsWithoutTraceback())
