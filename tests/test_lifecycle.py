@@ -1,0 +1,124 @@
+"""The lifecycle the schedule exists for, end to end: a real `dvc repro` in a temporary git repository, real
+Prefect flows (prefect_test_harness) and a real MLflow sqlite store, on a local folder of tiny synthetic cases.
+
+cohort v1 (8 cases) -> the scheduled flow -> champion v1; two more cases arrive (25 %) -> the same flow reruns
+download to register, every v1 patient keeps its split, the champion is re-scored on the new test split and
+the decision is recorded on v2; the flow again with nothing new -> only the source check runs, no new version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from brats_seg import tracking
+from brats_seg.data.layouts import write_case
+from brats_seg.data.synthetic import make_case
+from brats_seg.evaluate import evaluate_cases
+from brats_seg.io.tables import read_json
+from brats_seg.lineage import case_lineage
+from brats_seg.orchestration import flow_stages
+from brats_seg.predict import resolve_model
+from tests.conftest import TINY_SHAPE, make_dvc_project
+
+pytestmark = pytest.mark.slow
+
+# With base.seed 34 the hash split of cases 1-8 puts patients in all three splits without lending any, and of
+# the two new cases one lands in test and one in train: the new test split holds a patient v1 never saw.
+SEED = 34
+
+
+def _add_cases(folder: Path, first: int, last: int) -> list[str]:
+    """Synthetic cases ``first``..``last`` (1-based, cohort seed 0) written into the source folder."""
+    ids = []
+    for i in range(first, last + 1):
+        case = make_case(i, 0, TINY_SHAPE)
+        write_case(folder, case.case_id, case.images, case.seg, case.affine)
+        ids.append(case.case_id)
+    return ids
+
+
+def _splits(repo: Path) -> dict[str, str]:
+    cases = pd.read_parquet(repo / "data" / "slices" / "cases.parquet")
+    return dict(zip(cases["patient_id"], cases["split"]))
+
+
+def _statuses(summary: dict) -> list[tuple[str, str]]:
+    return [(r["stage"], r["status"]) for r in summary["stages"]]
+
+
+@pytest.fixture
+def lifecycle(tmp_path, monkeypatch):
+    """(repo, source folder, [summary of each scheduled run], [split map after each run])."""
+    from flows.serve import scheduled_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    incoming = tmp_path / "incoming"
+    _add_cases(incoming, 1, 8)
+    project = make_dvc_project(tmp_path / "project", {
+        "base": {"seed": SEED}, "download": {"source": "local", "local": {"path": str(incoming)}},
+        "train": {"epochs": 1}, "promote": {"min_dice": 0.0, "min_improvement": 0.0}})
+    repo = project.path
+    summaries, splits = [], []
+    with prefect_test_harness(server_startup_timeout=120):
+        summaries.append(scheduled_pipeline(str(repo)))
+        splits.append(_splits(repo))
+        _add_cases(incoming, 9, 10)
+        summaries.append(scheduled_pipeline(str(repo)))
+        splits.append(_splits(repo))
+        summaries.append(scheduled_pipeline(str(repo)))
+        splits.append(_splits(repo))
+    monkeypatch.chdir(repo)  # the workspace's own MLflow store, as the flows used it
+    return repo, incoming, summaries, splits
+
+
+def test_new_cases_retrain_keep_every_split_and_promote_like_with_like(lifecycle):
+    repo, _, (first, second, third), (v1_splits, v2_splits, v3_splits) = lifecycle
+    stages = flow_stages(repo)  # STAGES, then any stage dvc.yaml has gained since
+
+    # cohort v1: every stage ran, version 1 registered and promoted (no champion yet, floor 0)
+    assert _statuses(first) == [("source", "checked")] + [(stage, "ran") for stage in stages[1:]]
+    assert first["model"]["version"] == "1" and first["promotion"]["promoted"]
+    assert len(v1_splits) == 8 and set(v1_splits.values()) == {"train", "val", "test"}
+
+    # two new cases: the source check saw them, download to register reran, version 2
+    assert _statuses(second) == [("source", "checked")] + [(stage, "ran") for stage in stages[1:]]
+    assert second["model"]["version"] == "2" and len(v2_splits) == 10
+    assert {p: v2_splits[p] for p in v1_splits} == v1_splits  # no v1 patient moved
+    new_test = sorted(p for p in v2_splits if p not in v1_splits and v2_splits[p] == "test")
+    assert new_test, "the chosen seed must put a new patient into the test split"
+
+    # the champion re-scored on v2's test patients, with the evaluate stage's code, and the decision recorded
+    record = second["promotion"]
+    meta = read_json(repo / "data" / "slices" / "meta.json")
+    test_patients = sorted(p for p, s in v2_splits.items() if s == "test")
+    champion = resolve_model("models:/brats-unet/1", "cpu")
+    frame, _ = evaluate_cases(champion, repo / "data" / "slices", repo / "data" / "raw", "test")
+    expected = float(frame.loc[frame["region"] == "wt", "dice"].mean())
+    challenger = read_json(repo / "reports" / "eval.json")["wt"]["dice_mean"]
+    assert record["champion_rescored"] and record["previous_champion"] == "1"
+    assert record["test_patients"] == len(test_patients) and record["test_split"] == meta["split_digest"]
+    assert record["champion_dice"] == pytest.approx(expected, abs=1e-6)
+    assert record["challenger_dice"] == pytest.approx(challenger, abs=1e-6)
+    assert record["promoted"] == (challenger > expected)
+    tags = tracking.model_version("brats-unet", version="2")["tags"]
+    assert tags["promotion_decision"] == ("promoted" if record["promoted"] else "kept")
+    assert tags["promotion_test_patients"] == str(len(test_patients))
+    assert tags["promotion_test_split"] == meta["split_digest"] and tags["promotion_champion_rescored"] == "true"
+    assert tags["promotion_champion_dice"] == f"{record['champion_dice']:.6f}"
+    assert tags["promotion_challenger_dice"] == f"{record['challenger_dice']:.6f}"
+    assert tracking.model_version("brats-unet", alias="champion")["version"] == ("2" if record["promoted"] else "1")
+
+    # the audit reads the splits back from the tracking store: a new test patient is in v2's test split only
+    found = case_lineage(new_test[0])["found"]
+    assert [(f["version"], f["split"]) for f in found] == [("2", "test")]
+    old_train = next(p for p, s in v1_splits.items() if s == "train")
+    assert [(f["version"], f["split"]) for f in case_lineage(old_train)["found"]] == [("1", "train"), ("2", "train")]
+
+    # nothing new: the source check runs, every other stage is skipped, no new version
+    assert _statuses(third) == [("source", "checked")] + [(stage, "skipped") for stage in stages[1:]]
+    assert third["model"]["version"] == "2" and v3_splits == v2_splits
+    assert [v["version"] for v in tracking.model_versions("brats-unet")] == ["1", "2"]
