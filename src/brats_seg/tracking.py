@@ -316,11 +316,27 @@ def split_tables(run_id: str) -> pd.DataFrame | None:
     paths = [p for p in paths if p]
     if not paths:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
         frames = [pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=p, dst_path=tmp,
                                                                    tracking_uri=tracking_uri()), dtype=str)
                   for p in sorted(set(paths))]
     return pd.concat(frames, ignore_index=True)[list(SPLIT_COLUMNS)]
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar for every artifact it downloads; reading a few small tables per version
+    (`brats-seg lineage --case` reads every version's) should not fill the terminal with them."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def model_versions(name: str | None = None) -> list[dict]:
