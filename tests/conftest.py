@@ -339,13 +339,14 @@ class Postgres:
         (root / "pwfile").write_text(self.password)
         if self.as_user:
             shutil.chown(root / "pwfile", PG_OS_USER, PG_OS_USER)
-        subprocess.run([*self.as_user, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", self.superuser,
-                        "--pwfile", str(root / "pwfile"), "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "-N"],
-                       check=True, capture_output=True)
+        initdb = subprocess.run([*self.as_user, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U",
+                                 self.superuser, "--pwfile", str(root / "pwfile"), "--auth=scram-sha-256", "-E", "UTF8",
+                                 "--no-locale", "-N"], capture_output=True, text=True, cwd=root)
+        assert initdb.returncode == 0, f"initdb failed:\n{initdb.stdout}{initdb.stderr}"
         self.service = Service("postgres", [
             *self.as_user, str(bin_dir / "postgres"), "-D", str(root / "data"), "-h", "127.0.0.1",
             "-p", str(self.port), "-k", str(root), "-c", "fsync=off", "-c", "full_page_writes=off"],
-            root / "postgres.log", stop_signal=signal.SIGINT)  # SIGINT: fast shutdown
+            root / "postgres.log", cwd=root, stop_signal=signal.SIGINT)  # SIGINT: fast shutdown
         self.service.wait_until(self._ready, "accepting connections", timeout=60)
 
     def _ready(self) -> bool:
