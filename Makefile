@@ -36,15 +36,22 @@ demo: setup
 test: setup test-services
 	$(BIN)/python -m pytest
 
-# The team-mode tests (tests/test_team_*.py) start their own throwaway PostgreSQL on 127.0.0.1 with the server
-# binaries (initdb, postgres) of Debian's `postgresql` package: installed here when missing, as root; anyone else
-# is told the command. Without them those tests fail under CI=true and are skipped elsewhere.
+# What tests need besides Python packages, installed here when missing (as root; anyone else is told the command;
+# without them those tests fail under CI=true and are skipped elsewhere): the server binaries (initdb, postgres) of
+# Debian's `postgresql` package, for the team-mode tests' throwaway PostgreSQL on 127.0.0.1, and Debian's
+# `chromium`, for the run report's browser test.
 test-services:
 	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		echo "installing PostgreSQL (Debian package postgresql) for the team-mode tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "PostgreSQL's initdb not found: run 'sudo apt-get install -y postgresql' for the team-mode tests"; fi
+	@# the run report's browser test (tests/test_report.py) renders it in Debian's headless Chromium
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Chromium (Debian package chromium) for the report's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium not found: run 'sudo apt-get install -y chromium' for the report's browser test"; fi
 
 # A tracking server for a team (mlflow/README.md): runs and registry in BACKEND, artifacts proxied to ARTIFACTS
 # (clients need no storage credentials). Bound to 127.0.0.1: expose it only behind a reverse proxy with TLS and
