@@ -40,7 +40,7 @@ def ran(tmp_path_factory, prefect_server):
 
 def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage_but_the_source_check(ran):
     repo, first, second = ran
-    assert list(STAGES) == ["source", "download", "validate", "slice", "train", "evaluate", "register"]
+    assert list(STAGES) == ["source", "download", "validate", "slice", "train", "evaluate", "register", "report"]
     stages = flow_stages(repo)  # STAGES, then any stage dvc.yaml has gained since
     assert [(r["stage"], r["status"]) for r in first["stages"]] == [("source", "checked")] + [
         (stage, "ran") for stage in stages[1:]]

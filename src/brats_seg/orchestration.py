@@ -27,7 +27,7 @@ from brats_seg.io.tables import read_json
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("source", "download", "validate", "slice", "train", "evaluate", "register")
+STAGES: tuple[str, ...] = ("source", "download", "validate", "slice", "train", "evaluate", "register", "report")
 LOCK_NAME = "brats-seg-pipeline.lock"
 # What dvc prints when another dvc process holds the repository (dvc/lock.py) or a stage's files (dvc/rwlock.py).
 DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
