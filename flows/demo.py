@@ -14,11 +14,12 @@ from brats_seg.history import DEMO_BRANCH, record_run
 from brats_seg.inference import ModelBundle
 from brats_seg.orchestration import working_directory
 from brats_seg.predict import DEFAULT_MODEL, predict_case, resolve_model
+from flows.failures import run_name
 from flows.pipeline import pipeline
 from flows.promote import promote_flow
 
 
-@flow(name="brats-seg-demo")
+@flow(name="brats-seg-demo", flow_run_name=run_name("demo"))
 def demo(workdir: str = ".") -> dict:
     """Pipeline, promotion, and the champion's mask for the first test case."""
     summary = pipeline(workdir)
@@ -37,7 +38,7 @@ def demo(workdir: str = ".") -> dict:
 
 def report(summary: dict) -> str:
     """What a person reads at the end of `make demo`."""
-    lines = ["", "stages: " + ", ".join(f"{r['stage']} ({'ran' if r['ran'] else 'skipped'}, {r['seconds']:.0f} s)"
+    lines = ["", "stages: " + ", ".join(f"{r['stage']} ({r['status']}, {r['seconds']:.0f} s)"
                                       for r in summary["stages"])]
     model, promo = summary.get("model", {}), summary["promotion"]
     lines.append(f"model: {model.get('name')} v{model.get('version')} @{model.get('alias')}; "
@@ -51,7 +52,8 @@ def report(summary: dict) -> str:
     if summary.get("commit"):
         lines.append(f"recorded as commit {summary['commit'][:10]} on branch {DEMO_BRANCH}: try a variant with "
                      f"`dvc exp run -S train.lr=3e-4`, then `dvc metrics diff`")
-    lines += ["first `source .venv/bin/activate`, then:",
+    lines += ["the run report (opens offline in any browser): reports/index.html",
+              "first `source .venv/bin/activate`, then:",
               "  look at the runs: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 "
               "(open http://127.0.0.1:5000)",
               "  trace the champion: brats-seg lineage models:/brats-unet@champion --verify"]

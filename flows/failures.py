@@ -60,3 +60,23 @@ def is_not_a_user_error(task: object, task_run: object, state: object) -> bool:
 _TASK_LOGGER = logging.getLogger("prefect.task_runs")
 if not any(isinstance(f, UserErrorsWithoutTraceback) for f in _TASK_LOGGER.filters):
     _TASK_LOGGER.addFilter(UserErrorsWithoutTraceback())
+
+
+def run_name(what: str) -> Callable[[], str]:
+    """A ``flow_run_name`` callable: ``WHAT DETAIL YYYY-MM-DD HH:MMZ``, the detail from the run's parameters (the
+    stages asked for, the version to promote), the time from its schedule or its start, in UTC."""
+
+    def name() -> str:
+        from datetime import datetime, timezone
+
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters or {}
+        detail = "+".join(params.get("stages") or []) if "stages" in params else ""
+        if "version" in params or "force" in params:
+            detail = (f"v{params['version']}" if params.get("version") else "challenger") + \
+                (" --force" if params.get("force") else "")
+        when = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+        return " ".join(p for p in (what, detail or None, f"{when.astimezone(timezone.utc):%Y-%m-%d %H:%M}Z") if p)
+
+    return name

@@ -17,7 +17,7 @@ from prefect.tasks import exponential_backoff
 
 from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration import STAGES, flow_stages, pipeline_summary, run_dvc_stage, workspace_lock
-from flows.failures import fail_on_user_error, is_not_a_user_error
+from flows.failures import fail_on_user_error, is_not_a_user_error, run_name
 
 
 @task(name="dvc-repro", task_run_name="dvc repro {stage}")
@@ -25,7 +25,7 @@ def dvc_stage(stage: str, workdir: str, dvc_wait_s: float = 0.0, single: bool = 
     return run_dvc_stage(stage, workdir, get_run_logger(), busy_wait_s=dvc_wait_s, single=single)
 
 
-@flow(name="brats-seg-pipeline")
+@flow(name="brats-seg-pipeline", flow_run_name=run_name("pipeline"))
 @fail_on_user_error
 def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: float = 0.0,
              dvc_wait_s: float = 300.0) -> dict:

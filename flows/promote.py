@@ -19,10 +19,10 @@ from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration import working_directory
 from brats_seg.promotion import PromoteParams, promote
 from brats_seg.runners.register import RegisterParams
-from flows.failures import fail_on_user_error
+from flows.failures import fail_on_user_error, run_name
 
 
-@flow(name="brats-seg-promote")
+@flow(name="brats-seg-promote", flow_run_name=run_name("promote"))
 @fail_on_user_error
 def promote_flow(workdir: str = ".", version: str | None = None, force: bool = False) -> dict:
     """Move the `champion` alias to the challenger when it is better on the same test patients."""

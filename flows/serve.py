@@ -19,12 +19,12 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from brats_seg.config import read_params
-from flows.failures import fail_on_user_error
+from flows.failures import fail_on_user_error, run_name
 from flows.pipeline import pipeline
 from flows.promote import promote_flow
 
 
-@flow(name="brats-seg-scheduled")
+@flow(name="brats-seg-scheduled", flow_run_name=run_name("retrain+promote"))
 @fail_on_user_error
 def scheduled_pipeline(workdir: str = ".", lock_wait_s: float = 3600.0, dvc_wait_s: float = 3600.0) -> dict:
     """The pipeline, then the promotion gate. Waits up to an hour for another pipeline run or dvc process."""

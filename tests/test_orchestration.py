@@ -122,3 +122,16 @@ def test_a_stage_gives_up_on_a_busy_dvc_with_one_sentence_and_fails_fast_otherwi
     with pytest.raises(StageFailed, match="dvc repro broken failed with exit code"):
         run_dvc_stage("broken", repo, busy_wait_s=60)  # a failing stage is not busy: no waiting
     assert time.monotonic() - start < 10
+
+
+def test_dvc_push_advice_is_left_out_of_flow_logs_until_a_default_remote_exists(tmp_path):
+    from brats_seg.orchestration import default_remote, dvc_hints
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    assert default_remote(tmp_path) is None
+    assert "Use `dvc push` to send your updates to remote storage." in dvc_hints(tmp_path)
+    (tmp_path / ".dvc" / "config.local").write_text("[core]\n    remote = team\n['remote \"team\"']\n    url = /mnt/x\n")
+    assert default_remote(tmp_path) == "team"
+    assert not any("dvc push" in hint for hint in dvc_hints(tmp_path))
+    assert "To track the changes with git" in dvc_hints(tmp_path)

@@ -111,13 +111,16 @@ def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger 
 
 
 def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list[str]:
-    """One attempt of ``dvc repro ARGS``: its output lines; DvcBusy or StageFailed when it fails."""
+    """One attempt of ``dvc repro ARGS``: its output lines (all of them; only what a person needs is logged);
+    DvcBusy or StageFailed when it fails."""
     proc = dvc_popen(["repro", *args], workdir)
     lines = []
+    hints = dvc_hints(workdir)
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line.rstrip())
-        logger.info("%s", line.rstrip())
+        if line.strip() and not line.strip().startswith(hints):
+            logger.info("%s", line.rstrip())
     code = proc.wait()
     if code != 0:
         busy = next((line for line in lines if any(marker in line for marker in DVC_BUSY)), None)
@@ -126,6 +129,33 @@ def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list
         tail = "\n".join(lines[-15:])
         raise StageFailed(f"dvc repro {' '.join(args)} failed with exit code {code}:\n{tail}")
     return lines
+
+
+# DVC's advice after every `dvc repro`: which files to `git add`, how to auto-stage, and `dvc push`. A flow runs
+# a repro per stage, so the advice would repeat after each; the flow's summary says what to do once instead.
+_GIT_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage")
+_PUSH_HINT = "Use `dvc push` to send your updates to remote storage."
+
+
+def dvc_hints(workdir: str | Path = ".") -> tuple[str, ...]:
+    """The starts of DVC's advice lines a flow leaves out of its log: the git hints always, the `dvc push`
+    hint until a default remote is configured (it has nowhere to push before)."""
+    return _GIT_HINTS if default_remote(workdir) else (*_GIT_HINTS, _PUSH_HINT)
+
+
+def default_remote(workdir: str | Path = ".") -> str | None:
+    """``core.remote`` from the project's DVC config files (``.dvc/config``, then ``.dvc/config.local``)."""
+    import configparser
+
+    found = None
+    for name in ("config", "config.local"):
+        parser = configparser.ConfigParser(strict=False)
+        try:
+            parser.read(Path(workdir) / ".dvc" / name)
+        except configparser.Error:
+            continue
+        found = parser.get("core", "remote", fallback=found)
+    return found.strip().strip("'\"") if found else None
 
 
 def always_changed_stages(workdir: str | Path = ".") -> set[str]:
