@@ -29,9 +29,18 @@ EXEMPT = {
         "full-size training needs a GPU; these are the committed params.yaml values (tests/test_config.py)",
     "dvc exp run -S download.source=local -S download.local.path=/path/to/MICCAI_BraTS2020_TrainingData":
         "the user's own data; local sources are tested in tests/data/test_download.py",
+    "brats-seg params set download.source=local download.local.path=/path/to/incoming":
+        "the user's own folder; tests/test_lifecycle.py runs this life cycle on a local folder of cases",
     "dvc exp run -S download.source=kaggle": "needs Kaggle credentials and the network; tested against a local server",
     "dvc exp run -S download.source=url": "a 7 GB download; the url source is tested against a local server",
     "python -m flows.serve": "serves until stopped; its deployment is built and checked in tests/test_flows.py",
+    # Team mode: each runs against real servers on 127.0.0.1 in the team tests
+    "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000": "tests/test_team_mlflow.py (PostgreSQL + mlflow server)",
+    "dvc remote add -d team /mnt/team/dvc/brats-seg": "tests/test_team_dvc_remote.py (folder remote and S3 via moto)",
+    "dvc push": "tests/test_team_dvc_remote.py",
+    "prefect work-pool create brats-seg --type process": "tests/test_team_prefect.py (server and worker)",
+    "prefect --no-prompt deploy --all": "tests/test_team_prefect.py",
+    "prefect worker start --pool brats-seg": "tests/test_team_prefect.py (with --run-once)",
 }
 LONG_RUNNING = {"mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1": "http://127.0.0.1:5000"}
 MAY_EXIT_1 = {"brats-seg lineage models:/brats-unet@champion --verify"}  # exit 1 is its answer "drifted"
