@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.data.download import DownloadParams, run_download
 from brats_seg.errors import exit_on_user_error
+from brats_seg.pool import choose_executor
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     params = stage_params(__doc__, argv)
     base = load_section(BaseParams, params, "base")
-    run_download(load_section(DownloadParams, params, "download"), base.raw_dir, base.cache_dir, base.seed)
+    run_download(load_section(DownloadParams, params, "download"), base.raw_dir, base.cache_dir, base.seed,
+                 choose_executor(base.executor, base.dask_address, os.environ))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.data.slicing import SliceParams, run_slice
 from brats_seg.data.validation import read_manifest
 from brats_seg.errors import exit_on_user_error
+from brats_seg.pool import choose_executor
 
 
 @exit_on_user_error
@@ -13,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     params = stage_params(__doc__, argv)
     base = load_section(BaseParams, params, "base")
     run_slice(load_section(SliceParams, params, "slice"), base.raw_dir, read_manifest(base.manifest),
-              base.slices_dir, base.seed)
+              base.slices_dir, base.seed, choose_executor(base.executor, base.dask_address, os.environ))
 
 
 if __name__ == "__main__":

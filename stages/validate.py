@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.data.validation import ValidateParams, run_validate
 from brats_seg.errors import exit_on_user_error
+from brats_seg.pool import choose_executor
 
 
 @exit_on_user_error
@@ -12,7 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     params = stage_params(__doc__, argv)
     base = load_section(BaseParams, params, "base")
     run_validate(load_section(ValidateParams, params, "validate"), base.raw_dir, base.manifest,
-                 base.validation_reports, base.validation_metrics)
+                 base.validation_reports, base.validation_metrics,
+                 choose_executor(base.executor, base.dask_address, os.environ))
 
 
 if __name__ == "__main__":

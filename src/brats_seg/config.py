@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -232,9 +232,14 @@ def _scalar(hint: Any, value: Any, where: str) -> Any:
     raise TypeError(f"unsupported parameter type {hint!r} at {where}")  # a programming error, not the user's
 
 
+ExecutorKind = Literal["auto", "local", "dask"]
+_DASK_ADDRESS = r"|([a-z][a-z0-9+]*://)?([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d+)?"  # '', host[:port], [v6]:port
+
+
 @dataclasses.dataclass(frozen=True)
 class BaseParams:
-    """params.yaml ``base`` section: the seed and every path, written once and used by dvc.yaml too."""
+    """params.yaml ``base`` section: the seed and every path, written once and used by dvc.yaml too, and where
+    per-case work runs (``executor``, ``dask_address``)."""
 
     seed: int = 42
     raw_dir: str = "data/raw"
@@ -255,13 +260,20 @@ class BaseParams:
     registered_report: str = "reports/registered.json"
     report: str = "reports/index.html"
     experiment: str = "brats-seg"
+    # Where validate, slice and synthetic download run their per-case work (brats_seg.pool.choose_executor):
+    # never part of any output, so never among a dvc.yaml stage's params.
+    executor: ExecutorKind = "auto"
+    dask_address: str = ""
 
     def __post_init__(self) -> None:
         require_at_least("base.seed", self.seed, 0)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, str):
+            if isinstance(value, str) and field.name != "dask_address":
                 require(f"base.{field.name}", value, bool(value.strip()), "a non-empty path or name")
+        require("base.executor", self.executor, self.executor in typing.get_args(ExecutorKind), "auto, local or dask")
+        require_match("base.dask_address", self.dask_address, _DASK_ADDRESS,
+                      "empty or a Dask scheduler address such as tcp://10.0.0.5:8786")
 
 
 @dataclasses.dataclass(frozen=True)

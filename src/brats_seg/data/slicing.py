@@ -31,7 +31,7 @@ from brats_seg.errors import ConfigError, DataError
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import write_shard
 from brats_seg.io.tables import write_json, write_parquet
-from brats_seg.pool import run_parallel
+from brats_seg.pool import LOCAL, Executor, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,9 @@ def slice_case(job: _Job, params: SliceParams, seed: int, shard_dir: Path) -> di
 
 
 def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, out_dir: str | Path,
-              seed: int) -> dict:
-    """Slice every ``ok`` case of ``manifest``; writes shards, index.parquet, cases.parquet, meta.json."""
+              seed: int, executor: Executor = LOCAL) -> dict:
+    """Slice every ``ok`` case of ``manifest`` with ``executor``; writes shards, index.parquet, cases.parquet and
+    meta.json."""
     out_dir = Path(out_dir)
     if manifest.empty:
         raise DataError("no validated cases to slice; every case was quarantined or the cohort is empty "
@@ -195,7 +196,7 @@ def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, 
     shard_dir.mkdir(parents=True)
     jobs = [_Job(Path(raw_dir) / c, splits[c]) for c in sorted(splits)]
     work = functools.partial(slice_case, params=params, seed=seed, shard_dir=shard_dir)
-    results = run_parallel(work, jobs, params.workers, desc="slice cases")
+    results = run_parallel(work, jobs, params.workers, desc="slice cases", executor=executor)
     index = pd.concat([pd.DataFrame(r["index"]) for r in results], ignore_index=True).astype(
         {"z": "int64", "row": "int64", "tumour_pixels": "int64", "brain_pixels": "int64"})  # empty cases: object
     cases = pd.DataFrame([r["case"] for r in results])

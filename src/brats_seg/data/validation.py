@@ -24,7 +24,7 @@ from brats_seg.data.inspect import inspect_case
 from brats_seg.data.layouts import UNLABELLED_DIR, list_canonical_cases
 from brats_seg.errors import DataError
 from brats_seg.io.tables import write_json, write_parquet
-from brats_seg.pool import run_parallel
+from brats_seg.pool import LOCAL, Executor, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,12 @@ def case_rules(params: ValidateParams) -> list[Rule]:
     ]
 
 
-def build_manifest(raw_dir: str | Path, workers: int = 0) -> pd.DataFrame:
-    """One row per labelled case under ``raw_dir`` (see :func:`inspect_case`)."""
+def build_manifest(raw_dir: str | Path, workers: int = 0, executor: Executor = LOCAL) -> pd.DataFrame:
+    """One row per labelled case under ``raw_dir`` (see :func:`inspect_case`), inspected by ``executor``."""
     cases = list_canonical_cases(raw_dir)
     if not cases:
         raise DataError(f"no cases in {raw_dir}; run the download stage first (dvc repro download).")
-    rows = run_parallel(inspect_case, cases, workers, desc="inspect cases")
+    rows = run_parallel(inspect_case, cases, workers, desc="inspect cases", executor=executor)
     manifest = pd.DataFrame(rows)
     manifest["duplicate_of"] = duplicate_of(manifest["case_id"].tolist(), manifest["image_sha256"].tolist())
     return manifest
@@ -98,9 +98,10 @@ def duplicate_of(case_ids: list[str], digests: list[str]) -> list[str]:
 
 
 def run_validate(params: ValidateParams, raw_dir: str | Path, manifest_path: str | Path,
-                 report_dir: str | Path, metrics_path: str | Path) -> dict:
-    """Validate the cohort in ``raw_dir``; writes the manifest, reports and metrics; returns the metrics."""
-    manifest = build_manifest(raw_dir, params.workers)
+                 report_dir: str | Path, metrics_path: str | Path, executor: Executor = LOCAL) -> dict:
+    """Validate the cohort in ``raw_dir``, inspecting cases with ``executor``; writes the manifest, reports and
+    metrics; returns the metrics."""
+    manifest = build_manifest(raw_dir, params.workers, executor)
     results = run_suite(manifest, case_rules(params), report_dir)
     duplicates = [r for r in results["table"] if not r["success"]]
     manifest["reasons"] = [results["reasons"].get(c, "") for c in manifest["case_id"]]
