@@ -28,7 +28,7 @@ from brats_seg.data.labels import region_mask
 from brats_seg.data.layouts import MODALITIES, canonical_files
 from brats_seg.data.preprocess import preprocess_case
 from brats_seg.errors import ConfigError, DataError
-from brats_seg.io.nifti import read_nifti
+from brats_seg.io.nifti import read_volume
 from brats_seg.io.shards import write_shard
 from brats_seg.io.tables import write_json, write_parquet
 from brats_seg.pool import LOCAL, Executor, run_parallel
@@ -160,10 +160,10 @@ def slice_case(job: _Job, params: SliceParams, seed: int, shard_dir: Path) -> di
     case_id = job.case_dir.name
     vols, affine = [], None
     for m in params.modalities:
-        data, meta = read_nifti(files[m])
+        data, meta = read_volume(files[m])
         vols.append(data)
         affine = meta.affine
-    seg, _ = read_nifti(files["seg"])
+    seg, _ = read_volume(files["seg"])
     pre = preprocess_case(np.stack(vols), affine, params.size, params.margin, seg=seg.astype(np.uint8))
     tumour_px = region_mask(pre.labels).sum(axis=(1, 2))
     keep = pre.brain_pixels > 0
