@@ -97,14 +97,16 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
 
 
 def _cached_out_hashes(repo) -> dict[str, str]:
+    """``{path: md5}`` of every output dvc.lock records that dvc.yaml caches (``cache: false`` ones left out)."""
     import yaml
 
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    base = yaml.safe_load((repo / "params.yaml").read_text())["base"]
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    uncached = {next(iter(o)) for s in stages.values() for o in s.get("outs", []) if isinstance(o, dict)}
-    return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", [])
-            if o["path"] not in {p.replace("${base.validation_reports}", "reports/validation") for p in uncached}
-            and not o["path"].startswith("reports/")}
+    uncached = {re.sub(r"\$\{base\.(\w+)\}", lambda m: base[m[1]], next(iter(o)))
+                for s in stages.values() for kind in ("outs", "metrics", "plots") for o in s.get(kind, [])
+                if isinstance(o, dict)}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", []) if o["path"] not in uncached}
 
 
 def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_epochs(dvc_project):

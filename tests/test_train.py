@@ -106,7 +106,9 @@ def test_the_compiled_step_trains_like_the_eager_one(slices, tmp_path):
     compiled = _train(slices, dataclasses.replace(params, compile=True), tmp_path / "compiled.pt")
     for a, b in zip(eager.history, compiled.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-3)
+        # Dice thresholds probabilities at 0.5: rounding-level differences flip a few borderline pixels of this
+        # 8-case cohort's validation set, so Dice gets a looser bound than the loss; predictions are checked below
+        assert a["val_dice"] == pytest.approx(b["val_dice"], abs=5e-3)
     # Adam turns rounding-level gradient differences on near-zero gradients into lr-sized steps, so the
     # weights are compared through what matters: the two models' predictions on the validation slices.
     images = torch.from_numpy(load_split(slices, "val").images[:32].astype("float32"))
