@@ -131,7 +131,8 @@ def test_dvc_push_advice_is_left_out_of_flow_logs_until_a_default_remote_exists(
     (tmp_path / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
     assert default_remote(tmp_path) is None
     assert "Use `dvc push` to send your updates to remote storage." in dvc_hints(tmp_path)
-    (tmp_path / ".dvc" / "config.local").write_text("[core]\n    remote = team\n['remote \"team\"']\n    url = /mnt/x\n")
+    local = "[core]\n    remote = team\n['remote \"team\"']\n    url = /mnt/x\n"
+    (tmp_path / ".dvc" / "config.local").write_text(local)
     assert default_remote(tmp_path) == "team"
     assert not any("dvc push" in hint for hint in dvc_hints(tmp_path))
     assert "To track the changes with git" in dvc_hints(tmp_path)
