@@ -34,6 +34,9 @@ EXEMPT = {
     "dvc exp run -S download.source=kaggle": "needs Kaggle credentials and the network; tested against a local server",
     "dvc exp run -S download.source=url": "a 7 GB download; the url source is tested against a local server",
     "python -m flows.serve": "serves until stopped; its deployment is built and checked in tests/test_flows.py",
+    "dask scheduler --port 8786": "a cluster of hosts; tests/test_dask.py runs the stages on a 2-worker LocalCluster",
+    "dask worker tcp://127.0.0.1:8786 --nworkers 2 --nthreads 1": "tests/test_dask.py (LocalCluster)",
+    "DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:8786 dvc repro": "tests/test_dask.py (dvc repro slice with the variable)",
     # Team mode: each runs against real servers on 127.0.0.1 in the team tests
     "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000": "tests/test_team_mlflow.py (PostgreSQL + mlflow server)",
     "dvc remote add -d team /mnt/team/dvc/brats-seg": "tests/test_team_dvc_remote.py (folder remote and S3 via moto)",
