@@ -79,6 +79,8 @@ def test_each_defect_is_quarantined_with_its_reason_and_the_rest_go_on(tmp_path,
     for case_id, how in defects.items():
         assert manifest.loc[case_id, "status"] == "quarantined", how
         assert DEFECTS[how] in manifest.loc[case_id, "reasons"], (how, manifest.loc[case_id, "reasons"])
+    grid_case = next(c for c, how in defects.items() if how == "grid")
+    assert "brain voxels" not in manifest.loc[grid_case, "reasons"]  # the grid alone, no misleading second reason
     ok = manifest[manifest["status"] == "ok"]
     assert len(ok) == 2 and set(ok.index).isdisjoint(defects)
     assert metrics == json.loads((tmp_path / "validation.json").read_text())
@@ -183,3 +185,29 @@ def test_validate_leaves_nothing_in_the_temporary_folder_on_success_or_failure(t
     assert "refused: 4 of 4 cases failed validation" in proc.stdout
     assert (tmp_path / "r" / "data_docs" / "index.html").is_file()  # the docs go to the report folder instead
     assert list(temp.iterdir()) == []
+
+
+def test_label_values_that_are_no_label_are_quarantined_with_the_values_the_source_holds(tmp_path):
+    """A BraTS 2023 label map with NaN, negative and fractional voxels: named as they are, not as 0 or 255."""
+    from brats_seg.data.download import DownloadParams, LocalSource, run_download
+    from brats_seg.data.synthetic import MODALITIES, make_case
+
+    source = tmp_path / "incoming"
+    names = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+    for i, case_id in enumerate(["BraTS-GLI-00001-000", "BraTS-GLI-00002-000"], start=1):
+        case = make_case(i, 0, (48, 48, 24))
+        folder = source / case_id
+        folder.mkdir(parents=True)
+        for m in MODALITIES:
+            nib.save(nib.Nifti1Image(case.images[m], case.affine), str(folder / f"{case_id}-{names[m]}.nii.gz"))
+        seg = case.seg.astype(np.float32)
+        seg[seg == 4] = 3  # the 2023 convention
+        if i == 2:
+            seg[0, 0, 0], seg[0, 0, 1], seg[0, 0, 2] = np.nan, -1, 0.5
+        nib.save(nib.Nifti1Image(seg, case.affine), str(folder / f"{case_id}-seg.nii.gz"))
+    raw = tmp_path / "raw"
+    run_download(DownloadParams(source="local", workers=1, local=LocalSource(str(source))), raw, tmp_path / "cache", 0)
+    _run(raw, tmp_path)
+    manifest = read_manifest(tmp_path / "manifest.parquet", status=None).set_index("case_id")
+    assert manifest.loc["BraTS-GLI-00001-000", "status"] == "ok"
+    assert manifest.loc["BraTS-GLI-00002-000", "reasons"] == "labels outside {0, 1, 2, 4}: -1,0.5,nan"

@@ -73,7 +73,9 @@ def _geometry(metas: dict[str, Meta]) -> dict:
 
 def _intensity(arrays: dict[str, np.ndarray]) -> dict:
     mods = {m: arrays[m] for m in MODALITIES if m in arrays}
-    row: dict = {"nan_inf_voxels": 0, "all_zero_modalities": "", "brain_voxels": 0}
+    # brain_voxels stays unknown (None, which no rule judges) when the modalities are not on one grid: that
+    # case is quarantined for the grid alone, not also for a brain mask that could not be formed
+    row: dict = {"nan_inf_voxels": 0, "all_zero_modalities": "", "brain_voxels": None}
     shapes = {a.shape for a in mods.values()}
     brain = None
     if len(shapes) == 1:

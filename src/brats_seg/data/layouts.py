@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_seg.data.labels import to_canonical
+from brats_seg.data.labels import CANONICAL_LABELS, INVALID_LABEL, label_ids, to_canonical
 from brats_seg.errors import DataError
 from brats_seg.io.nifti import is_nifti, read_nifti, strip_suffix, write_nifti
 
@@ -241,8 +241,22 @@ def _write_one(src: Path, channel: int | None, out_dir: Path, case: CaseSource, 
             return
         data = data[..., channel]
     if kind == "seg":
-        data = to_canonical(data, case.convention)
+        data = _canonical_seg(data, case.convention)
     write_nifti(dest, np.ascontiguousarray(data), meta.affine)
+
+
+def _canonical_seg(seg: np.ndarray, convention: str) -> np.ndarray:
+    """The label map in canonical labels (uint8). Where the source holds values that are no label at all
+    (NaN, negative, fractional), the map stays float and keeps them as they were, so that validation
+    quarantines the case naming the values the source really has, not a stand-in."""
+    canonical = to_canonical(seg, convention)
+    invalid = canonical == INVALID_LABEL
+    as_source = invalid & ~np.isin(label_ids(seg), sorted(CANONICAL_LABELS))  # 4 in a 2023 file stays 255
+    if not as_source.any():
+        return canonical
+    out = canonical.astype(np.float32)
+    out[as_source] = seg[as_source]
+    return out
 
 
 def _suffix(path: Path) -> str:
