@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, make_dvc_project, run_cmd
+from tests.conftest import PROJECT_ROOT, bash_commands, make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +51,7 @@ MAY_EXIT_1 = {"brats-seg lineage models:/brats-unet@champion --verify"}  # exit 
 
 def readme_commands(text: str) -> list[str]:
     """Command lines of the README's ```bash blocks, comments stripped."""
-    lines = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            command = re.sub(r"\s+#.*$", "", line).strip()
-            if command and not command.startswith("#"):
-                lines.append(command)
-    return lines
+    return bash_commands(text)
 
 
 def _shell(command: str, repo: Path, timeout: float = 600) -> subprocess.CompletedProcess:
