@@ -60,8 +60,22 @@ def main() -> None:
     parser.add_argument("--wait-s", type=float, default=0.0, help="wait this long for another pipeline run's lock")
     parser.add_argument("--dvc-wait-s", type=float, default=300.0,
                         help="per stage, wait this long for another dvc process (e.g. a manual dvc repro)")
+    parser.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     args = parser.parse_args()
-    print(json.dumps(pipeline(args.workdir, lock_wait_s=args.wait_s, dvc_wait_s=args.dvc_wait_s), indent=2))  # noqa: T201
+    summary = pipeline(args.workdir, lock_wait_s=args.wait_s, dvc_wait_s=args.dvc_wait_s)
+    print(summary_lines(summary) if not args.json else json.dumps(summary, indent=2))  # noqa: T201
+
+
+def summary_lines(summary: dict) -> str:
+    """The run in a few lines: each stage's status and time, the model and its test Dice."""
+    lines = ["stages: " + ", ".join(f"{r['stage']} {r['status']} ({r['seconds']:.0f} s)" for r in summary["stages"])]
+    if "model" in summary:
+        model = summary["model"]
+        lines.append(f"model:  {model['name']} v{model['version']} @{model['alias']}")
+    for region, stats in summary.get("test", {}).items():
+        lines.append(f"test:   {region.upper()} Dice per case {stats['dice_mean']:.3f}, HD95 median "
+                     f"{stats['hd95_median']:.1f} mm")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

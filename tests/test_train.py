@@ -94,7 +94,7 @@ def test_no_tumour_in_a_split_is_one_sentence(slices, tmp_path):
 def test_cuda_requested_but_absent_fails_clearly(slices, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(Exception, match="train.device is 'cuda' but no CUDA GPU is available"):
+    with pytest.raises(Exception, match="the device is 'cuda' but no CUDA GPU is available"):
         _train(slices, dataclasses.replace(PARAMS, device="cuda"), tmp_path / "c.pt")
 
 

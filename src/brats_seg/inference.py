@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -32,10 +33,15 @@ def pick_device(requested: str) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if requested == "cuda":
-        raise UserError("train.device is 'cuda' but no CUDA GPU is available; set it to 'auto' to fall back "
+        raise UserError("the device is 'cuda' but no CUDA GPU is available; set it to 'auto' to fall back "
                         "to the CPU, or to 'cpu'.")
-    log.warning("no CUDA GPU available: running on the CPU")
+    _warn_cpu()
     return torch.device("cpu")
+
+
+@functools.cache
+def _warn_cpu() -> None:
+    log.warning("no CUDA GPU available: running on the CPU")  # once per process
 
 
 def save_model(path: str | Path, model: UNet, regions: tuple[str, ...], slice_params: dict,

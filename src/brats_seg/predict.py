@@ -124,8 +124,8 @@ def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir:
             raise UserError(f"{d} is not a folder; pass folders that hold a case's NIfTI files.")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir} is a file; pass a folder for the masks.")
+    cases = [c for d in case_dirs for c in discover_cases(d)]  # before the model: a wrong folder fails fast
     bundle = resolve_model(model, device)
-    cases = [c for d in case_dirs for c in discover_cases(d)]
     for case in cases:
         check_case(case, tuple(bundle.slice_params["modalities"]))
     with torch.inference_mode():

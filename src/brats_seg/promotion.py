@@ -186,7 +186,8 @@ def promote(model_name: str, params: PromoteParams, version: str | None = None, 
     if decision.promote:
         tracking.set_alias(model_name, "champion", challenger["version"])
     tracking.set_version_tags(model_name, challenger["version"], decision_tags(decision))
-    log.info("promotion of %s v%s: %s (%s)", model_name, challenger["version"], decision.promote, decision.reason)
+    log.info("promotion of %s v%s: %s (%s)", model_name, challenger["version"],
+             "promoted to champion" if decision.promote else "kept as it is", decision.reason)
     return _record(model_name, challenger["version"], decision)
 
 

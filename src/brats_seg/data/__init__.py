@@ -1,0 +1,1 @@
+"""Data: layouts, labels, synthetic cases, download, validation, slicing and the in-memory dataset."""

@@ -1,0 +1,1 @@
+"""Models: the 2D U-Net, a pure nn.Module."""
