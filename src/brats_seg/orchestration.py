@@ -131,9 +131,11 @@ def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list
     return lines
 
 
-# DVC's advice after every `dvc repro`: which files to `git add`, how to auto-stage, and `dvc push`. A flow runs
-# a repro per stage, so the advice would repeat after each; the flow's summary says what to do once instead.
-_GIT_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage")
+# DVC's advice after every `dvc repro`: which files to `git add`, how to auto-stage, and `dvc push`, and its
+# bookkeeping lines (the command it runs, the lock file it writes). A flow runs a repro per stage, so these would
+# repeat after each; the flow's summary says what ran instead.
+_GIT_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
+              "Updating lock file", "Generating lock file", "> python -m stages.")
 _PUSH_HINT = "Use `dvc push` to send your updates to remote storage."
 
 

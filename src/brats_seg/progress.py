@@ -2,7 +2,8 @@
 
 Where stderr is not a terminal (Prefect logs, CI, ``dvc repro > log``) a bar's carriage returns and cursor
 codes would end up in the log; there the same object writes one plain line through :mod:`logging` at most
-every ``interval_s`` seconds, and one when it finishes.
+every ``interval_s`` seconds, and a last one when it finishes or stops early. A step done within
+``interval_s`` says nothing: the line the caller logs about its result is enough.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class LogProgress(tqdm):
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:  # noqa: ARG002 - tqdm's API
         now = time.monotonic()
         done = self.total is not None and self.n >= self.total
-        if self.n and self.n != self._logged_n and (done or now - self._last_line >= self._interval_s):
+        due = now - self._last_line >= self._interval_s or (done and self._logged_n > 0)
+        if self.n and self.n != self._logged_n and due:
             self._line(now)
         return True
 
@@ -42,8 +44,9 @@ class LogProgress(tqdm):
         log.info("%s", self.format_meter(**self.format_dict))
 
     def close(self) -> None:
-        if not self.disable and self.n and self.n != self._logged_n:
-            self._line(time.monotonic())  # the last count, finished or stopped early
+        done = self.total is not None and self.n >= self.total
+        if not self.disable and self.n and self.n != self._logged_n and (self._logged_n or not done):
+            self._line(time.monotonic())  # the last count of a long step, or where a step stopped early
         self.disable = True  # tqdm's own close would draw a bar
         super().close()
 
