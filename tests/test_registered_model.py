@@ -31,6 +31,7 @@ from brats_seg.io.tables import write_json
 from brats_seg.models.unet import UNet, UNetConfig
 from brats_seg.predict import resolve_model
 from brats_seg.runners.register import RegisterParams, register_stage, synthetic_example
+from tests.conftest import write_synthetic_cohort
 
 NAME = "brats-unet-test"
 URI = f"models:/{NAME}@challenger"
@@ -213,8 +214,9 @@ def test_a_crafted_pickle_is_refused_by_every_loader_and_never_runs(store, form,
         resolve_model(URI, "cpu")  # brats-seg's loader of registry versions: predict, promotion's re-scoring
     assert str(caught.value) == message
     capsys.readouterr()
+    write_synthetic_cohort(store / "cases", 1)  # a case to segment: predict finds cases before loading the model
     with pytest.raises(SystemExit) as code:
-        cli(["predict", str(store), "--model", URI, "--device", "cpu"])
+        cli(["predict", str(store / "cases"), "--model", URI, "--device", "cpu"])
     assert code.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
     with pytest.raises(ValueError, match=rf"unet.pt {CRAFTED}; load a model version registered") as caught:
         mlflow.pyfunc.load_model(URI)  # an application's loader, running the model's own copy of the code
