@@ -23,7 +23,8 @@ def setup_logging(verbose: bool = False, with_time: bool | None = None) -> None:
     logging.basicConfig(format=fmt, datefmt="%H:%M:%S")  # no-op where a host (pytest, Prefect) has handlers
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("brats_seg").setLevel(logging.DEBUG if verbose else logging.INFO)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets up its own logger when imported
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets up its own logger when imported...
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # ...and a stage may have imported it already
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model file needs no bar
     logging.captureWarnings(True)  # library warnings become one log line each, not two-line warning dumps
     warnings.filterwarnings("ignore", category=DeprecationWarning)
