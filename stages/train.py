@@ -1,8 +1,15 @@
-"""DVC stage `train`: train the U-Net on the slices, tracked in MLflow (python -m stages.train)."""
+"""DVC stage `train`: train the U-Net on the slices, tracked in MLflow (python -m stages.train).
+
+With ``train.nproc`` > 1 it starts itself again as that many processes under torchrun on this host; under
+torchrun already (``torchrun --nproc-per-node N -m stages.train``) it trains as one of them.
+"""
 
 from __future__ import annotations
 
+import sys
+
 from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.distributed import launch, launched
 from brats_seg.errors import exit_on_user_error
 from brats_seg.runners.train import train_stage
 from brats_seg.train import TrainParams
@@ -11,7 +18,10 @@ from brats_seg.train import TrainParams
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     params = stage_params(__doc__, argv)
-    train_stage(load_section(TrainParams, params, "train"), load_section(BaseParams, params, "base"))
+    train = load_section(TrainParams, params, "train")
+    if train.nproc > 1 and not launched():
+        sys.exit(launch("stages.train", train.nproc, sys.argv[1:] if argv is None else argv))
+    train_stage(train, load_section(BaseParams, params, "base"))
 
 
 if __name__ == "__main__":

@@ -184,6 +184,20 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True, env: dict[str, str] 
     return proc
 
 
+@pytest.fixture(scope="session")
+def slices(tmp_path_factory) -> Path:
+    """The slice stage's output for 8 tiny synthetic cases (one without tumour), split 0.6/0.2/0.2; read only."""
+    from brats_seg.data.slicing import SliceParams, run_slice
+    from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
+
+    root = tmp_path_factory.mktemp("cohort")
+    write_synthetic_cohort(root / "raw", 8, shape=(64, 64, 24), tumour_free=(8,))
+    run_validate(ValidateParams(workers=1), root / "raw", root / "m.parquet", root / "rep", root / "v.json")
+    run_slice(SliceParams(size=32, workers=1, keep_empty_fraction=0.2, split=(0.6, 0.2, 0.2)), root / "raw",
+              read_manifest(root / "m.parquet"), root / "slices", seed=0)
+    return root / "slices"
+
+
 def make_dvc_project(repo: Path, overrides: dict | None = None):
     """A fresh git + DVC repository at ``repo`` holding this project's pipeline with tiny params. Returns
     a function that rewrites params.yaml with more overrides; the repository path is ``fn.path``."""

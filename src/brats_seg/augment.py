@@ -11,13 +11,22 @@ import torch
 
 
 def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
-                  scale: float = 0.1, shift: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Randomly transform a batch; square slices required (H == W)."""
+                  scale: float = 0.1, shift: float = 0.1, of: int | None = None,
+                  at: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomly transform a batch; square slices required (H == W).
+
+    With ``of``, the batch is part of a larger one: the random draws are made for ``of`` samples and those of
+    samples ``at``, ``at + 1``, ... are used. Each process of a distributed run draws what a single process
+    would for the whole global batch, so every rank's generator stays in step and a global batch is
+    augmented exactly as in a single process.
+    """
     n, c = images.shape[:2]
     dev = images.device
-    coins = torch.rand((n, 3), generator=generator, device=dev) < 0.5
-    gains = 1.0 + scale * (2 * torch.rand((n, c, 1, 1), generator=generator, device=dev) - 1)
-    offsets = shift * (2 * torch.rand((n, c, 1, 1), generator=generator, device=dev) - 1)
+    total = n if of is None else of
+    part = slice(at, at + n)
+    coins = (torch.rand((total, 3), generator=generator, device=dev) < 0.5)[part]
+    gains = 1.0 + scale * (2 * torch.rand((total, c, 1, 1), generator=generator, device=dev)[part] - 1)
+    offsets = shift * (2 * torch.rand((total, c, 1, 1), generator=generator, device=dev)[part] - 1)
     both = torch.cat([images, targets.to(images.dtype)], dim=1)
     both = torch.where(coins[:, 0, None, None, None], both.transpose(-1, -2), both)
     both = torch.where(coins[:, 1, None, None, None], both.flip(-1), both)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import resource
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from brats_seg import tracking
 from brats_seg.config import BaseParams
-from brats_seg.data.dataset import index_digest, load_split, read_index
-from brats_seg.inference import pick_device, save_model
+from brats_seg.data.dataset import ShardedSplit, SliceSet, index_digest, open_split, read_index
+from brats_seg.distributed import Ranks, process_group
+from brats_seg.inference import save_model
 from brats_seg.io.tables import read_json, write_json
 from brats_seg.plots import plot_training_curve
 from brats_seg.provenance import code_digest, code_manifest, dvc_lock_hashes, git_state
@@ -42,18 +46,76 @@ def split_table(slices_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(Path(slices_dir) / "cases.parquet", columns=["case_id", "patient_id", "split"])
 
 
+def memory_budget(params: TrainParams, ranks: Ranks) -> float:
+    """Bytes of training data this process may hold in memory: ``train.memory_gb``, or with ``auto`` half of
+    the host memory available now, shared among the training processes on this host."""
+    if params.memory_gb != "auto":
+        return params.memory_gb * 1e9
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world))
+    return 0.5 * available_memory() / local
+
+
+def available_memory() -> int:
+    """Host memory available to new allocations (MemAvailable on Linux; physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process so far, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def open_splits(slices_dir: str | Path, index: pd.DataFrame, budget: float) -> tuple[SliceSet | ShardedSplit, ...]:
+    """The train and validation splits: each loaded into memory while the budget lasts (train first), else
+    left in its shards to be read batch by batch; same rows, same order, same training result."""
+    splits = []
+    for name in ("train", "val"):
+        split = open_split(slices_dir, name, index)
+        if split.nbytes <= budget:
+            budget -= split.nbytes
+            splits.append(split.load())
+        else:
+            log.info("the %s split (%s) exceeds the memory budget (%s left of train.memory_gb): its slices are "
+                     "read from the shards as they are needed", name, _size(split.nbytes), _size(max(budget, 0)))
+            splits.append(split)
+    return tuple(splits)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 def train_stage(params: TrainParams, base: BaseParams) -> dict:
     """Train on the slice stage's train split, track it in MLflow, write the model and reports.
 
     An interrupted run (same fingerprint: settings, data, code) resumes from its checkpoint in its own MLflow
-    run; anything else starts fresh. The checkpoint is removed once the model and reports are written.
+    run; anything else starts fresh. The checkpoint is removed once the model and reports are written. In a
+    distributed run every process calls this; rank 0 alone tracks and writes, and returns the report (the
+    others return an empty dict).
     """
-    index = read_index(base.slices_dir)
+    with process_group(params.nproc, params.device) as ranks:
+        index = read_index(base.slices_dir)
+        train_set, val_set = open_splits(base.slices_dir, index, memory_budget(params, ranks))
+        key = fingerprint(params, train_set, val_set, base.seed, ranks.device.type)
+        checkpoint = Path(base.checkpoint_dir) / f"{key}.pt"
+        if not ranks.main:
+            train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1], key=key, ranks=ranks)
+            ranks.max(peak_rss())
+            return {}
+        return _track_and_train(params, base, index, train_set, val_set, key, checkpoint, ranks)
+
+
+def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame, train_set: SliceSet | ShardedSplit,
+                     val_set: SliceSet | ShardedSplit, key: str, checkpoint: Path, ranks: Ranks) -> dict:
     meta = read_json(Path(base.slices_dir) / "meta.json")
-    train_set, val_set = load_split(base.slices_dir, "train", index), load_split(base.slices_dir, "val", index)
-    device = pick_device(params.device)
-    key = fingerprint(params, train_set, val_set, base.seed, device.type)
-    checkpoint = Path(base.checkpoint_dir) / f"{key}.pt"
     run_file = checkpoint.with_suffix(".run.json")
     previous = read_json(run_file)["run_id"] if params.resume and run_file.is_file() and checkpoint.is_file() else None
     with tracking.start_run(base.experiment, run_id=previous, run_name=f"train-{key[:8]}") as run:
@@ -66,8 +128,10 @@ def train_stage(params: TrainParams, base: BaseParams) -> dict:
                             context="training")
             run.set_tags({"slice_index_digest": digest})
             run.log_split_tables(split_table(base.slices_dir))
-        result = train_model(params, train_set, val_set, base.seed, checkpoint, train_set.images.shape[1],
-                             on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch), key=key)
+        result = train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1],
+                             on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch), key=key,
+                             ranks=ranks)
+        peak = ranks.max(peak_rss())
         save_model(base.model, result.model, result.regions, meta["params"],
                    extra={"split_digest": meta["split_digest"], "fingerprint": key})
         curve = pd.DataFrame(result.history)
@@ -78,9 +142,13 @@ def train_stage(params: TrainParams, base: BaseParams) -> dict:
         report = {"run_id": run.run_id, "best_epoch": result.best_epoch, "best_val_dice": best["val_dice"],
                   "epochs": len(result.history), "device": result.device, "train_slices": len(train_set),
                   "val_slices": len(val_set), "regions": list(result.regions), "split_digest": meta["split_digest"],
-                  "fingerprint": key}
+                  "fingerprint": key, "processes": ranks.world,
+                  "streamed": [name for name, split in (("train", train_set), ("val", val_set))
+                               if isinstance(split, ShardedSplit)],
+                  "peak_rss_mb": round(peak / 2**20)}
         write_json(base.train_report, report)
-        run.log_metrics({"best_val_dice": best["val_dice"], "best_epoch": result.best_epoch})
+        run.log_metrics({"best_val_dice": best["val_dice"], "best_epoch": result.best_epoch,
+                         "peak_rss_mb": report["peak_rss_mb"]})
         run.log_dict(dataclasses.asdict(result.model.config), "model_config.json")
         run.log_artifact(png)
         run.log_artifact(base.train_curve)

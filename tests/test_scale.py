@@ -1,0 +1,187 @@
+"""Past one process: streaming training sets from their shards, and DistributedDataParallel on 2 gloo processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from brats_seg.checkpoint import load_checkpoint
+from brats_seg.config import ConfigError
+from brats_seg.data.dataset import ShardedSplit, load_split, open_split
+from brats_seg.io.shards import ShardError
+from brats_seg.train import TrainParams, fingerprint, train_model
+from tests.conftest import make_dvc_project, run_cmd
+
+# instance norm: each sample is normalised on its own, so a batch split over processes is the same computation
+PARAMS = TrainParams(epochs=3, batch_size=8, lr=3e-3, base=8, depth=2, norm="instance", threads=1, augment=True)
+
+# Two processes add up their gradients in another order than one process does: the losses agree to rounding, and
+# Adam turns rounding-level differences of near-zero gradients into steps of up to lr, so the two models are
+# compared through their predictions on the validation slices (as the compiled step is in test_train.py): 2
+# processes vs 1 differ by 0.002 at most (measured), another seed by 0.7.
+PROB_ATOL = 0.02
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return result.model.state_dict()
+
+
+def _prediction_gap(slices: Path, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Largest difference of two weight sets' probabilities on the validation slices, and the share of pixels
+    whose thresholded prediction differs."""
+    from brats_seg.models.unet import UNet, UNetConfig
+
+    images = torch.from_numpy(load_split(slices, "val").images.astype("float32"))
+    probs = []
+    for weights in (a, b):
+        model = UNet(UNetConfig(in_channels=4, out_channels=1, base=8, depth=2, norm="instance"))
+        model.load_state_dict(weights)
+        with torch.no_grad():
+            probs.append(torch.sigmoid(model.eval()(images)))
+    return float((probs[0] - probs[1]).abs().max()), float(((probs[0] > 0.5) != (probs[1] > 0.5)).float().mean())
+
+
+def test_a_sharded_split_reads_the_same_rows_as_the_loaded_one(slices):
+    loaded, sharded = load_split(slices, "train"), open_split(slices, "train")
+    assert isinstance(sharded, ShardedSplit) and len(sharded) == len(loaded) and sharded.shape == loaded.shape
+    assert sharded.nbytes == loaded.nbytes
+    idx = np.random.default_rng(0).permutation(len(loaded))[:13]
+    images, labels = sharded.take(idx)
+    assert np.array_equal(images, loaded.images[idx]) and np.array_equal(labels, loaded.labels[idx])
+    chunks = list(sharded.chunks(5))
+    assert np.array_equal(np.concatenate([c[0] for c in chunks]), loaded.images)
+    assert fingerprint(PARAMS, sharded, open_split(slices, "val"), 0, "cpu", "c") == \
+        fingerprint(PARAMS, loaded, load_split(slices, "val"), 0, "cpu", "c")
+
+
+def test_streaming_from_the_shards_trains_exactly_the_in_memory_model(slices, tmp_path):
+    in_memory = train_model(PARAMS, load_split(slices, "train"), load_split(slices, "val"), 0, tmp_path / "a.pt", 4)
+    streamed = train_model(PARAMS, open_split(slices, "train"), open_split(slices, "val"), 0, tmp_path / "b.pt", 4)
+    assert streamed.history == in_memory.history
+    for name, weight in _weights(in_memory).items():
+        assert torch.equal(weight, _weights(streamed)[name]), name
+
+
+def test_a_truncated_shard_is_one_sentence_not_a_short_batch(slices, tmp_path):
+    import shutil
+
+    copy = tmp_path / "slices"
+    shutil.copytree(slices, copy)
+    shard = sorted((copy / "shards").glob("*.npz"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ShardError, match="rerun the slice stage"):
+        for split in ("train", "val", "test"):
+            open_split(copy, split)
+
+
+def test_nproc_must_divide_the_batch():
+    with pytest.raises(ConfigError, match="train.batch_size.*multiple of train.nproc"):
+        dataclasses.replace(PARAMS, batch_size=9, nproc=2)
+
+
+_RANK = """
+import sys
+from pathlib import Path
+import torch
+from brats_seg.data.dataset import load_split
+from brats_seg.distributed import process_group
+from brats_seg.train import TrainParams, train_model
+slices, ckpt, out, epochs, seed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+params = TrainParams(epochs=epochs, batch_size=8, lr=3e-3, base=8, depth=2, norm="instance", threads=1, nproc=2)
+with process_group(2, "cpu") as ranks:
+    result = train_model(params, load_split(slices, "train"), load_split(slices, "val"), seed, ckpt, 4, ranks=ranks)
+    if ranks.main:
+        torch.save({"weights": result.model.state_dict(), "losses": [h["train_loss"] for h in result.history]}, out)
+"""
+
+
+def _torchrun(tmp_path: Path, slices: Path, ckpt: Path, out: Path, epochs: int, seed: int = 0,
+              **popen) -> subprocess.Popen:
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(slices), str(ckpt), str(out), str(epochs), str(seed)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+
+
+def test_two_gloo_processes_train_what_one_process_does_with_the_same_global_batch(slices, tmp_path):
+    single = train_model(PARAMS, load_split(slices, "train"), load_split(slices, "val"), 0, tmp_path / "one.pt", 4)
+    _finish(_torchrun(tmp_path, slices, tmp_path / "two.pt", tmp_path / "two.out", PARAMS.epochs))
+    two = torch.load(tmp_path / "two.out", weights_only=True)
+    assert two["losses"] == pytest.approx([h["train_loss"] for h in single.history], rel=1e-4)
+    gap, flipped = _prediction_gap(slices, two["weights"], _weights(single))
+    print(f"2 processes vs 1: probabilities differ by at most {gap:.2g}; {flipped:.2%} of pixels flip")
+    assert gap < PROB_ATOL and flipped < 0.005
+    other_seed = train_model(PARAMS, load_split(slices, "train"), load_split(slices, "val"), 1, tmp_path / "s.pt", 4)
+    gap, flipped = _prediction_gap(slices, _weights(other_seed), _weights(single))
+    print(f"another seed: probabilities differ by at most {gap:.2g}; {flipped:.2%} of pixels flip")
+    assert gap > 5 * PROB_ATOL  # the tolerance tells runs apart
+
+
+def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_one(slices, tmp_path):
+    epochs = 6
+    ckpt = tmp_path / "killed.pt"
+    proc = _torchrun(tmp_path, slices, ckpt, tmp_path / "killed.out", epochs)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.005)
+    launcher = psutil.Process(proc.pid)
+    for process in [launcher, *launcher.children(recursive=True)]:  # torchrun runs each rank in its own session
+        process.kill()
+    proc.communicate()
+    done = load_checkpoint(ckpt)["epoch"]
+    assert 1 <= done < epochs, "the kill should land after the first checkpoint and before the end"
+    _finish(_torchrun(tmp_path, slices, ckpt, tmp_path / "resumed.out", epochs))
+    _finish(_torchrun(tmp_path, slices, tmp_path / "straight.pt", tmp_path / "straight.out", epochs))
+    resumed, straight = (torch.load(tmp_path / f"{n}.out", weights_only=True) for n in ("resumed", "straight"))
+    assert resumed["losses"] == straight["losses"]
+    for name, weight in straight["weights"].items():
+        assert torch.equal(weight, resumed["weights"][name]), name
+
+
+def test_dvc_repro_trains_on_two_processes_and_streams_past_the_memory_budget(tmp_path):
+    """The stage as users run it: `dvc repro` starts torchrun itself for train.nproc: 2; a training set over
+    train.memory_gb streams from its shards and gives the very model file the in-memory run gives."""
+    write = make_dvc_project(tmp_path / "repo", {"train": {"norm": "instance", "memory_gb": 0}})
+    repo = write.path
+    run_cmd(["dvc", "repro", "train"], repo)
+    streamed = json.loads((repo / "reports" / "train.json").read_text())
+    assert streamed["streamed"] == ["train", "val"] and streamed["processes"] == 1
+    assert 100 < streamed["peak_rss_mb"] < 8000
+    model = (repo / "models" / "unet.pt").read_bytes()
+
+    write({"train": {"memory_gb": "auto"}})  # runtime only: dvc sees nothing to do, so the stage is forced
+    run_cmd(["dvc", "repro", "--force", "--single-item", "train"], repo)
+    assert json.loads((repo / "reports" / "train.json").read_text())["streamed"] == []
+    assert (repo / "models" / "unet.pt").read_bytes() == model
+
+    write({"train": {"nproc": 2}})
+    status = run_cmd(["dvc", "status", "train"], repo).stdout
+    assert "train.nproc" in status  # a param of the stage: another result, so another run
+    proc = run_cmd(["dvc", "repro", "train"], repo)
+    two = json.loads((repo / "reports" / "train.json").read_text())
+    assert two["processes"] == 2 and two["fingerprint"] != streamed["fingerprint"]
+    log = proc.stdout + proc.stderr
+    assert "training on 2 processes" in log and log.count("no CUDA GPU available") <= 1
+    assert "torch.distributed" not in log and "OMP_NUM_THREADS" not in log  # torchrun's own chatter stays out
+    one_weights = torch.load(io.BytesIO(model), weights_only=True)["state_dict"]
+    two_weights = torch.load(repo / "models" / "unet.pt", weights_only=True)["state_dict"]
+    gap, _ = _prediction_gap(repo / "data" / "slices", one_weights, two_weights)
+    assert gap < PROB_ATOL
