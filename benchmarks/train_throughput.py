@@ -4,7 +4,9 @@
     __getitem__ (what a first implementation does), Adam, soft Dice;
   - ours: brats_seg.train's step: the set held in device memory, batches drawn and augmented on the
     device (flips, rotations, intensity), bf16 autocast and channels_last on CUDA, optional
-    torch.compile, losses accumulated on the device.
+    torch.compile, losses accumulated on the device;
+  - ours, streamed: the same step, the set left in its shards (a training set over train.memory_gb),
+    each batch read by a background thread while the previous one trains.
 Reports slices/s after warm-up, the ratio, and the share of step time spent producing the batch.
 
     python benchmarks/train_throughput.py                      # CPU-sized defaults
@@ -29,14 +31,15 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from brats_seg.augment import augment_batch  # noqa: E402
-from brats_seg.data.dataset import SliceSet  # noqa: E402
+from brats_seg.data.dataset import SliceSet, open_split  # noqa: E402
 from brats_seg.io.shards import read_shard, write_shard  # noqa: E402
 from brats_seg.losses import segmentation_loss  # noqa: E402
 from brats_seg.models.unet import UNet, UNetConfig  # noqa: E402
-from brats_seg.train import DeviceData, TrainParams, make_step, train_model  # noqa: E402
+from brats_seg.train import DeviceData, StreamData, TrainParams, make_step, train_model  # noqa: E402
 
 
 def make_slices(n: int, channels: int, size: int, seed: int = 0) -> SliceSet:
@@ -91,7 +94,8 @@ def _plain_step(model, opt, batch, device) -> None:
     opt.step()
 
 
-def bench_ours(data: SliceSet, args: argparse.Namespace, device: torch.device) -> dict:
+def bench_ours(data: SliceSet, args: argparse.Namespace, device: torch.device, shards: Path | None = None) -> dict:
+    """Our step on batches from device memory, or with ``shards`` (a slice-stage folder) from the shards."""
     params = TrainParams(batch_size=args.batch, base=args.base, depth=args.depth, compile=args.compile,
                          device=device.type)
     torch.manual_seed(0)
@@ -99,17 +103,30 @@ def bench_ours(data: SliceSet, args: argparse.Namespace, device: torch.device) -
     model = UNet(UNetConfig(data.images.shape[1], 1, args.base, args.depth)).to(device, memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step = make_step(model, opt, params, device)
-    feed = DeviceData(data, ("wt",), device)
+    feed = DeviceData(data, ("wt",), device) if shards is None else StreamData(open_split(shards, "train"), ("wt",),
+                                                                              device)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def batches():
         while True:
             order = torch.randperm(len(feed), generator=gen, device=device)
-            for s in range(len(feed) // args.batch):
-                x, y = feed.batch(order[s * args.batch:(s + 1) * args.batch])
+            starts = list(range(0, len(feed) - args.batch + 1, args.batch))
+            for x, y in feed.batches(order, starts, args.batch):
                 yield augment_batch(x, y, gen)
 
     return _timed(batches, lambda batch: step(*batch), args, device)
+
+
+def write_split(data: SliceSet, root: Path) -> Path:
+    """``data`` as a slice-stage folder (64-slice shards and an index), all of it the train split."""
+    rows = []
+    for k in range(0, len(data), 64):
+        shard = f"shards/{k // 64:04d}.npz"
+        write_shard(root / shard, data.images[k:k + 64], data.labels[k:k + 64], data.z[k:k + 64])
+        rows += [{"case_id": f"case{k // 64:04d}", "z": r, "shard": shard, "row": r, "split": "train"}
+                 for r in range(len(data.labels[k:k + 64]))]
+    pd.DataFrame(rows).to_parquet(root / "index.parquet")
+    return root
 
 
 def bench_end_to_end(args: argparse.Namespace, device: torch.device, tmp: Path) -> dict:
@@ -177,6 +194,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = bench_baseline(data, args, device, Path(tmp))
     ours = bench_ours(data, args, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        streamed = bench_ours(data, args, device, write_split(data, Path(tmp)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\ndevice: {name}; {args.size}x{args.size}x{args.channels}, U-Net base {args.base} depth {args.depth}, "
           f"batch {args.batch}, {args.steps} steps after {args.warmup} warm-up")
@@ -184,9 +203,13 @@ def main() -> None:
     print(f"{'baseline: fp32 eager, DataLoader from shards':58}{base['slices_per_s']:10.1f}{base['fetch_share']:13.1%}")
     label = "ours: device-resident data, on-device augmentation" + (", compiled" if args.compile else "")
     print(f"{label:58}{ours['slices_per_s']:10.1f}{ours['fetch_share']:13.1%}")
+    print(f"{'ours, streamed from the shards (over train.memory_gb)':58}{streamed['slices_per_s']:10.1f}"
+          f"{streamed['fetch_share']:13.1%}")
     ratio = ours["slices_per_s"] / base["slices_per_s"]
-    print(f"ratio ours / baseline: {ratio:.2f}")
-    result = {"device": name, "args": vars(args), "baseline": base, "ours": ours, "ratio": ratio}
+    print(f"ratio ours / baseline: {ratio:.2f}; streamed / in memory: "
+          f"{streamed['slices_per_s'] / ours['slices_per_s']:.2f}")
+    result = {"device": name, "args": vars(args), "baseline": base, "ours": ours, "ratio": ratio,
+              "ours_streamed": streamed}
     if args.epochs:
         with tempfile.TemporaryDirectory() as tmp:
             e2e = bench_end_to_end(args, device, Path(tmp))

@@ -26,7 +26,7 @@ from brats_seg.progress import progress
 
 
 def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path, split: str = "test",
-                   batch_size: int = 256) -> tuple[pd.DataFrame, dict]:
+                   batch_size: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Score every case of ``split``; returns (one row per case and region, slice-level means)."""
     slices_dir = Path(slices_dir)
     cases = pd.read_parquet(slices_dir / "cases.parquet")

@@ -75,23 +75,28 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
     except (TypeError, RuntimeError) as exc:
         raise UserError(f"{path} does not hold weights that fit its U-Net config ({str(exc)[:100]}); retrain "
                         f"the model (dvc repro train).") from None
-    fmt = torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
-    model.to(device, memory_format=fmt).eval()
+    model.to(device, memory_format=torch.channels_last).eval()
     return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)))
 
 
+# Slices per forward pass: big batches keep a GPU busy; on CPUs small ones stay in cache (measured with
+# benchmarks/predict_throughput.py: 128 x 128 slices, base 32, 2 cores: 8 per batch 2.5x faster than 256).
+GPU_BATCH, CPU_BATCH = 256, 8
+
+
 @torch.no_grad()
-def predict_slices(model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 256,
+def predict_slices(model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int | None = None,
                    amp: bool = True, sigmoid: bool = True) -> torch.Tensor:
     """Sigmoid probabilities ``[N, R, H, W]`` (float16, on the model's device) for images ``[N, C, H, W]``;
-    with ``sigmoid=False`` the logits instead (float32)."""
+    with ``sigmoid=False`` the logits instead (float32). ``batch_size`` defaults to what suits the device."""
     device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    batch_size = batch_size or (GPU_BATCH if cuda else CPU_BATCH)
     was_training = model.training
     model.eval()
     data = torch.as_tensor(images)
     out = []
-    cuda = device.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    fmt = torch.channels_last  # faster on CPUs too (oneDNN), whatever the model's own layout
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and cuda):
         for start in range(0, len(data), batch_size):
             x = data[start:start + batch_size].to(device, non_blocking=True).float().contiguous(memory_format=fmt)

@@ -82,7 +82,7 @@ def check_case(case: CaseSource, modalities: tuple[str, ...]) -> Meta:
     return grid
 
 
-def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, batch_size: int = 256) -> dict:
+def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, batch_size: int | None = None) -> dict:
     """Write ``<case>_mask.nii.gz`` (uint8, 0/1) on the grid of the case's first modality."""
     modalities = tuple(bundle.slice_params["modalities"])
     grid = check_case(case, modalities)

@@ -37,7 +37,8 @@ def workspace_split(slices_dir: str | Path, split: str = "test") -> tuple[str, p
     return read_json(meta)["split_digest"], cases[["case_id", "patient_id"]].reset_index(drop=True)
 
 
-def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str], batch_size: int = 256) -> pd.DataFrame:
+def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str],
+                batch_size: int | None = None) -> pd.DataFrame:
     """One row per case and region of ``bundle.regions`` (the columns of :func:`score_case`)."""
     rows = []
     for case_id in tqdm(case_ids, desc="re-score", unit="case", leave=False):
@@ -45,7 +46,7 @@ def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str], b
     return pd.DataFrame(rows)
 
 
-def score_raw_case(bundle: ModelBundle, case_dir: Path, batch_size: int = 256) -> list[dict]:
+def score_raw_case(bundle: ModelBundle, case_dir: Path, batch_size: int | None = None) -> list[dict]:
     """Preprocess one canonical case with the model's slice parameters, predict its brain slices, map the
     probabilities back to the case's grid, threshold them and score every region against its label map."""
     files = canonical_files(case_dir)

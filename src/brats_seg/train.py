@@ -327,7 +327,7 @@ def validate(model: UNet, data: Split, regions: tuple[str, ...], bce_weight: flo
     inter, denom = torch.zeros(len(regions), device=device), torch.zeros(len(regions), device=device)
     bce = torch.zeros((), device=device)
     for start, (images, labels) in zip(range(0, len(data), chunk), data.chunks(chunk)):
-        logits = predict_slices(model, images, batch_size=chunk, amp=amp, sigmoid=False).float()
+        logits = predict_slices(model, images, amp=amp, sigmoid=False).float()
         target = region_targets(torch.from_numpy(labels).to(device), regions)
         prob = torch.sigmoid(logits)
         inter += (prob * target).sum((0, 2, 3))
