@@ -77,6 +77,8 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/slice_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_scale.py
+	$(BIN)/python benchmarks/predict_throughput.py
 
 # Rebuildable outputs only: DVC stage outputs (restored by `dvc checkout` from the DVC cache, or rebuilt by
 # `dvc repro`), reports, training checkpoints and download staging (default paths of params.yaml `base`).

@@ -123,10 +123,25 @@ def memory_run(args: argparse.Namespace, slices: Path, budget: float, out: Path)
                                "streamed": isinstance(train, ShardedSplit)}))
 
 
+def read_rate(slices: Path, batch: int) -> float:
+    """Slices/s of the streaming reader on random batches (files in the page cache, as after the first epoch)."""
+    from brats_seg.data.dataset import open_split
+
+    split = open_split(slices, "train")
+    rng = np.random.default_rng(0)
+    steps = max(1, len(split) // batch)
+    split.take(np.arange(min(len(split), 4 * batch)))  # warm
+    start = time.perf_counter()
+    for _ in range(steps):
+        split.take(rng.choice(len(split), batch, replace=False))
+    return steps * batch / (time.perf_counter() - start)
+
+
 def bench_memory(args: argparse.Namespace, tmp: Path) -> dict:
     slices = tmp / "slices"
     write_cohort(slices, args)
     data_mb = sum(p.stat().st_size for p in (slices / "shards").glob("*.npz")) / 2**20
+    reader = read_rate(slices, args.batch)
     runs = {}
     for mode, budget in (("in_memory", "inf"), ("streamed", "0")):
         out = tmp / f"{mode}.json"
@@ -136,7 +151,7 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict:
     a, b = (torch.load(tmp / f"{m}.pt", weights_only=True) for m in ("in_memory", "streamed"))
     same = all(torch.equal(a[k], b[k]) for k in a)
     streamed, in_memory = runs["streamed"], runs["in_memory"]
-    return {"shards_mb": data_mb, **runs, "peak_ratio": streamed["peak_rss_mb"] / in_memory["peak_rss_mb"],
+    return {"shards_mb": data_mb, "reader_slices_per_s": reader, **runs, "peak_ratio": streamed["peak_rss_mb"] / in_memory["peak_rss_mb"],
             "time_ratio": streamed["seconds"] / in_memory["seconds"], "identical_models": same}
 
 
@@ -189,6 +204,7 @@ def main() -> None:
                 print(f"{label:62}{run['peak_rss_mb']:10.0f}{run['seconds']:10.1f}")
             print(f"streamed / in memory: peak memory {mem['peak_ratio']:.2f}, time {mem['time_ratio']:.2f}; "
                   f"identical models: {'yes' if mem['identical_models'] else 'NO'}")
+            print(f"the reader alone: {mem['reader_slices_per_s']:,.0f} slices/s in random batches of {args.batch}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -37,6 +37,10 @@ EXEMPT = {
     "dask scheduler --port 8786": "a cluster of hosts; tests/test_dask.py runs the stages on a 2-worker LocalCluster",
     "dask worker tcp://127.0.0.1:8786 --nworkers 2 --nthreads 1": "tests/test_dask.py (LocalCluster)",
     "DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:8786 dvc repro": "tests/test_dask.py (dvc repro slice with the variable)",
+    "dvc exp run -S train.nproc=2": "2 GPUs for the committed full-size params; tests/test_scale.py runs `dvc repro` "
+                                    "with train.nproc: 2 (torchrun, 2 gloo processes) on tiny params",
+    "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 -m stages.train":
+        "two 8-GPU hosts; tests/test_scale.py runs torchrun with 2 gloo processes on one host",
     # Team mode: each runs against real servers on 127.0.0.1 in the team tests
     "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000": "tests/test_team_mlflow.py (PostgreSQL + mlflow server)",
     "dvc remote add -d team /mnt/team/dvc/brats-seg": "tests/test_team_dvc_remote.py (folder remote and S3 via moto)",

@@ -115,7 +115,7 @@ def fingerprint(params: TrainParams, train_set: Split, val_set: Split, seed: int
     h = hashlib.sha256(json.dumps([settings, seed, device, code], sort_keys=True, default=list).encode())
     for data in (train_set, val_set):  # the same bytes whether the split is in memory or in its shards
         h.update(f"{data.shape}".encode())
-        for images, labels in data.chunks(1024):
+        for images, labels in data.chunks(256):
             h.update(memoryview(np.ascontiguousarray(images, dtype=np.float16)).cast("B"))
             h.update(memoryview(np.ascontiguousarray(labels, dtype=np.uint8)).cast("B"))
         for array in (data.case_ids.astype(str), data.z):
