@@ -151,7 +151,8 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> dict:
     a, b = (torch.load(tmp / f"{m}.pt", weights_only=True) for m in ("in_memory", "streamed"))
     same = all(torch.equal(a[k], b[k]) for k in a)
     streamed, in_memory = runs["streamed"], runs["in_memory"]
-    return {"shards_mb": data_mb, "reader_slices_per_s": reader, **runs, "peak_ratio": streamed["peak_rss_mb"] / in_memory["peak_rss_mb"],
+    return {"shards_mb": data_mb, "reader_slices_per_s": reader, **runs,
+            "peak_ratio": streamed["peak_rss_mb"] / in_memory["peak_rss_mb"],
             "time_ratio": streamed["seconds"] / in_memory["seconds"], "identical_models": same}
 
 
