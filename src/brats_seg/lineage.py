@@ -16,7 +16,7 @@ from brats_seg.errors import UserError
 from brats_seg.provenance import code_manifest, dvc_lock_hashes, git_state
 
 # Settings logged with a run that do not shape the model: a different value in params.yaml is no drift.
-RUNTIME_PARAMS = ("train.resume", "train.threads")
+RUNTIME_PARAMS = ("train.resume", "train.threads", "train.memory_gb")
 
 
 def lineage(uri: str) -> dict:

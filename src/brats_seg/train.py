@@ -15,7 +15,6 @@ added up over processes, so a step is the global batch's step. Rank 0 alone vali
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -178,9 +177,8 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
             if on_epoch:
                 on_epoch(epoch + 1, metrics)
         ranks.barrier()  # the others wait while rank 0 validates and writes the checkpoint
-    best = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
-    if state["best"]["weights"] is not None:
-        best.load_state_dict(state["best"]["weights"])
+    best = UNet(config)  # a plain U-Net whatever the training ran (SyncBatchNorm, DDP), on the CPU, contiguous
+    best.load_state_dict(state["best"]["weights"] if state["best"]["weights"] is not None else model.state_dict())
     return TrainResult(best.eval(), regions, state["history"], state["best"]["epoch"], str(device))
 
 
