@@ -185,3 +185,20 @@ def test_dvc_repro_trains_on_two_processes_and_streams_past_the_memory_budget(tm
     two_weights = torch.load(repo / "models" / "unet.pt", weights_only=True)["state_dict"]
     gap, _ = _prediction_gap(repo / "data" / "slices", one_weights, two_weights)
     assert gap < PROB_ATOL
+
+
+def test_a_user_error_under_torchrun_is_said_once(tmp_path):
+    """Both ranks meet it; rank 0 says it, torchrun's failure report stays out, the exit code is the stage's."""
+    import yaml
+
+    from brats_seg.provenance import PROJECT_ROOT
+
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["train"].update(nproc=2, batch_size=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_cmd([sys.executable, "-m", "stages.train"], tmp_path, check=False,
+                   env={"PYTHONPATH": f"{PROJECT_ROOT / 'src'}{os.pathsep}{PROJECT_ROOT}"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "index.parquet does not exist" in line]
+    assert len(errors) == 1, proc.stderr
+    assert "ChildFailedError" not in proc.stderr and "elastic" not in proc.stderr

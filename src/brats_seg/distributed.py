@@ -96,13 +96,19 @@ def launch(module: str, nproc: int, argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", module,
                                          *argv])
-    logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # its agent's start-up chatter
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # its agent's lines; failures are said below
     log.info("training on %d processes (torchrun --standalone --nproc-per-node %d)", nproc, nproc)
     try:
         run(args)
     except ChildFailedError as exc:
-        codes = [failure.exitcode for failure in exc.failures.values()]
-        return next((code for code in codes if code > 0), 1)
+        failures = sorted(exc.failures.items())
+        rank0 = dict(failures).get(0)
+        if rank0 is None or rank0.exitcode != 2:  # rank 0 did not say why (exit code 2: it printed a user error)
+            for rank, failure in failures:
+                log.error("training process %d failed (%s); its own output above says why",
+                          rank, f"exit code {failure.exitcode}" if failure.exitcode >= 0
+                          else f"signal {-failure.exitcode}")
+        return next((f.exitcode for _, f in failures if f.exitcode > 0), 1)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -36,7 +37,8 @@ def exit_on_user_error(func: F) -> F:
             return func(*args, **kwargs)
         except UserError as exc:
             logging.getLogger("brats_seg").debug("user error", exc_info=True)
-            print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's one sentence to a person
+            if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks meet the same error: rank 0 says it
+                print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's one sentence to a person
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
