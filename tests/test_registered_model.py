@@ -105,10 +105,12 @@ else:
 import mlflow
 import numpy as np
 
-model = mlflow.pyfunc.load_model(sys.argv[1], model_config={"device": "cpu"})
+model = mlflow.pyfunc.load_model(sys.argv[1], model_config={"device": "cpu", "batch_size": 7})
 np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))
+loaded = model.unwrap_python_model()
 with open(sys.argv[4], "w") as fh:
-    json.dump({"metadata": model.metadata.metadata, "brats_modules": [m for m in sys.modules if "brats" in m]}, fh)
+    json.dump({"metadata": model.metadata.metadata, "brats_modules": [m for m in sys.modules if "brats" in m],
+               "batch_size": loaded.batch_size, "device": str(next(loaded.net.parameters()).device)}, fh)
 """
 
 
@@ -133,6 +135,7 @@ def test_it_loads_without_brats_seg_or_unpickling_and_predicts_what_the_project_
     slices = _slices()
     out, info = _run_app(store, slices)
     assert info["brats_modules"] == []
+    assert info["batch_size"] == 7 and info["device"] == "cpu"  # the load options reach the model
     bundle = load_model(model_file)
     fp16 = predict_slices(bundle.model, slices, amp=False).float().numpy()  # what `brats-seg predict` thresholds
     exact = torch.sigmoid(predict_slices(bundle.model, slices, amp=False, sigmoid=False)).numpy()

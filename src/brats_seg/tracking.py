@@ -228,10 +228,13 @@ WEIGHTS_ARTIFACT = "weights"
 
 
 def register_model(run_id: str, model_file: str | Path, code_file: str | Path, name: str, input_example: np.ndarray,
-                   output_example: np.ndarray, metadata: dict, tags: dict[str, str], alias: str) -> dict:
+                   output_example: np.ndarray, metadata: dict, tags: dict[str, str], alias: str,
+                   model_config: dict | None = None) -> dict:
     """Log the model file ``model_file`` in run ``run_id`` as an MLflow pyfunc whose code is ``code_file``
     (:mod:`brats_seg.registered_model`, stored as source text: "models from code"), with signature, input
     example and metadata; register a new version of ``name`` with ``tags`` and point ``alias`` at it.
+    ``model_config`` holds the load options and their defaults (MLflow ignores any option a model was not
+    logged with).
 
     The version loads with mlflow and torch alone and never unpickles: no pickled Python object is written,
     the weights are read with ``torch.load(weights_only=True)``."""
@@ -244,8 +247,8 @@ def register_model(run_id: str, model_file: str | Path, code_file: str | Path, n
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(code_file), artifacts={WEIGHTS_ARTIFACT: str(model_file)},
             signature=infer_signature(input_example, output_example), input_example=input_example,
-            metadata=metadata, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                 f"mlflow=={mlflow.__version__}"])
+            metadata=metadata, model_config=model_config,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"])
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
     return {"name": name, "version": str(version.version), "alias": alias, "run_id": run_id,

@@ -67,7 +67,8 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
             tags[f"test_{region}_hd95_median"] = f"{stats['hd95_median']}"
     tags["run_id"] = train["run_id"]
     record = tracking.register_model(train["run_id"], base.model, registered_model.__file__, params.model_name,
-                                     example, output, model_metadata(bundle), tags, params.alias)
+                                     example, output, model_metadata(bundle), tags, params.alias,
+                                     model_config=registered_model.DEFAULTS)
     record["test_wt_dice_mean"] = evaluation.get("wt", {}).get("dice_mean")
     write_json(base.registered_report, record)
     log.info("registered %s version %s as @%s", record["name"], record["version"], params.alias)
