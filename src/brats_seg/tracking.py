@@ -305,8 +305,9 @@ def fetch_registered_weights(uri: str, dst: str | Path) -> Path:
                         f"another tool), which brats-seg never unpickles; register the model again (dvc repro "
                         f"register) and promote the new version.")
     location = mlflow.get_logged_model(info.model_id).artifact_location
-    return Path(mlflow.artifacts.download_artifacts(f"{location.rstrip('/')}/{weights}", dst_path=str(dst),
-                                                    tracking_uri=tracking_uri()))
+    with _no_progress_bars():  # one small file: the caller logs what it loaded
+        return Path(mlflow.artifacts.download_artifacts(f"{location.rstrip('/')}/{weights}", dst_path=str(dst),
+                                                        tracking_uri=tracking_uri()))
 
 
 def split_tables(run_id: str) -> pd.DataFrame | None:
@@ -329,7 +330,7 @@ def split_tables(run_id: str) -> pd.DataFrame | None:
 @contextlib.contextmanager
 def _no_progress_bars() -> Iterator[None]:
     """MLflow draws a progress bar for every artifact it downloads; reading a few small tables per version
-    (`brats-seg lineage --case` reads every version's) should not fill the terminal with them."""
+    (`brats-seg lineage --case` reads every version's) or one model file should not fill the terminal."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     before = os.environ.get(key)
     os.environ[key] = "false"
