@@ -164,7 +164,8 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=8)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--slices", type=int, default=3000, help="training slices (the DDP row: a tenth of them, at least 8 batches)")
+    parser.add_argument("--slices", type=int, default=3000,
+                        help="training slices (the DDP row: a tenth of them, at least 8 batches)")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--skip", choices=("ddp", "memory"), action="append", default=[])
