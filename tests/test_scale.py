@@ -19,6 +19,7 @@ import torch
 from brats_seg.checkpoint import load_checkpoint
 from brats_seg.config import ConfigError
 from brats_seg.data.dataset import ShardedSplit, load_split, open_split
+from brats_seg.errors import exit_on_user_error
 from brats_seg.io.shards import ShardError
 from brats_seg.train import TrainParams, fingerprint, train_model
 from tests.conftest import make_dvc_project, run_cmd
@@ -73,7 +74,7 @@ def test_streaming_from_the_shards_trains_exactly_the_in_memory_model(slices, tm
         assert torch.equal(weight, _weights(streamed)[name]), name
 
 
-def test_a_truncated_shard_is_one_sentence_not_a_short_batch(slices, tmp_path):
+def test_a_truncated_shard_is_one_sentence_not_a_short_batch(slices, tmp_path, capsys):
     import shutil
 
     copy = tmp_path / "slices"
@@ -83,6 +84,17 @@ def test_a_truncated_shard_is_one_sentence_not_a_short_batch(slices, tmp_path):
     with pytest.raises(ShardError, match="rerun the slice stage"):
         for split in ("train", "val", "test"):
             open_split(copy, split)
+
+    @exit_on_user_error
+    def stage() -> None:
+        for split in ("train", "val", "test"):
+            open_split(copy, split)
+
+    with pytest.raises(SystemExit) as exited:  # what a stage does with it: one sentence, exit 2
+        stage()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: shard ") and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_nproc_must_divide_the_batch():

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from brats_seg.errors import DataError
 from brats_seg.io.atomic import atomic_path
 
 SHARD_KEYS = ("images", "labels", "z")
 
 
-class ShardError(Exception):
-    """A shard file is missing, truncated or does not follow the shard contract."""
+class ShardError(DataError):
+    """A shard file is missing, truncated or does not follow the shard contract (a DataError: a stage says its
+    sentence and exits 2, never a traceback)."""
 
 
 def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray, z: np.ndarray) -> Path:
