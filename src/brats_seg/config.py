@@ -333,9 +333,27 @@ def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
     text = io.StringIO()
     yaml_rt.dump(doc, text)
     check_params(yaml.safe_load(text.getvalue()) or {}, str(path))
+    _check_set_paths(changed, path.parent)
     with atomic_path(path) as tmp:
         tmp.write_text(text.getvalue())
     return changed
+
+
+# Folders a stage replaces whole: naming one the project did not create is refused when it is set.
+_REPLACED_DIRS = ("base.raw_dir", "base.slices_dir")
+
+
+def _check_set_paths(changed: dict[str, Any], root: Path) -> None:
+    """Refuse, when it is set, a path the pipeline would delete or could not read (relative to ``root``)."""
+    from brats_seg.io.atomic import check_removable
+
+    for key, value in changed.items():
+        where = root / Path(str(value).strip()).expanduser()
+        if key in _REPLACED_DIRS:
+            check_removable(where, key)
+        elif key == "download.local.path" and value and not where.exists():
+            raise ConfigError(f"download.local.path {value} does not exist; point it at a folder of BraTS cases or "
+                              f"an archive of them.")
 
 
 def _split_assignment(item: str) -> tuple[str, str]:

@@ -158,6 +158,9 @@ def _attach_misnamed_segs(by_case: dict, leftovers: list[Path]) -> None:
 def _refuse_duplicates(cases: list[CaseSource]) -> None:
     seen: dict[str, CaseSource] = {}
     for case in cases:
+        if not case.case_id or case.case_id.startswith(".") or any(c in case.case_id for c in "/\\\0"):
+            raise DataError(f"case id {case.case_id!r} (from {case.paths()[0]}) cannot name a folder: it is empty, "
+                            f"starts with a dot or holds a path separator; rename its files.")
         key = case.case_id.lower()
         if key in seen:
             first, second = seen[key].paths()[0].parent, case.paths()[0].parent

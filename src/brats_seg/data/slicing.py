@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import zlib
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from brats_seg.data.labels import region_mask
 from brats_seg.data.layouts import MODALITIES, canonical_files
 from brats_seg.data.preprocess import preprocess_case
 from brats_seg.errors import ConfigError, DataError
+from brats_seg.io.atomic import mark_output_dir, remove_output_dir
 from brats_seg.io.nifti import read_volume
 from brats_seg.io.shards import write_shard
 from brats_seg.io.tables import write_json, write_parquet
@@ -191,7 +191,8 @@ def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, 
                         "(see reports/validation/quarantine.csv).")
     patients = {c: patient_id(c) for c in manifest["case_id"]}
     splits = split_cases(list(patients), params.split, seed)
-    shutil.rmtree(out_dir, ignore_errors=True)
+    remove_output_dir(out_dir, "base.slices_dir")
+    mark_output_dir(out_dir)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True)
     jobs = [_Job(Path(raw_dir) / c, splits[c]) for c in sorted(splits)]

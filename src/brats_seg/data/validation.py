@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from brats_seg.data.inspect import inspect_case
 from brats_seg.data.layouts import UNLABELLED_DIR, list_canonical_cases
 from brats_seg.errors import DataError
+from brats_seg.io.atomic import mark_output_dir, remove_output_dir
 from brats_seg.io.tables import write_json, write_parquet
 from brats_seg.pool import LOCAL, Executor, run_parallel
 
@@ -166,7 +166,8 @@ def _run_suite(manifest: pd.DataFrame, rules: list[Rule], report_dir: str | Path
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # and again: it resets it on import
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     docs = Path(report_dir) / "data_docs"
-    shutil.rmtree(docs, ignore_errors=True)
+    remove_output_dir(docs, "base.validation_reports data_docs folder")
+    mark_output_dir(docs)
     in_memory = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
     context = gx.get_context(mode="ephemeral", project_config=in_memory)
     context.variables.progress_bars = ProgressBarsConfig(globally=False)

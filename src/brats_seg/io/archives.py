@@ -7,14 +7,17 @@ would silently lose data.
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from brats_seg.errors import DataError
+from brats_seg.io.atomic import mark_output_dir, remove_output_dir
 from brats_seg.progress import progress
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -44,12 +47,36 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
         else:
             raise DataError(f"{archive} is neither a zip nor a tar archive; pass a folder or one of "
                             f"{', '.join(ARCHIVE_SUFFIXES)}.")
+    except _DAMAGED as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"archive {archive} is damaged ({type(exc).__name__}: {exc}); nothing was extracted: "
+                        f"download or copy it again (delete it first if it sits in the cache).") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(dest, ignore_errors=True)
+    mark_output_dir(tmp)
+    remove_output_dir(dest, "the extraction folder")
     os.replace(tmp, dest)
     return dest
+
+
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)  # bad CRC, truncated, ...
+
+
+def _refuse_clashes(archive: Path, names: list[tuple[PurePosixPath, bool]]) -> None:
+    """Refuse members that cannot all be extracted: a file and a folder of one path, or one file twice."""
+    files: set[PurePosixPath] = set()
+    folders: set[PurePosixPath] = set()
+    for path, is_dir in names:
+        if not is_dir and path in files:
+            raise DataError(f"archive {archive.name} holds {str(path)!r} twice; refusing to extract it (one copy "
+                            f"would silently replace the other). Repack the archive with one of them.")
+        (folders if is_dir else files).add(path)
+        folders.update(path.parents)
+    clash = sorted(files & folders)
+    if clash:
+        raise DataError(f"archive {archive.name} holds both a file and a folder named {str(clash[0])!r}; refusing "
+                        f"to extract it. Repack the archive so that each path is one or the other.")
 
 
 def _check_name(archive: Path, name: str) -> PurePosixPath:
@@ -68,6 +95,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise DataError(f"archive {archive.name} contains a link ({info.filename!r}); refusing to "
                                 f"extract it. Repack the archive without links.")
+        _refuse_clashes(archive, [(_check_name(archive, i.filename), i.is_dir()) for i in infos])
         for info in progress(infos, desc=f"extract {archive.name}", unit="file"):
             target = dest / _check_name(archive, info.filename)
             if info.is_dir():
@@ -86,6 +114,7 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             if not (member.isfile() or member.isdir()):
                 raise DataError(f"archive {archive.name} contains a link or special file ({member.name!r}); "
                                 f"refusing to extract it. Repack the archive with regular files only.")
+        _refuse_clashes(archive, [(_check_name(archive, m.name), m.isdir()) for m in members])
         for member in progress(members, desc=f"extract {archive.name}", unit="file"):
             target = dest / _check_name(archive, member.name)
             if member.isdir():
