@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -251,8 +252,84 @@ PARAMS_ROWS = [
 ]
 
 
+# --- the probe's list (issue 17): paths the user names, archives, case ids -----------------------------------
+
+def _users_folder(tmp: Path) -> Path:
+    (tmp / "mine").mkdir(exist_ok=True)
+    (tmp / "mine" / "notes.txt").write_text("the user's own file")
+    return tmp / "mine"
+
+
+def _params_set_raw_dir(tmp: Path, model: Path) -> list[str]:
+    _params_file(tmp)
+    _users_folder(tmp)
+    return ["-m", "brats_seg.cli", "params", "set", "base.raw_dir=mine"]
+
+
+def _download(source: Callable[[Path], Path] | None = None, raw_dir: str | None = None) -> Builder:
+    """The download stage on a local source made by ``source`` (else synthetic), caches outside ``tmp``."""
+    def build(tmp: Path, model: Path) -> list[str]:
+        params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+        params["base"].update(cache_dir=str(tmp.parent / "cache"), raw_dir=str(tmp.parent / "raw"))
+        if raw_dir is not None:
+            params["base"]["raw_dir"] = raw_dir
+        if source is not None:
+            params["download"]["source"] = "local"
+            params["download"]["local"]["path"] = str(source(tmp))
+        else:
+            params["download"]["synthetic"].update(n_cases=1, shape=[16, 16, 8])
+        (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return ["-m", "stages.download", "--params", str(tmp / "params.yaml")]
+    return build
+
+
+def _download_into_users_folder(tmp: Path, model: Path) -> list[str]:
+    _users_folder(tmp)
+    return _download(raw_dir=str(tmp / "mine"))(tmp, model)
+
+
+def _zip_with_clash(tmp: Path) -> Path:
+    with zipfile.ZipFile(tmp / "cases.zip", "w") as zf:
+        zf.writestr("BraTS20_001/BraTS20_001_flair.nii.gz", b"x")
+        zf.writestr("BraTS20_001/BraTS20_001_flair.nii.gz/inner.txt", b"y")
+    return tmp / "cases.zip"
+
+
+def _zip_crc_damaged(tmp: Path) -> Path:
+    with zipfile.ZipFile(tmp / "cases.zip", "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("BraTS20_001/BraTS20_001_flair.nii.gz", b"A" * 4096)
+    data = bytearray((tmp / "cases.zip").read_bytes())
+    data[data.index(b"A" * 4096) + 2048] ^= 0xFF
+    (tmp / "cases.zip").write_bytes(bytes(data))
+    return tmp / "cases.zip"
+
+
+def _case_id_dotdot(tmp: Path) -> Path:
+    case = make_case(1, 0, (16, 16, 8))
+    folder = tmp / "cases" / "one"
+    folder.mkdir(parents=True)
+    for kind, data in {**case.images, "seg": case.seg}.items():
+        nib.save(nib.Nifti1Image(data, case.affine), str(folder / f".._{kind}.nii.gz"))
+    return tmp / "cases"
+
+
+PROBE_ROWS = [
+    ("params-set-raw-dir-users-folder", _params_set_raw_dir,
+     "base.raw_dir mine is an existing folder that brats-seg did not create"),
+    ("params-set-raw-dir-root", _params_set("base.raw_dir=/"), "base.raw_dir / is an existing folder"),
+    ("params-set-slices-dir-root", _params_set("base.slices_dir=/"), "base.slices_dir / is an existing folder"),
+    ("params-set-local-path-nonexistent", _params_set("download.local.path=/nonexistent"),
+     "download.local.path /nonexistent does not exist"),
+    ("stage-download-into-users-folder", _download_into_users_folder, "is an existing folder that brats-seg did not"),
+    ("stage-download-zip-file-and-folder", _download(_zip_with_clash),
+     "holds both a file and a folder named 'BraTS20_001/BraTS20_001_flair.nii.gz'"),
+    ("stage-download-zip-bad-crc", _download(_zip_crc_damaged), "is damaged (BadZipFile: Bad CRC-32"),
+    ("stage-download-case-id-dotdot", _download(_case_id_dotdot), "case id '..' (from "),
+]
+
+
 @pytest.mark.parametrize(("build", "expected"),
-                         [pytest.param(b, e, id=i) for i, b, e in SCORE_ROWS + PREDICT_ROWS + PARAMS_ROWS])
+                         [pytest.param(b, e, id=i) for i, b, e in SCORE_ROWS + PREDICT_ROWS + PARAMS_ROWS + PROBE_ROWS])
 def test_bad_input_is_one_sentence_and_loses_nothing(tmp_path, model_file, build, expected):
     work = tmp_path / "work"
     work.mkdir()

@@ -16,7 +16,7 @@ from brats_seg.data.download import (
     run_download,
 )
 from brats_seg.data.layouts import canonical_files, list_canonical_cases
-from brats_seg.errors import DataError, DownloadError
+from brats_seg.errors import DataError, DownloadError, UserError
 from tests.conftest import TINY_SHAPE, write_synthetic_cohort
 
 
@@ -173,3 +173,18 @@ def test_links_inside_the_source_folder_are_read_but_links_outside_it_or_broken_
     (src / "Outside_001" / "Outside_001_flair.nii.gz").symlink_to(src / "nothing.nii.gz")
     with pytest.raises(DataError, match="Outside_001_flair.nii.gz is a broken symbolic link"):
         run_download(params, tmp_path / "raw2", tmp_path / "cache", seed=0)
+
+
+def test_a_rerun_replaces_its_own_raw_dir_but_never_a_users_folder(tmp_path):
+    params = DownloadParams(workers=1, synthetic=SyntheticSource(n_cases=1, shape=TINY_SHAPE))
+    run_download(params, tmp_path / "raw", tmp_path / "cache", seed=1)
+    assert (tmp_path / "raw" / ".brats-seg-output").is_file()
+    (tmp_path / "raw" / "stale.txt").write_text("from an older run")
+    run_download(params, tmp_path / "raw", tmp_path / "cache", seed=1)  # its own output: replaced whole
+    assert not (tmp_path / "raw" / "stale.txt").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match=r"base.raw_dir .*mine is an existing folder that brats-seg did not create"):
+        run_download(params, mine, tmp_path / "cache", seed=1)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "years of work"
