@@ -17,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 # full-size setup: 128 x 128, base 32, 20 epochs) and runs the pipeline flow through Prefect.
 DEMO_PARAMS := slice.size=64 train.base=16 train.depth=3 train.batch_size=16 train.epochs=12
 
-.PHONY: setup demo test test-services lint bench clean clean-tracking mlflow-server
+.PHONY: setup demo test test-services lint bench clean clean-checkpoints clean-tracking mlflow-server
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,8 +67,14 @@ ARTIFACTS = $(CURDIR)/mlflow/artifacts
 WORKERS = 4
 OPTS =
 
+# BACKEND may hold a database password: make does not echo this recipe, the line it prints masks user:***@, and
+# the URI reaches mlflow through its environment (MLFLOW_BACKEND_STORE_URI), not the command line `ps` shows.
+MASK_CREDENTIALS = sed -E 's,(://[^/:@]*):[^/@]*@,\1:***@,g'
+
 mlflow-server: setup
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri '$(BACKEND)' \
+	@echo "mlflow server --backend-store-uri '$(BACKEND)' --artifacts-destination '$(ARTIFACTS)' --host '$(HOST)'" \
+		"--port '$(PORT)' --workers '$(WORKERS)' $(OPTS)" | $(MASK_CREDENTIALS)
+	@MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_BACKEND_STORE_URI='$(BACKEND)' $(BIN)/mlflow server \
 		--artifacts-destination '$(ARTIFACTS)' --host '$(HOST)' --port '$(PORT)' --workers '$(WORKERS)' $(OPTS)
 
 lint: setup
@@ -81,18 +87,27 @@ bench: setup
 	$(BIN)/python benchmarks/predict_throughput.py
 
 # Rebuildable outputs only: DVC stage outputs (restored by `dvc checkout` from the DVC cache, or rebuilt by
-# `dvc repro`), reports, training checkpoints and download staging (default paths of params.yaml `base`).
-# Kept: downloaded archives (data/cache/downloads), the source manifest (data/source.json) and the MLflow
-# tracking store with every registered model version (see clean-tracking).
+# `dvc repro`), reports and download staging (default paths of params.yaml `base`). Kept: training checkpoints
+# (data/cache/checkpoints: hours of interrupted training; `make clean-checkpoints`, or `make clean
+# CLEAN_CHECKPOINTS=1`, deletes them), downloaded archives (data/cache/downloads), the source manifest
+# (data/source.json) and the MLflow tracking store with every registered model version (see clean-tracking).
 CLEAN_PATHS := data/raw data/validated data/slices models/unet.pt reports/validation reports/validation.json \
 	reports/train.json reports/train_curve.csv reports/train_curve.png reports/eval.json reports/eval_cases.csv \
-	reports/overlays reports/registered.json data/cache/checkpoints data/cache/extracted data/cache/raw-*
+	reports/overlays reports/registered.json data/cache/extracted data/cache/raw-*
+CHECKPOINTS := data/cache/checkpoints
 TRACKING_STORE := mlflow/mlflow.db mlflow/artifacts
 
 clean:
 	@echo "removing rebuildable outputs: $(CLEAN_PATHS)"
-	rm -rf -- $(CLEAN_PATHS)
+	@rm -rf -- $(CLEAN_PATHS)
+	@if [ "$(CLEAN_CHECKPOINTS)" = 1 ]; then echo "removing training checkpoints: $(CHECKPOINTS)"; \
+		rm -rf -- $(CHECKPOINTS); \
+	else echo "kept: training checkpoints ($(CHECKPOINTS); make clean-checkpoints deletes them)"; fi
 	@echo "kept: downloads (data/cache/downloads), data/source.json and the MLflow store (make clean-tracking)"
+
+clean-checkpoints:
+	@echo "removing training checkpoints (an interrupted training run starts over): $(CHECKPOINTS)"
+	@rm -rf -- $(CHECKPOINTS)
 
 # Deletes every MLflow run, registered model version and alias (champion history) of the local store, after
 # saying so and asking: type 'delete' at the prompt, or pass CONFIRM=1 where there is no terminal.
@@ -100,7 +115,8 @@ clean-tracking:
 	@echo "clean-tracking deletes the local MLflow tracking store: every run, every registered model version"
 	@echo "and the champion/challenger aliases. That is:"
 	@for p in $(TRACKING_STORE); do if [ -e "$$p" ]; then du -sh -- "$$p"; else echo "  $$p (not there)"; fi; done
-	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "The server at MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI is not touched."; fi
+	@if [ -n "$$MLFLOW_TRACKING_URI" ]; then echo "The server at MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI is not" \
+		"touched." | $(MASK_CREDENTIALS); fi
 	@if [ "$(CONFIRM)" = 1 ]; then :; \
 	elif [ -t 0 ]; then read -r -p "Type 'delete' to delete it: " answer; \
 		if [ "$$answer" != delete ]; then echo "nothing deleted"; exit 1; fi; \

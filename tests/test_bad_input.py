@@ -352,10 +352,57 @@ def test_make_clean_removes_rebuildable_outputs_only(tmp_path):
         (tmp_path / rel).write_text(rel)
     kept = {k: v for k, v in snapshot(tmp_path).items() if k.startswith(("data/cache/downloads", "data/source.json",
                                                                           "mlflow", "reports/my-notes.txt"))}
-    subprocess.run(["make", "-s", "-f", str(PROJECT_ROOT / "Makefile"), "clean"], cwd=tmp_path, check=True,
-                   capture_output=True)
+    checkpoint = {"data/cache/checkpoints/a.pt": snapshot(tmp_path)["data/cache/checkpoints/a.pt"]}
+    make = ["make", "-s", "-f", str(PROJECT_ROOT / "Makefile")]
+    said = subprocess.run([*make, "clean"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    files = {k: v for k, v in snapshot(tmp_path).items() if v != "dir"}
+    assert files == {**{k: v for k, v in kept.items() if v != "dir"}, **checkpoint}  # checkpoints: kept unless asked
+    assert "kept: training checkpoints (data/cache/checkpoints; make clean-checkpoints deletes them)" in said
+    subprocess.run([*make, "clean", "CLEAN_CHECKPOINTS=1"], cwd=tmp_path, check=True, capture_output=True)
+    assert not (tmp_path / "data/cache/checkpoints").exists()
+    (tmp_path / "data/cache/checkpoints").mkdir()
+    (tmp_path / "data/cache/checkpoints/b.pt").write_text("b")
+    subprocess.run([*make, "clean-checkpoints"], cwd=tmp_path, check=True, capture_output=True)
+    assert not (tmp_path / "data/cache/checkpoints").exists()
     files = {k: v for k, v in snapshot(tmp_path).items() if v != "dir"}
     assert files == {k: v for k, v in kept.items() if v != "dir"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_make_mlflow_server_never_prints_the_database_password(tmp_path):
+    import signal
+
+    backend = f"postgresql://mlflow:S3cretPW@127.0.0.1:{_free_port()}/mlflow"  # nothing listens: mlflow retries
+    proc = subprocess.Popen(["make", "-s", "-C", str(PROJECT_ROOT), "mlflow-server", f"BACKEND={backend}",
+                             f"ARTIFACTS={tmp_path / 'artifacts'}", f"PORT={_free_port()}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:  # until mlflow has tried the backend once (a few seconds); it would retry for minutes
+        for line in proc.stdout:
+            lines.append(line)
+            if "Connection refused" in line or len(lines) > 200:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        lines.append(proc.communicate()[0])
+    out = "".join(lines)
+    assert "mlflow server --backend-store-uri 'postgresql://mlflow:***@127.0.0.1:" in out, out
+    assert "Connection refused" in out and "S3cretPW" not in out, out  # mlflow did try the backend, quietly
+
+
+def test_make_clean_tracking_masks_the_tracking_uri(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "https://alice:hunter2@mlflow.example.org"}
+    proc = subprocess.run(["make", "-s", "-f", str(PROJECT_ROOT / "Makefile"), "clean-tracking"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert "MLFLOW_TRACKING_URI=https://alice:***@mlflow.example.org is not touched" in proc.stdout, proc.stdout
+    assert "hunter2" not in proc.stdout + proc.stderr
 
 
 def test_make_clean_tracking_says_what_it_deletes_and_needs_confirmation(tmp_path):
