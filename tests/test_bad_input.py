@@ -414,3 +414,33 @@ def test_make_clean_tracking_says_what_it_deletes_and_needs_confirmation(tmp_pat
     assert (tmp_path / "mlflow" / "mlflow.db").read_text() == "registry"
     subprocess.run([*make, "CONFIRM=1"], cwd=tmp_path, check=True, capture_output=True, stdin=subprocess.DEVNULL)
     assert not (tmp_path / "mlflow" / "mlflow.db").exists() and not (tmp_path / "mlflow" / "artifacts").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "lineage"])
+def test_an_unreachable_tracking_server_is_one_masked_sentence_within_30_s(tmp_path, command):
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    args = _predict(work, "models:/brats-unet@champion") if command == "predict" else \
+        ["-m", "brats_seg.cli", "lineage", "--case", "BraTS20_Training_001"]
+    before = snapshot(work)
+    uri = f"http://alice:hunter2@127.0.0.1:{_free_port()}"  # a closed port: nothing listens there
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore", "MLFLOW_TRACKING_URI": uri}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and took < 30, (took, proc.stderr)
+    assert lines[0].startswith(f"error: the tracking server at http://alice:***@127.0.0.1:{uri.rsplit(':', 1)[1]} is "
+                               f"not reachable (Connection refused): start it or fix MLFLOW_TRACKING_URI."), lines[0]
+    assert "hunter2" not in proc.stdout + proc.stderr and "promote" not in proc.stderr
+    assert snapshot(work) == before
+
+
+def test_credentials_are_masked_in_every_sentence_the_cli_prints():
+    from brats_seg.errors import mask_credentials
+
+    text = "at postgresql://mlflow:S3cret@db:5432/x and https://bob:p%40ss@host/p, not https://carol@host or a:b@c"
+    assert mask_credentials(text) == ("at postgresql://mlflow:***@db:5432/x and https://bob:***@host/p, not "
+                                      "https://carol@host or a:b@c")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,6 +29,15 @@ class DownloadError(UserError):
     """A download failed for good (after retries) or its checksum did not match."""
 
 
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the password of every URI in it replaced: ``scheme://user:secret@host`` becomes
+    ``scheme://user:***@host``. Everything that prints or logs a URI the user gave passes it through this."""
+    return _USERINFO.sub(r"\g<head>:***@", text)
+
+
 def exit_on_user_error(func: F) -> F:
     """Wrap a CLI entry point: a UserError prints its sentence to stderr and exits with status 2."""
 
@@ -38,7 +48,7 @@ def exit_on_user_error(func: F) -> F:
         except UserError as exc:
             logging.getLogger("brats_seg").debug("user error", exc_info=True)
             if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks meet the same error: rank 0 says it
-                print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's one sentence to a person
+                print(f"error: {mask_credentials(str(exc))}", file=sys.stderr)  # noqa: T201 - the CLI's one sentence to a person
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -147,7 +147,7 @@ def case_lineage(case: str) -> dict:
         for (split, patient), group in rows.groupby(["split", "patient_id"], sort=True):
             found.append({**_version_ref(version), "split": split, "patient_id": patient,
                           "case_ids": sorted(group["case_id"])})
-    return {"case": case, "registry": tracking.tracking_uri(), "versions_searched": len(versions),
+    return {"case": case, "registry": tracking.shown_uri(), "versions_searched": len(versions),
             "found": found, "unrecorded": unrecorded}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 import mlflow
+from brats_seg.errors import mask_credentials
 
 DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_ARTIFACTS = "mlflow/artifacts"
@@ -35,10 +36,42 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path('mlflow/mlflow.db').resolve()}"
 
 
+def shown_uri() -> str:
+    """The tracking URI in force as it may be printed or logged: a password in it reads ``user:***@``."""
+    return mask_credentials(tracking_uri())
+
+
+# How long a tracking server may take to accept a connection. MLflow itself retries a request for minutes
+# (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT), which suits a busy server, not an absent one.
+PROBE_TIMEOUT_S = 5.0
+_reached: set[str] = set()
+
+
+def check_reachable(uri: str) -> None:
+    """Raise UserError within about PROBE_TIMEOUT_S when ``uri`` is an HTTP(S) server that accepts no connection."""
+    import urllib.parse
+
+    from brats_seg.errors import UserError
+
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or uri in _reached:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or str(exc)
+        raise UserError(f"the tracking server at {mask_credentials(uri)} is not reachable ({why}): start it or fix "
+                        f"MLFLOW_TRACKING_URI.") from None
+    _reached.add(uri)
+
+
 def _set_uri(uri: str) -> None:
     """mlflow.set_tracking_uri without its side effect of exporting MLFLOW_TRACKING_URI: a long-running
     process (a served flow, a test session) would otherwise keep the first store for good, and pass it to
-    every `dvc repro` it starts."""
+    every `dvc repro` it starts. A server that accepts no connection is one sentence, at once."""
+    check_reachable(uri)
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     if before is None:
