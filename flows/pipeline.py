@@ -16,7 +16,14 @@ from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from brats_seg.errors import exit_on_user_error
-from brats_seg.orchestration import STAGES, flow_stages, pipeline_summary, run_dvc_stage, workspace_lock
+from brats_seg.orchestration import (
+    STAGES,
+    check_workspace_params,
+    flow_stages,
+    pipeline_summary,
+    run_dvc_stage,
+    workspace_lock,
+)
 from flows.failures import fail_on_user_error, is_not_a_user_error, run_name
 
 
@@ -37,6 +44,7 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: f
     so that the source is checked once per run; a chosen list of ``stages``, and a stage of dvc.yaml that the
     flow does not know, bring their upstream stages up to date too (plain `dvc repro <stage>`)."""
     logger = get_run_logger()
+    check_workspace_params(workdir)  # a bad value is one sentence before any stage runs
     results = []
     with workspace_lock(workdir, lock_wait_s):
         for stage in stages or flow_stages(workdir):

@@ -444,3 +444,27 @@ def test_credentials_are_masked_in_every_sentence_the_cli_prints():
     text = "at postgresql://mlflow:S3cret@db:5432/x and https://bob:p%40ss@host/p, not https://carol@host or a:b@c"
     assert mask_credentials(text) == ("at postgresql://mlflow:***@db:5432/x and https://bob:***@host/p, not "
                                       "https://carol@host or a:b@c")
+
+
+# --- a bad param under the flow: one sentence, exit 2 (the flow checks params.yaml first; a stage's own sentence
+# passes through dvc and Prefect unchanged) -----------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("bad", "expected"), [
+    ({"train": {"epochs": -1}}, "error: params.yaml: train.epochs must be an integer >= 1, got -1."),
+    ({"download": {"source": "local", "local": {"path": "/nonexistent"}}},
+     "error: dvc repro source: download.local.path '/nonexistent' does not exist; point it at a folder"),
+], ids=["checked-first", "said-by-a-stage"])
+def test_a_bad_param_under_the_flow_is_one_sentence_and_exit_2(tmp_path, bad, expected):
+    from tests.conftest import make_dvc_project
+
+    project = make_dvc_project(tmp_path / "project", bad)
+    env = {**os.environ, "PYTHONPATH": str(project.path), "PYTHONWARNINGS": "ignore",
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=project.path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert len(said) == 1 and said[0].startswith(expected), proc.stderr
+    assert not (project.path / "data" / "raw").exists()  # no stage after the refusal ran

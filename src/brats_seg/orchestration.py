@@ -74,6 +74,14 @@ def workspace_lock(workdir: str | Path = ".", timeout_s: float = 0.0) -> Iterato
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def check_workspace_params(workdir: str | Path = ".") -> None:
+    """Check ``workdir``'s params.yaml as every stage will (one sentence, ConfigError), before dvc runs any."""
+    from brats_seg.config import check_params
+
+    path = Path(workdir) / "params.yaml"
+    check_params(read_params(path), str(path))
+
+
 def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger | None = None,
                   busy_wait_s: float = 0.0, single: bool = False) -> dict:
     """``dvc repro <stage>`` in ``workdir``; streams its output to ``logger``; returns what happened:
@@ -126,6 +134,9 @@ def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list
         busy = next((line for line in lines if any(marker in line for marker in DVC_BUSY)), None)
         if busy is not None:
             raise DvcBusy(busy.removeprefix("ERROR: ").strip())
+        said = next((line for line in lines if line.startswith("error: ")), None)  # a stage's one sentence
+        if said is not None:
+            raise UserError(f"dvc repro {args[-1]}: {said.removeprefix('error: ')}")
         tail = "\n".join(lines[-15:])
         raise StageFailed(f"dvc repro {' '.join(args)} failed with exit code {code}:\n{tail}")
     return lines
