@@ -468,3 +468,44 @@ def test_a_bad_param_under_the_flow_is_one_sentence_and_exit_2(tmp_path, bad, ex
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert len(said) == 1 and said[0].startswith(expected), proc.stderr
     assert not (project.path / "data" / "raw").exists()  # no stage after the refusal ran
+
+
+# --- leaks: what a stage or flow starts dies with it ----------------------------------------------------------
+
+def _children_once_started(proc: subprocess.Popen, n: int, name: str = "", timeout_s: float = 120.0) -> list:
+    import time
+
+    import psutil
+
+    parent, deadline = psutil.Process(proc.pid), time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = [c for c in parent.children(recursive=True) if name in " ".join(c.cmdline())]
+        if len(found) >= n:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} child processes {name!r} appeared: {proc.communicate()}")
+
+
+def _gone_within(children: list, seconds: float) -> list:
+    import psutil
+
+    _, alive = psutil.wait_procs(children, timeout=seconds)
+    for child in alive:  # do not leak them from the test either
+        child.kill()
+    return alive
+
+
+def test_killing_a_stage_kills_its_pool_workers(tmp_path):
+    import signal
+
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["base"].update(cache_dir=str(tmp_path / "cache"), raw_dir=str(tmp_path / "raw"))
+    params["download"].update(workers=2, synthetic={**params["download"]["synthetic"], "n_cases": 50})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.download", "--params", str(tmp_path / "params.yaml")],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = _children_once_started(proc, 2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _gone_within(workers, 5.0) == []

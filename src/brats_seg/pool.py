@@ -75,7 +75,26 @@ def resolve_workers(workers: int, n_items: int | None = None) -> int:
     return max(1, min(n, n_items)) if n_items else max(1, n)
 
 
-def _init_worker() -> None:
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Have the kernel kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``), so that a killed
+    stage (kill -9, an OOM kill) leaves no worker behind, blocked on a queue nobody reads. If the parent is
+    already gone (``parent_pid`` given and no longer the parent), exit at once. Elsewhere, does nothing."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(parent_pid: int | None = None) -> None:
+    """A local pool's worker (``parent_pid``: the stage's) dies with the stage; a Dask worker (None) is Dask's."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch  # each worker uses one thread: the pool provides the parallelism
 
     torch.set_num_threads(1)
@@ -118,7 +137,7 @@ def _run_local(func: Callable[[A], R], items: Sequence[A], n: int, bar: Any) -> 
             bar.update()
         return results
     outcomes: list[R | _Failure | None] = [None] * len(items)
-    with ProcessPoolExecutor(max_workers=n, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=n, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(func, item): i for i, item in enumerate(items)}
         for future in as_completed(futures):
             error = future.exception()
