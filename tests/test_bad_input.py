@@ -509,3 +509,22 @@ def test_killing_a_stage_kills_its_pool_workers(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _gone_within(workers, 5.0) == []
+
+
+@pytest.mark.slow
+def test_killing_a_flow_kills_prefects_temporary_server(tmp_path):
+    import signal
+
+    from tests.conftest import make_dvc_project
+
+    project = make_dvc_project(tmp_path / "project")
+    env = {**os.environ, "PYTHONPATH": str(project.path), "PYTHONWARNINGS": "ignore",
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline"], cwd=project.path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = _children_once_started(proc, 1, "uvicorn")
+    assert "prefect.server.api.server:create_app" in " ".join(server[0].cmdline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _gone_within(server, 5.0) == []
