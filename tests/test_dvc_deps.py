@@ -66,3 +66,51 @@ def test_editing_any_training_module_changes_the_manifest_and_names_the_file(tmp
         after = code_manifest(("brats_seg.train",), roots, tmp_path)
         assert [k for k in after if after[k] != before[k]] == [rel]
         before = after
+
+
+def _sections_read(stage_module: str) -> set[str]:
+    """The params sections a stage module loads (``load_section(Cls, params, "name")``)."""
+    text = (PROJECT_ROOT / f"{stage_module.replace('.', '/')}.py").read_text()
+    return set(re.findall(r"load_section\(\w+, \w+, \"(\w+)\"\)", text))
+
+
+def derived_params(stage_module: str) -> set[str]:
+    """What a stage's dvc.yaml ``params:`` must be, derived from the one runtime mark (config.runtime_field): every
+    unmarked field of each section the stage reads; of ``base`` only the seed, where the stage's code uses it (its
+    paths are deps and outs)."""
+    from brats_seg.config import result_keys, section_class
+
+    uses_seed = any("base.seed" in p.read_text() for p in import_closure(stage_module) if p.name != "config.py")
+    keys = {f"{name}.{key}" for name in _sections_read(stage_module) - {"base"}
+            for key in result_keys(section_class(name))}
+    return keys | ({"base.seed"} if uses_seed else set())
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_dvc_params_are_the_fields_not_marked_runtime(name):
+    module = re.fullmatch(r"python -m (stages\.\w+)", STAGES[name]["cmd"])[1]
+    listed = set(STAGES[name].get("params", []))
+    derived = derived_params(module)
+    assert not derived - listed, f"dvc.yaml stage {name} misses params that shape its outputs: {derived - listed}"
+    assert not listed - derived, f"dvc.yaml stage {name} lists runtime-only params (needless reruns): " \
+                                 f"{listed - derived}"
+
+
+def test_the_derivation_reads_the_stages_sections():
+    """The derivation is not vacuous: the train stage reads base and train, and its derived params hold the
+    settings known to shape a model and none of the runtime ones."""
+    assert _sections_read("stages.train") == {"base", "train"}
+    derived = derived_params("stages.train")
+    assert {"base.seed", "train.epochs", "train.lr", "train.threads", "train.amp"} <= derived
+    assert not {"train.resume", "train.memory_gb", "train.device"} & derived
+
+
+def test_lineage_and_the_fingerprint_use_the_same_mark():
+    from brats_seg.config import result_keys, runtime_keys
+    from brats_seg.lineage import RUNTIME_PARAMS
+    from brats_seg.train import TrainParams, computation
+
+    assert set(RUNTIME_PARAMS) == set(runtime_keys("train")) | set(runtime_keys("slice"))
+    resolved = computation(TrainParams(), "cpu")
+    assert set(result_keys(TrainParams)) <= set(resolved)
+    assert not {k.partition(".")[2] for k in runtime_keys("train")} - {"device"} & set(resolved)

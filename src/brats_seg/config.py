@@ -96,6 +96,61 @@ def check_cross_section(params: Mapping[str, Any], source: str = PARAMS_FILE) ->
         raise ConfigError(f"{source}: slice.size must be a multiple of 2**train.depth = {step} (train.depth is "
                           f"{depth}), got {size}; use a multiple of {step} such as "
                           f"{max(step, round(size / step) * step)}, or a smaller train.depth.")
+    base, batch = _raw_value(params, "train", "base"), _raw_value(params, "train", "batch_size")
+    if _is_int(base) and _is_int(batch) and base >= 1 and batch >= 1:
+        check_training_memory(base, depth, size, batch, host_memory(), "this host's memory", source)
+
+
+def training_memory_bytes(base: int, depth: int, size: int, batch: int) -> int:
+    """A lower bound of the memory one training step of the U-Net takes, in bytes: the second 3 x 3 conv of each
+    encoder level (``base * 2**i`` channels) as weights, gradients and Adam's two moments (float32), and two
+    saved float32 activations per level for a batch of ``size x size`` slices. The real need is higher."""
+    weights = sum(9 * (base * 2**i) ** 2 for i in range(depth + 1))
+    activations = sum(2 * batch * base * 2**i * (size // 2**i) ** 2 for i in range(depth + 1))
+    return 4 * (4 * weights + activations)
+
+
+def check_training_memory(base: int, depth: int, size: int, batch: int, available: int, what: str,
+                          source: str = PARAMS_FILE) -> None:
+    """Refuse, in one sentence, a U-Net and batch whose :func:`training_memory_bytes` exceed ``available``."""
+    need = training_memory_bytes(base, depth, size, batch)
+    if need > available:
+        raise ConfigError(f"{source}: train.base {base}, train.depth {depth}, train.batch_size {batch} at slice.size "
+                          f"{size} need at least {need / 1e9:,.1f} GB to train, more than {what} "
+                          f"({available / 1e9:,.1f} GB); lower train.base, train.batch_size or slice.size.")
+
+
+def host_memory() -> int:
+    """This host's physical memory in bytes."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+RUNTIME = "runtime"  # field metadata key: the field never changes an output
+
+
+def runtime_field(default: Any) -> Any:
+    """A params field that says where or how fast work runs, never what it produces (``workers``, ``resume``,
+    ``executor``...). The one mark every list of "what shapes a result" is derived from: such a field is no
+    dvc.yaml param (tests/test_dvc_deps.py), not in the training fingerprint, and no drift for lineage."""
+    return dataclasses.field(default=default, metadata={RUNTIME: True})
+
+
+def path_field(default: str) -> Any:
+    """A params field naming a file or folder of the project: a dependency or output in dvc.yaml (``${base.*}``),
+    never a param; checked to lie inside the repository (:class:`BaseParams`)."""
+    return dataclasses.field(default=default, metadata={"path": True})
+
+
+def result_keys(cls: type) -> tuple[str, ...]:
+    """The fields of params dataclass ``cls`` that shape a result (those not marked :func:`runtime_field`)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get(RUNTIME))  # type: ignore[arg-type]
+
+
+def runtime_keys(name: str) -> tuple[str, ...]:
+    """The dotted keys of section ``name`` marked :func:`runtime_field`, e.g. ``("train.resume", ...)``."""
+    return tuple(f"{name}.{f.name}" for f in dataclasses.fields(section_class(name)) if f.metadata.get(RUNTIME))
 
 
 def section_class(name: str) -> type:
@@ -236,41 +291,77 @@ ExecutorKind = Literal["auto", "local", "dask"]
 _DASK_ADDRESS = r"|([a-z][a-z0-9+]*://)?([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d+)?"  # '', host[:port], [v6]:port
 
 
+# What the repository itself holds: no base path may name one of them or lie inside one.
+_PROJECT_OWNED = frozenset({".git", ".dvc", ".ci", ".dvcignore", ".gitignore", "Makefile", "README.md", "benchmarks",
+                            "constraints.txt", "docs", "dvc.yaml", "dvc.lock", "flows", "mlflow", "params.yaml",
+                            "prefect.yaml", "pyproject.toml", "src", "stages", "tests", ".venv"})
+# Untracked folders (no dvc.yaml output), which may also be absolute: a cache on a scratch disk.
+_ANYWHERE = ("cache_dir", "checkpoint_dir")
+# The kind of file each base path that names a file holds (the others are folders).
+_PATH_SUFFIX = {"source_manifest": ".json", "manifest": ".parquet", "validation_metrics": ".json", "model": ".pt",
+                "train_report": ".json", "train_curve": ".csv", "train_curve_png": ".png", "eval_report": ".json",
+                "eval_cases": ".csv", "registered_report": ".json", "report": ".html"}
+
+
+def check_project_path(key: str, value: str) -> None:
+    """``value`` (params key ``key``, e.g. ``base.model``) names a file or folder the pipeline may write: a
+    relative path inside the repository, not its root, not one of the repository's own files or folders, and,
+    for a file, of its kind (``base.model`` a .pt file). Raises the one-sentence ConfigError otherwise."""
+    text = value.strip()
+    require(key, value, bool(text), "a non-empty path or name")
+    if key.rpartition(".")[2] in _ANYWHERE and Path(text).is_absolute():  # e.g. a scratch disk
+        home = Path.home().resolve()
+        resolved = Path(text).resolve()
+        require(key, value, resolved != Path(resolved.anchor) and resolved not in (home, *home.parents),
+                "a folder of its own, not the file system's root or a home folder or one above it")
+        return
+    parts = Path(text).parts
+    inside = not Path(text).is_absolute() and not text.startswith("~") and ".." not in parts
+    require(key, value, inside and bool(parts) and parts != (".",), "a relative path inside the repository, "
+            "below its root (e.g. data/raw); an absolute path, ~ or .. would let a stage write outside it")
+    first = next(p for p in parts if p != ".")
+    require(key, value, first not in _PROJECT_OWNED, f"a path the pipeline owns, not {first} (a file or folder of "
+            f"the repository itself); use one under data/, models/ or reports/")
+    suffix = _PATH_SUFFIX.get(key.rpartition(".")[2])
+    if suffix:
+        require(key, value, Path(text).suffix == suffix, f"a {suffix} file (the kind {key} holds)")
+
+
 @dataclasses.dataclass(frozen=True)
 class BaseParams:
     """params.yaml ``base`` section: the seed and every path, written once and used by dvc.yaml too, and where
     per-case work runs (``executor``, ``dask_address``)."""
 
     seed: int = 42
-    raw_dir: str = "data/raw"
-    cache_dir: str = "data/cache"
-    source_manifest: str = "data/source.json"
-    manifest: str = "data/validated/manifest.parquet"
-    validation_reports: str = "reports/validation"
-    validation_metrics: str = "reports/validation.json"
-    slices_dir: str = "data/slices"
-    checkpoint_dir: str = "data/cache/checkpoints"
-    model: str = "models/unet.pt"
-    train_report: str = "reports/train.json"
-    train_curve: str = "reports/train_curve.csv"
-    train_curve_png: str = "reports/train_curve.png"
-    eval_report: str = "reports/eval.json"
-    eval_cases: str = "reports/eval_cases.csv"
-    overlays_dir: str = "reports/overlays"
-    registered_report: str = "reports/registered.json"
-    report: str = "reports/index.html"
-    experiment: str = "brats-seg"
+    raw_dir: str = path_field("data/raw")
+    cache_dir: str = path_field("data/cache")
+    source_manifest: str = path_field("data/source.json")
+    manifest: str = path_field("data/validated/manifest.parquet")
+    validation_reports: str = path_field("reports/validation")
+    validation_metrics: str = path_field("reports/validation.json")
+    slices_dir: str = path_field("data/slices")
+    checkpoint_dir: str = path_field("data/cache/checkpoints")
+    model: str = path_field("models/unet.pt")
+    train_report: str = path_field("reports/train.json")
+    train_curve: str = path_field("reports/train_curve.csv")
+    train_curve_png: str = path_field("reports/train_curve.png")
+    eval_report: str = path_field("reports/eval.json")
+    eval_cases: str = path_field("reports/eval_cases.csv")
+    overlays_dir: str = path_field("reports/overlays")
+    registered_report: str = path_field("reports/registered.json")
+    report: str = path_field("reports/index.html")
+    experiment: str = runtime_field("brats-seg")  # where runs are tracked, not what they make
     # Where validate, slice and synthetic download run their per-case work (brats_seg.pool.choose_executor):
     # never part of any output, so never among a dvc.yaml stage's params.
-    executor: ExecutorKind = "auto"
-    dask_address: str = ""
+    executor: ExecutorKind = runtime_field("auto")
+    dask_address: str = runtime_field("")
 
     def __post_init__(self) -> None:
         require_at_least("base.seed", self.seed, 0)
+        require("base.experiment", self.experiment, bool(self.experiment.strip()), "a non-empty name")
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, str) and field.name != "dask_address":
-                require(f"base.{field.name}", value, bool(value.strip()), "a non-empty path or name")
+            if field.metadata.get("path"):
+                check_project_path(f"base.{field.name}", getattr(self, field.name))
         require("base.executor", self.executor, self.executor in typing.get_args(ExecutorKind), "auto, local or dask")
         require_match("base.dask_address", self.dask_address, _DASK_ADDRESS,
                       "empty or a Dask scheduler address such as tcp://10.0.0.5:8786")

@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 from brats_seg import tracking
-from brats_seg.config import BaseParams, load_section
+from brats_seg.config import BaseParams, load_section, runtime_keys
 from brats_seg.dvc_cli import dvc_run
 from brats_seg.errors import UserError
 from brats_seg.provenance import code_manifest, dvc_lock_hashes, git_state
 
 # Settings logged with a run that do not shape the model: a different value in params.yaml is no drift.
-RUNTIME_PARAMS = ("train.resume", "train.threads", "train.memory_gb")
+RUNTIME_PARAMS = (*runtime_keys("train"), *runtime_keys("slice"))  # marked once, on the params dataclasses
 
 
 def lineage(uri: str) -> dict:

@@ -29,6 +29,7 @@ import torch
 
 from brats_seg.augment import augment_batch
 from brats_seg.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from brats_seg.config import check_training_memory, result_keys, runtime_field
 from brats_seg.data.dataset import ShardedSplit, SliceSet
 from brats_seg.data.labels import region_targets
 from brats_seg.distributed import Ranks
@@ -42,6 +43,8 @@ from brats_seg.provenance import code_digest, code_manifest
 log = logging.getLogger(__name__)
 
 TARGET_REGIONS = {"wt": ("wt",), "regions": ("wt", "tc", "et")}
+# Sane upper bounds: beyond them a value is a typo (1e9 epochs is 30 years of 1 s epochs), refused at load.
+MAXIMA = {"epochs": 100_000, "batch_size": 65_536, "base": 4096, "depth": 10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +60,23 @@ class TrainParams:
     depth: int = 4
     norm: Literal["batch", "instance", "group", "none"] = "batch"
     augment: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where it runs (like base.executor): the fingerprint and the run record the device it resolved to.
+    device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
-    resume: bool = True
-    threads: int = 0
+    resume: bool = runtime_field(True)
+    threads: int = 0  # shapes the result: CPU kernels sum in per-thread order (see fingerprint)
     nproc: int = 1
-    memory_gb: float | Literal["auto"] = "auto"
+    memory_gb: float | Literal["auto"] = runtime_field("auto")  # same rows, same order in memory or streamed
 
     def __post_init__(self) -> None:
         from brats_seg.config import require, require_at_least, require_positive
 
         for key in ("epochs", "batch_size", "base", "depth"):
             require_at_least(f"train.{key}", getattr(self, key), 1)
+        for key, most in MAXIMA.items():
+            require(f"train.{key}", getattr(self, key), getattr(self, key) <= most, f"an integer from 1 to {most}")
         require_positive("train.lr", self.lr)
         require_at_least("train.bce_weight", self.bce_weight, 0)
         require_at_least("train.threads", self.threads, 0)
@@ -83,8 +89,6 @@ class TrainParams:
                 "1, 2, 4 or a multiple of 8 when train.norm is 'group' (GroupNorm splits channels into 8 groups)")
 
 
-# Settings that do not change the result; a checkpoint written under other values is still resumable.
-_RUNTIME_ONLY = ("resume", "memory_gb")
 # The code that shapes a trained model: this module's import closure inside the project.
 TRAINING_CODE = ("brats_seg.train",)
 
@@ -101,17 +105,29 @@ class TrainResult:
 Split = SliceSet | ShardedSplit
 
 
+def computation(params: TrainParams, device: str) -> dict:
+    """What a training run computes, resolved on this host (``device``: the torch device type it runs on):
+    every setting not marked runtime, with ``amp`` as it takes effect (bf16 autocast on CUDA only), the CPU
+    threads in use (their count changes CPU kernels' summation order, so the weights), the device type, and the
+    torch and numpy versions. ``auto`` and ``cpu`` on a CPU-only host are one computation, as are both ``amp``
+    values on a CPU."""
+    settings = {k: getattr(params, k) for k in result_keys(TrainParams)}
+    settings["amp"] = params.amp and device == "cuda"
+    settings["threads"] = (params.threads or torch.get_num_threads()) if device == "cpu" else None
+    return {**settings, "device": device, "torch": torch.__version__, "numpy": np.__version__}
+
+
 def fingerprint(params: TrainParams, train_set: Split, val_set: Split, seed: int, device: str,
                 code: str | None = None) -> str:
-    """Identifies a training run: every setting that shapes the result (epochs included), the seed, the
-    device type, the full content of the train and validation slices, and the training code's digest.
+    """Identifies a training run: the resolved :func:`computation` (every setting that shapes the result,
+    epochs included, the device type, torch and numpy versions), the seed, the full content of the train and
+    validation slices, and the training code's digest.
 
     A checkpoint resumes only under the same fingerprint, so a resume can never hand back weights made
     from other data, other settings or other code.
     """
-    settings = {k: v for k, v in dataclasses.asdict(params).items() if k not in _RUNTIME_ONLY}
     code = code or code_digest(code_manifest(TRAINING_CODE))
-    h = hashlib.sha256(json.dumps([settings, seed, device, code], sort_keys=True, default=list).encode())
+    h = hashlib.sha256(json.dumps([computation(params, device), seed, code], sort_keys=True, default=list).encode())
     for data in (train_set, val_set):  # the same bytes whether the split is in memory or in its shards
         h.update(f"{data.shape}".encode())
         for images, labels in data.chunks(256):
@@ -159,6 +175,7 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
         state = {k: saved[k] for k in ("epoch", "history", "best")}
         log.info("resuming from the checkpoint after epoch %d of %d", state["epoch"], params.epochs)
     step = make_step(_parallel(model, params, device, ranks), optimiser, params, device, ranks)
+    _check_sizes(params, train_set, device, ranks)
     train_data = DeviceData(train_set, regions, device) if isinstance(train_set, SliceSet) else \
         StreamData(train_set, regions, device)
     for epoch in range(state["epoch"], params.epochs):
@@ -195,6 +212,17 @@ def _parallel(model: UNet, params: TrainParams, device: torch.device, ranks: Ran
                         "train.norm: instance or group trains exactly as a single process would")
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[ranks.local_rank] if device.type == "cuda"
                                                      else None)
+
+
+def _check_sizes(params: TrainParams, train_set: Split, device: torch.device, ranks: Ranks) -> None:
+    """Before any work: refuse a network and batch that cannot fit the GPU's memory (the host's was checked when
+    params.yaml was loaded), and say so when the batch is larger than the training set."""
+    if device.type == "cuda":
+        check_training_memory(params.base, params.depth, train_set.shape[-1], params.batch_size // ranks.world,
+                              torch.cuda.get_device_properties(device).total_memory, "the GPU's memory")
+    if params.batch_size > len(train_set) and ranks.main:
+        log.warning("train.batch_size %d is larger than the training set (%d slices): every epoch is a single step "
+                    "on all of them; lower train.batch_size or add cases", params.batch_size, len(train_set))
 
 
 def _check_tumour(data: Split, split: str) -> None:

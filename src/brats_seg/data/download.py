@@ -15,11 +15,13 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
+from brats_seg.config import host_memory, runtime_field
 from brats_seg.data import synthetic
 from brats_seg.data.fetch import fetch_url, kaggle_credentials
 from brats_seg.data.layouts import (
@@ -54,6 +56,10 @@ class SyntheticSource:
 
         require_at_least("download.synthetic.n_cases", self.n_cases, 1)
         require("download.synthetic.shape", list(self.shape), min(self.shape) >= 8, "three integers >= 8")
+        case_bytes = 4 * 5 * math.prod(self.shape)  # four float32 modalities and the labels, in memory at once
+        require("download.synthetic.shape", list(self.shape), case_bytes <= host_memory() / 4, f"a volume whose "
+                f"case fits a quarter of this host's memory ({host_memory() / 1e9:.1f} GB; one case of this shape "
+                f"takes {case_bytes / 1e9:,.1f} GB), e.g. 240 x 240 x 155 as BraTS")
         require_fraction("download.synthetic.tumour_free_fraction", self.tumour_free_fraction)
 
 
@@ -102,7 +108,7 @@ class DownloadParams:
     """params.yaml ``download`` section."""
 
     source: Literal["synthetic", "local", "url", "kaggle"] = "synthetic"
-    workers: int = 0
+    workers: int = runtime_field(0)
     synthetic: SyntheticSource = SyntheticSource()
     local: LocalSource = LocalSource()
     url: UrlSource = UrlSource()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brats_seg.config import runtime_field
 from brats_seg.data.labels import region_mask
 from brats_seg.data.layouts import MODALITIES, canonical_files
 from brats_seg.data.preprocess import preprocess_case
@@ -48,7 +49,7 @@ class SliceParams:
     margin: int = 4
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     keep_empty_fraction: float = 0.1
-    workers: int = 0
+    workers: int = runtime_field(0)
 
     def __post_init__(self) -> None:
         from brats_seg.config import require, require_at_least, require_fraction
@@ -60,7 +61,8 @@ class SliceParams:
         split_ok = min(self.split) >= 0 and self.split[0] > 0 and abs(sum(self.split) - 1.0) <= 1e-6
         require("slice.split", list(self.split), split_ok, "three fractions (train, val, test) that are not "
                 "negative and sum to 1, with train above 0")
-        require_at_least("slice.size", self.size, 8)
+        require("slice.size", self.size, 8 <= self.size <= 1024, "an integer from 8 to 1024 (BraTS slices are "
+                "240 x 240 voxels; slices are resized to slice.size x slice.size)")
         require_at_least("slice.margin", self.margin, 0)
         require_fraction("slice.keep_empty_fraction", self.keep_empty_fraction)
         require_at_least("slice.workers", self.workers, 0)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brats_seg.config import runtime_field
 from brats_seg.data.inspect import inspect_case
 from brats_seg.data.layouts import UNLABELLED_DIR, list_canonical_cases
 from brats_seg.errors import DataError
@@ -38,7 +39,7 @@ class ValidateParams:
 
     max_bad_fraction: float = 0.1
     min_brain_voxels: int = 1000
-    workers: int = 0
+    workers: int = runtime_field(0)
 
     def __post_init__(self) -> None:
         from brats_seg.config import require_at_least, require_fraction

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from brats_seg import tracking
-from brats_seg.config import BaseParams
+from brats_seg.config import BaseParams, runtime_field
 from brats_seg.evaluate import evaluate_cases, summarise_cases, write_overlays
 from brats_seg.inference import load_model, pick_device
 from brats_seg.io.tables import read_json, write_json
@@ -17,7 +17,7 @@ from brats_seg.io.tables import read_json, write_json
 class EvaluateParams:
     """params.yaml ``evaluate`` section."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")  # where it runs
 
 
 def evaluate_stage(params: EvaluateParams, base: BaseParams, split: str = "test") -> dict:

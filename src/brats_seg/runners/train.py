@@ -20,7 +20,7 @@ from brats_seg.inference import save_model
 from brats_seg.io.tables import read_json, write_json
 from brats_seg.plots import plot_training_curve
 from brats_seg.provenance import code_digest, code_manifest, dvc_lock_hashes, git_state
-from brats_seg.train import TrainParams, fingerprint, train_model
+from brats_seg.train import TrainParams, computation, fingerprint, train_model
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,10 @@ def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame,
         write_json(run_file, {"run_id": run.run_id})
         if previous is None:
             run.log_params(model_params(params, meta["params"], base.seed))
-            run.set_tags({**run_tags(base), "split_digest": meta["split_digest"], "fingerprint": key})
+            resolved = computation(params, ranks.device.type)  # what the fingerprint keys: device, threads, versions
+            run.set_tags({**run_tags(base), "split_digest": meta["split_digest"], "fingerprint": key,
+                          "computation": json.dumps(resolved, sort_keys=True), "torch_version": resolved["torch"],
+                          "numpy_version": resolved["numpy"]})
             digest = index_digest(index)
             run.log_dataset(index, "slices", str(Path(base.slices_dir).resolve() / "index.parquet"), digest,
                             context="training")
