@@ -6,6 +6,7 @@ leave every file in its folder as it was: nothing deleted, moved, half-written o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -528,3 +529,84 @@ def test_killing_a_flow_kills_prefects_temporary_server(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _gone_within(server, 5.0) == []
+
+
+# --- a full disk: one sentence naming the full disk and its free space (a real small tmpfs where this runs as
+# root; the fault tests below inject the same errors at the write call everywhere) -------------------------------
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def _stage_in(work: Path, name: str) -> subprocess.CompletedProcess:
+    return run(["-m", f"stages.{name}", "--params", "params.yaml"], work)
+
+
+def _one_sentence(proc: subprocess.CompletedProcess, *parts: str) -> str:
+    lines = [line for line in proc.stderr.splitlines() if "WARNING" not in line and " INFO " not in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and all(p in lines[0] for p in parts), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_slice_and_train_is_one_sentence(tmp_path):
+    from tests.conftest import TINY_PARAMS, _merge
+
+    work = tmp_path / "work"
+    work.mkdir()
+    params = _merge(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    params["base"]["slices_dir"] = "small/slices"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("download", "validate"):
+        assert _stage_in(work, stage).returncode == 0
+    with _small_disk(work / "small", "200k"):
+        said = _one_sentence(_stage_in(work, "slice"), f"the disk holding {work}/small/slices/shards is full "
+                             "while writing ", "KB free of 200 KB); free space there or point that path at a disk")
+    assert _stage_in(work, "slice").returncode == 0, said  # with room, the same stage runs
+    with _small_disk(work / "mlflow", "300k"):
+        _one_sentence(_stage_in(work, "train"), f"the disk holding {work}/mlflow/mlflow.db is full while writing the "
+                      "MLflow tracking database (", "free of 300 KB); free space there or set MLFLOW_TRACKING_URI")
+
+
+def test_disk_full_at_the_write_call_is_one_sentence(tmp_path, capsys):
+    import errno
+    import sqlite3
+
+    from brats_seg.errors import DiskFullError, exit_on_user_error
+    from brats_seg.io.atomic import atomic_path
+
+    with pytest.raises(DiskFullError, match=rf"the disk holding {tmp_path} is full while writing out.bin \(.* free of"):
+        with atomic_path(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []  # no half-written file left
+
+    @exit_on_user_error
+    def logs_a_metric() -> None:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as exc:
+            raise RuntimeError("(sqlite3.OperationalError) database or disk is full [SQL: INSERT ...]") from exc
+
+    with pytest.raises(SystemExit) as stopped:
+        logs_a_metric()
+    err = capsys.readouterr().err.splitlines()
+    assert stopped.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: the disk holding ") and "is full while writing the MLflow tracking database (" \
+        in err[0] and "set MLFLOW_TRACKING_URI to a store on a disk with room" in err[0], err
+
+    @exit_on_user_error
+    def fails_otherwise() -> None:
+        raise RuntimeError("not a full disk")
+
+    with pytest.raises(RuntimeError, match="not a full disk"):  # other errors stay what they are
+        fails_otherwise()

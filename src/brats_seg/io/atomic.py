@@ -21,6 +21,13 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        from brats_seg.errors import UserError, disk_full_error, is_disk_full
+
+        if isinstance(exc, UserError) or not is_disk_full(exc):
+            raise
+        tmp.unlink(missing_ok=True)
+        raise disk_full_error(path.parent, path.name) from None
     finally:
         tmp.unlink(missing_ok=True)
 
