@@ -271,7 +271,7 @@ def _download(source: Callable[[Path], Path] | None = None, raw_dir: str | None 
     """The download stage on a local source made by ``source`` (else synthetic), caches outside ``tmp``."""
     def build(tmp: Path, model: Path) -> list[str]:
         params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-        params["base"].update(cache_dir=str(tmp.parent / "cache"), raw_dir=str(tmp.parent / "raw"))
+        params["base"].update(cache_dir=str(tmp.parent / "cache"), raw_dir="raw")  # base paths: relative, in cwd
         if raw_dir is not None:
             params["base"]["raw_dir"] = raw_dir
         if source is not None:
@@ -286,7 +286,7 @@ def _download(source: Callable[[Path], Path] | None = None, raw_dir: str | None 
 
 def _download_into_users_folder(tmp: Path, model: Path) -> list[str]:
     _users_folder(tmp)
-    return _download(raw_dir=str(tmp / "mine"))(tmp, model)
+    return _download(raw_dir="mine")(tmp, model)
 
 
 def _zip_with_clash(tmp: Path) -> Path:
@@ -317,8 +317,8 @@ def _case_id_dotdot(tmp: Path) -> Path:
 PROBE_ROWS = [
     ("params-set-raw-dir-users-folder", _params_set_raw_dir,
      "base.raw_dir mine is an existing folder that brats-seg did not create"),
-    ("params-set-raw-dir-root", _params_set("base.raw_dir=/"), "base.raw_dir / is an existing folder"),
-    ("params-set-slices-dir-root", _params_set("base.slices_dir=/"), "base.slices_dir / is an existing folder"),
+    ("params-set-raw-dir-root", _params_set("base.raw_dir=/"), "base.raw_dir must be a relative path inside the"),
+    ("params-set-slices-dir-root", _params_set("base.slices_dir=/"), "base.slices_dir must be a relative path"),
     ("params-set-local-path-nonexistent", _params_set("download.local.path=/nonexistent"),
      "download.local.path /nonexistent does not exist"),
     ("stage-download-into-users-folder", _download_into_users_folder, "is an existing folder that brats-seg did not"),
@@ -500,7 +500,7 @@ def test_killing_a_stage_kills_its_pool_workers(tmp_path):
     import signal
 
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["base"].update(cache_dir=str(tmp_path / "cache"), raw_dir=str(tmp_path / "raw"))
+    params["base"].update(cache_dir=str(tmp_path / "cache"), raw_dir="raw")
     params["download"].update(workers=2, synthetic={**params["download"]["synthetic"], "n_cases": 50})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore"}
