@@ -188,14 +188,14 @@ def test_a_worker_elsewhere_or_on_other_code_refuses_to_compute(cluster, tmp_pat
 def test_an_unreachable_scheduler_stops_the_stage_with_one_sentence(cluster, tmp_path):
     repo, _ = cluster
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["base"].update(raw_dir=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"))
+    params["base"].update(raw_dir="data/raw-unreachable", cache_dir=str(tmp_path / "cache"))
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     address = f"tcp://127.0.0.1:{free_port()}"
     proc = run_cmd([sys.executable, "-m", "stages.download", "--params", str(tmp_path / "p.yaml")], repo, check=False,
                    env={ENV_ADDRESS: address, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: cannot reach the Dask scheduler at {address} (named by {ENV_ADDRESS}): ")
-    assert "Traceback" not in proc.stderr and not (tmp_path / "raw").exists()
+    assert "Traceback" not in proc.stderr and not (repo / "data/raw-unreachable").exists()
 
 
 @pytest.mark.parametrize(("kind", "address", "env", "expected"), [

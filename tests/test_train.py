@@ -131,6 +131,41 @@ def test_the_fingerprint_covers_settings_data_content_val_set_epochs_seed_and_co
     assert len(set(changed.values()) | {key}) == len(changed) + 1, changed
 
 
+def test_the_fingerprint_keys_the_resolved_computation(slices, monkeypatch):
+    """One and the same computation has one fingerprint (auto or cpu on a CPU, amp on a CPU, threads 0 as the
+    count torch uses); a different one has another (threads, amp on CUDA, the torch and numpy versions)."""
+    train, val = load_split(slices, "train"), load_split(slices, "val")
+    key = _key(train, val)
+
+    def replaced(**changes):
+        return _key(train, val, params=dataclasses.replace(PARAMS, **changes))
+
+    assert replaced(device="auto") == replaced(device="cpu") == key  # device is where it runs; the type is keyed
+    assert replaced(amp=False) == key  # no autocast on a CPU
+    assert replaced(memory_gb=0.001) == key  # streamed or in memory: same rows, same order
+    assert replaced(threads=0) == replaced(threads=torch.get_num_threads())
+    cuda = _key(train, val, device="cuda")
+    assert _key(train, val, params=dataclasses.replace(PARAMS, amp=False), device="cuda") != cuda
+    assert replaced(threads=2) != key  # CPU kernels sum per thread: other weights
+    monkeypatch.setattr(np, "__version__", "0.0.0")
+    assert _key(train, val) != key
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert len({key, _key(train, val), replaced(threads=2)}) == 3
+
+
+def test_a_batch_larger_than_the_training_set_is_said(slices, tmp_path, caplog):
+    n = len(load_split(slices, "train"))
+    with caplog.at_level("WARNING", logger="brats_seg.train"):
+        _train(slices, dataclasses.replace(PARAMS, epochs=1, batch_size=n + 1), tmp_path / "ckpt.pt")
+    said = [r.getMessage() for r in caplog.records if "larger than the training set" in r.getMessage()]
+    assert said == [f"train.batch_size {n + 1} is larger than the training set ({n} slices): every epoch is a single "
+                    f"step on all of them; lower train.batch_size or add cases"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="brats_seg.train"):
+        _train(slices, dataclasses.replace(PARAMS, epochs=1, batch_size=n), tmp_path / "ckpt2.pt")
+    assert not [r for r in caplog.records if "larger than the training set" in r.getMessage()]
+
+
 def test_a_shorter_run_after_a_longer_one_trains_its_own_epochs(slices, tmp_path):
     ckpt = tmp_path / "same-path.pt"  # the worst case: both runs pointed at one checkpoint file
     _train(slices, dataclasses.replace(PARAMS, epochs=3), ckpt)
