@@ -33,9 +33,9 @@ def test_real_cases_through_the_data_stages(tmp_path, real_data):
         seg, meta = read_nifti(raw / case_id / f"{case_id}_seg.nii.gz")
         assert region_mask(seg).sum() == wt and seg.shape == (240, 240, 155)
 
-    # every brain slice kept whatever the split (a hash of the patient id decides it: with two patients both
-    # may land in train), so that the whole label map can come back
-    run_slice(SliceParams(split=(0.5, 0.0, 0.5), keep_empty_fraction=1.0, workers=2), raw,
+    # every brain slice kept, so that the whole label map can come back: both patients in train (two patients
+    # cannot fill three splits, and the split is a patient's hash alone) with every empty slice kept
+    run_slice(SliceParams(split=(1.0, 0.0, 0.0), keep_empty_fraction=1.0, workers=2), raw,
               read_manifest(tmp_path / "m.parquet"), tmp_path / "slices", seed=0)
     cases = pd.read_parquet(tmp_path / "slices" / "cases.parquet")
     test = cases.set_index("case_id", drop=False).loc["BraTS2021_00006"].to_dict()

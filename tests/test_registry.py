@@ -26,7 +26,7 @@ from brats_seg.lineage import case_lineage
 from brats_seg.models.unet import UNet, UNetConfig
 from brats_seg.predict import resolve_model
 from brats_seg.promotion import PromoteParams, promote
-from tests.conftest import write_synthetic_cohort
+from tests.conftest import COHORT_SEED, write_synthetic_cohort
 
 NAME = "brats-unet-test"
 PARAMS = PromoteParams(min_improvement=0.01, min_dice=0.5)
@@ -138,7 +138,7 @@ def workspace(store) -> dict:
     """Seven tiny synthetic cases sliced by the real slice stage code under data/ (the default base paths)."""
     ids = write_synthetic_cohort(store / "data" / "raw", 7, tumour_free=(7,))
     meta = run_slice(WORKSPACE_SLICE, store / "data" / "raw", pd.DataFrame({"case_id": ids}), store / "data" / "slices",
-                     seed=42)
+                     seed=COHORT_SEED)  # seven cases that fill train, val and test
     cases = pd.read_parquet(store / "data" / "slices" / "cases.parquet")
     test = sorted(cases.loc[cases["split"] == "test", "case_id"])
     return {"digest": meta["split_digest"], "cases": cases, "test": test}
@@ -154,7 +154,7 @@ def _slices(slice_params: SliceParams) -> Path:
     out = Path(f"slices-{slice_params.size}-{'-'.join(slice_params.modalities)}")
     if not out.is_dir():
         ids = sorted(p.name for p in Path("data/raw").iterdir())
-        run_slice(slice_params, "data/raw", pd.DataFrame({"case_id": ids}), out, seed=42)
+        run_slice(slice_params, "data/raw", pd.DataFrame({"case_id": ids}), out, seed=COHORT_SEED)
     return out
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brats_seg.data.dataset import empty_split_error
 from brats_seg.data.labels import region_mask
 from brats_seg.data.layouts import canonical_files
 from brats_seg.data.preprocess import CaseGeometry, restore_volume
-from brats_seg.errors import DataError
 from brats_seg.inference import ModelBundle, predict_slices
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
@@ -32,7 +32,7 @@ def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | P
     cases = pd.read_parquet(slices_dir / "cases.parquet")
     cases = cases[(cases["split"] == split) & (cases["n_slices"] > 0)]
     if cases.empty:
-        raise DataError(f"the {split} split has no cases in {slices_dir}; add cases or change slice.split.")
+        raise empty_split_error(slices_dir, split)
     rows, slice_counts = [], {r: np.zeros(3) for r in bundle.regions}
     slice_scores: dict[str, list[float]] = {r: [] for r in bundle.regions}
     for rec in progress(cases.to_dict("records"), desc=f"evaluate {split}", unit="case"):

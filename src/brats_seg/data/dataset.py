@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,8 +131,23 @@ def split_rows(slices_dir: str | Path, split: str, index: pd.DataFrame | None = 
     index = read_index(slices_dir) if index is None else index
     rows = index[index["split"] == split].sort_values(["case_id", "z"])
     if rows.empty:
-        raise DataError(f"the {split} split has no slices in {slices_dir}; add cases or change slice.split.")
+        raise empty_split_error(slices_dir, split)
     return rows
+
+
+_NEEDED_BY = {"train": "training", "val": "training (it picks the best epoch on val)", "test": "evaluate"}
+
+
+def empty_split_error(slices_dir: str | Path, split: str) -> DataError:
+    """The one sentence for a split with no slices: when slice.split gave it a fraction of 0 (as recorded in
+    ``meta.json``), say so and that the stage reading it needs one; else its cases had no brain slices."""
+    meta = Path(slices_dir) / "meta.json"
+    fractions = json.loads(meta.read_text()).get("params", {}).get("split") if meta.is_file() else None
+    if fractions and len(fractions) == 3 and fractions[("train", "val", "test").index(split)] == 0:
+        return DataError(f"slice.split {list(fractions)} gives the {split} split a fraction of 0, and "
+                         f"{_NEEDED_BY[split]} needs it; give {split} a fraction above 0 and rerun the slice stage.")
+    return DataError(f"the {split} split has no slices in {slices_dir} (its cases have no brain slices); add cases "
+                     f"or change base.seed or slice.split.")
 
 
 def open_split(slices_dir: str | Path, split: str, index: pd.DataFrame | None = None) -> ShardedSplit:

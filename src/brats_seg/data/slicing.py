@@ -10,7 +10,6 @@ every brain slice so that they can be evaluated per patient in the original grid
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import hashlib
@@ -37,7 +36,7 @@ from brats_seg.pool import LOCAL, Executor, run_parallel
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-_BRATS2023_CASE = re.compile(r"^(?P<patient>BraTS-[A-Za-z]+-\d+)-\d+$")
+_BRATS2023_CASE = re.compile(r"^BraTS-(?P<kind>[A-Za-z]+)-(?P<number>\d+)-\d+$", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +69,13 @@ class SliceParams:
 
 def patient_id(case_id: str) -> str:
     """The patient a case belongs to: the BraTS 2023 ``BraTS-GLI-00001-000`` (patient 00001, time point 000)
-    gives ``BraTS-GLI-00001``, so that time points of one patient share a split; any other id is its own."""
+    gives ``BraTS-GLI-00001``, so that time points of one patient share a split; any other id is its own.
+
+    BraTS 2023 ids match in any letter case, as layouts are detected (:mod:`brats_seg.data.layouts`), and give the
+    patient in the challenge's spelling: ``brats-gli-00001-001`` is patient ``BraTS-GLI-00001`` too.
+    """
     match = _BRATS2023_CASE.match(case_id)
-    return match["patient"] if match else case_id
+    return f"BraTS-{match['kind'].upper()}-{match['number']}" if match else case_id
 
 
 def patient_position(patient: str, seed: int) -> float:
@@ -82,17 +85,9 @@ def patient_position(patient: str, seed: int) -> float:
 
 
 def split_patients(patients: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Assign each patient to train / val / test by its position alone (see :func:`split_cases`)."""
-    positions = {p: patient_position(p, seed) for p in sorted(set(patients))}
+    """Assign each patient to train / val / test by its hash position alone (see :func:`split_cases`)."""
     bounds = _split_bounds(fractions)
-    assigned = {p: _split_at(u, bounds) for p, u in positions.items()}
-    wanted = [s for s, f in zip(SPLITS, fractions) if f > 0 and (len(assigned) >= 3 or s == "train")]
-    for split in wanted:
-        _lend_patient(assigned, positions, split, bounds[SPLITS.index(split)])
-    if "train" not in assigned.values():
-        raise DataError(f"{len(assigned)} patient(s) are too few for the split {list(fractions)}; add cases or "
-                        f"change slice.split.")
-    return assigned
+    return {p: _split_at(patient_position(p, seed), bounds) for p in sorted(set(patients))}
 
 
 def split_cases(case_ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
@@ -100,20 +95,50 @@ def split_cases(case_ids: list[str], fractions: tuple[float, float, float], seed
 
     The rule: a patient's position ``u`` = sha256(f"{seed}:{patient}") mapped to [0, 1) falls in one of the
     intervals ``[0, f_train)``, ``[f_train, f_train + f_val)``, ``[f_train + f_val, 1)``, and that is its split.
-    Adding, removing or quarantining cases therefore never moves any other patient, and time points of one
-    patient (:func:`patient_id`) share a split. Each split's count is a binomial draw around ``fraction x n``
-    (about +-5 patients of 200 at 0.15).
+    Nothing else enters it, so adding, removing or quarantining cases never moves any patient, and time points
+    of one patient (:func:`patient_id`) share a split. Each split's count is a binomial draw around
+    ``fraction x n`` (about +-5 patients of 200 at 0.15).
 
-    The one exception keeps tiny cohorts usable: with three or more patients, a split with a non-zero
-    fraction that no position fell into is lent the patient whose position is nearest its interval (taken
-    only from a split holding two or more; ties by patient id); train is lent one even with fewer patients.
-    Only a lent patient can move when the cohort changes (back to its own split once the one it was lent to
-    fills by itself); the chance that a split of fraction f draws nobody is (1 - f)**n, under 1% from 30
-    patients on at f = 0.15.
+    No patient is ever moved to fill a split: when a split with a non-zero fraction draws nobody (the chance is
+    ``(1 - f)**n``, under 1% from 30 patients on at f = 0.15), this raises a DataError that names the empty
+    split and a few values of ``base.seed`` under which this cohort fills every split.
     """
     patients = {c: patient_id(c) for c in case_ids}
     by_patient = split_patients(list(patients.values()), fractions, seed)
+    _require_every_split(by_patient, fractions, seed)
     return {c: by_patient[p] for c, p in sorted(patients.items())}
+
+
+def fitting_seeds(patients: list[str], fractions: tuple[float, float, float], count: int = 3,
+                  tries: int = 1000) -> list[int]:
+    """The first ``count`` seeds below ``tries`` under which every split with a non-zero fraction gets a patient
+    of ``patients``; fewer (none) when the cohort has fewer patients than such splits or no seed fits."""
+    wanted = {s for s, f in zip(SPLITS, fractions) if f > 0}
+    found: list[int] = []
+    if len(set(patients)) < len(wanted):
+        return found
+    for seed in range(tries):
+        if wanted <= set(split_patients(patients, fractions, seed).values()):
+            found.append(seed)
+            if len(found) == count:
+                break
+    return found
+
+
+def _require_every_split(assigned: dict[str, str], fractions: tuple[float, float, float], seed: int) -> None:
+    """Refuse a split in which a split with a non-zero fraction holds nobody, in one sentence."""
+    empty = [s for s, f in zip(SPLITS, fractions) if f > 0 and s not in assigned.values()]
+    if not empty:
+        return
+    seeds = fitting_seeds(list(assigned), fractions)
+    names = " and ".join(empty)
+    advice = "add cases (training needs a val patient, evaluate a test patient)"
+    if seeds:
+        listed = f"{', '.join(map(str, seeds[:-1]))} or {seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+        advice = f"set base.seed to {listed} (under which every split gets a patient of this cohort) or add cases"
+    raise DataError(f"the {names} split{'s' if len(empty) > 1 else ''} of slice.split {list(fractions)} drew none "
+                    f"of the {len(assigned)} patient(s) under base.seed {seed} (a patient's split is its hash "
+                    f"alone and nobody is moved to fill one); {advice}.")
 
 
 def _split_bounds(fractions: tuple[float, float, float]) -> list[tuple[float, float]]:
@@ -126,22 +151,6 @@ def _split_at(position: float, bounds: list[tuple[float, float]]) -> str:
         if position < hi:
             return split
     return SPLITS[-1]
-
-
-def _lend_patient(assigned: dict[str, str], positions: dict[str, float], split: str,
-                  bounds: tuple[float, float]) -> None:
-    """If ``split`` holds nobody, move to it the patient nearest its interval (from a split of two or more)."""
-    counts = collections.Counter(assigned.values())
-    if counts[split]:
-        return
-    lo, hi = bounds
-    donors = [p for p, s in assigned.items() if counts[s] >= 2]
-    if not donors:
-        return
-    chosen = min(donors, key=lambda p: (max(lo - positions[p], positions[p] - hi, 0.0), p))
-    log.warning("split %s drew no patient by hash; lending it %s from %s (nearest by hash); with more "
-                "patients it may return to %s", split, chosen, assigned[chosen], assigned[chosen])
-    assigned[chosen] = split
 
 
 def split_digest(splits: dict[str, str]) -> str:
