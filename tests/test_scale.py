@@ -32,6 +32,10 @@ PARAMS = TrainParams(epochs=3, batch_size=8, lr=3e-3, base=8, depth=2, norm="ins
 # compared through their predictions on the validation slices (as the compiled step is in test_train.py): 2
 # processes vs 1 differ by 0.002 at most (measured), another seed by 0.7.
 PROB_ATOL = 0.02
+# One step's gradients, 2 ranks vs 1: rtol 1e-5, and for entries near zero an atol of this share of the tensor's
+# largest gradient (float32 rounding of sums taken in another order: 8e-6 at most, measured); half the gradient
+# misses by 0.5.
+GRAD_ATOL = 1e-4
 
 
 def _weights(result) -> dict[str, torch.Tensor]:
@@ -145,6 +149,69 @@ def test_two_gloo_processes_train_what_one_process_does_with_the_same_global_bat
     gap, flipped = _prediction_gap(slices, _weights(other_seed), _weights(single))
     print(f"another seed: probabilities differ by at most {gap:.2g}; {flipped:.2%} of pixels flip")
     assert gap > 5 * PROB_ATOL  # the tolerance tells runs apart
+
+
+_GRADIENT = """
+import sys
+import torch
+from brats_seg.distributed import process_group
+from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.train import TrainParams, _parallel, make_step
+batch, out = torch.load(sys.argv[1], weights_only=True), sys.argv[2]
+params = TrainParams(batch_size=8, base=8, depth=2, norm="instance", bce_weight=0.5, amp=False, threads=1, nproc=2)
+with process_group(2, "cpu") as ranks:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(in_channels=4, out_channels=1, base=8, depth=2, norm="instance"))
+    step = make_step(_parallel(model, params, ranks.device, ranks), torch.optim.SGD(model.parameters(), lr=0.0),
+                     params, ranks.device, ranks)
+    part = slice(ranks.rank * 4, ranks.rank * 4 + 4)  # this rank's half of the global batch of 8
+    loss = step(batch["x"][part], batch["y"][part])
+    torch.save({"loss": loss, "grads": {n: p.grad for n, p in model.named_parameters()}}, f"{out}.{ranks.rank}")
+"""
+
+
+def _one_step_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ranks=None) -> tuple:
+    """(loss, {parameter: gradient}) of one training step of the project's own step function; lr 0 keeps the
+    weights, so the gradients are the step's."""
+    from brats_seg.train import make_step
+
+    params = TrainParams(batch_size=len(x), base=8, depth=2, norm="instance", bce_weight=0.5, amp=False, threads=1)
+    loss = make_step(model, torch.optim.SGD(model.parameters(), lr=0.0), params, torch.device("cpu"), ranks)(x, y)
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_one_step_on_two_gloo_ranks_has_the_gradients_of_one_process_on_the_global_batch(slices, tmp_path):
+    """The gradients themselves, not the trained model: Adam divides a uniform gradient scale away, so a step
+    whose gradient is halved (a missing all-reduce in the backward pass) trains almost the same model."""
+    from brats_seg.data.labels import region_targets
+    from brats_seg.models.unet import UNet, UNetConfig
+
+    train = load_split(slices, "train")
+    pick = np.flatnonzero(train.labels.reshape(len(train), -1).max(axis=1) > 0)[:6].tolist() + [0, 1]
+    batch = {"x": torch.from_numpy(train.images[pick].astype(np.float32)),
+             "y": region_targets(torch.from_numpy(train.labels[pick]), ("wt",))}
+    torch.save(batch, tmp_path / "batch.pt")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    one_loss, one = _one_step_gradients(UNet(UNetConfig(in_channels=4, out_channels=1, base=8, depth=2,
+                                                        norm="instance")), batch["x"], batch["y"])
+    script = tmp_path / "gradient.py"
+    script.write_text(_GRADIENT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    _finish(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script), str(tmp_path / "batch.pt"), str(tmp_path / "grads")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    ranks = [torch.load(tmp_path / f"grads.{rank}", weights_only=True) for rank in (0, 1)]
+    # each rank's loss: the global batch's Dice plus its own half's BCE, so their mean is the global loss
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, one_loss, rtol=1e-5, atol=0.0)
+    worst = max(float((two["grads"][n] - g).abs().max() / g.abs().max()) for two in ranks for n, g in one.items())
+    print(f"2 ranks vs 1: gradients differ by at most {worst:.2g} of each tensor's largest gradient")
+    for rank, two in enumerate(ranks):
+        assert two["grads"].keys() == one.keys()
+        for name, grad in one.items():  # the sums run in another order: entries near 0 differ by float32 rounding
+            torch.testing.assert_close(two["grads"][name], grad, rtol=1e-5, atol=GRAD_ATOL * float(grad.abs().max()),
+                                       msg=lambda m, n=name, r=rank: f"rank {r}, {n}: {m}")
+    assert all(float(g.abs().max()) > 0 for g in one.values())  # every parameter gets a gradient to compare
 
 
 def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_one(slices, tmp_path):
