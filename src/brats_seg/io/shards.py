@@ -27,13 +27,16 @@ class ShardError(DataError):
 
 
 def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray, z: np.ndarray) -> Path:
-    """Atomically write one shard. Shapes: images [N,C,H,W], labels [N,H,W], z [N]."""
+    """Atomically write one shard. Shapes: images [N,C,H,W], labels [N,H,W], z [N]; stored as float16, uint8 and
+    int16 in C order whatever the inputs' layout (:class:`ShardRows` reads rows as contiguous runs of bytes)."""
     path = Path(path)
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]) or len(z) != len(images):
         raise ValueError(f"shard shapes disagree: images {images.shape}, labels {labels.shape}, z {len(z)}")
+    arrays = {"images": np.ascontiguousarray(images, dtype=np.float16),
+              "labels": np.ascontiguousarray(labels, dtype=np.uint8),
+              "z": np.ascontiguousarray(z, dtype=np.int16)}
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, images=images.astype(np.float16, copy=False), labels=labels.astype(np.uint8, copy=False),
-                 z=np.asarray(z, dtype=np.int16))
+        np.savez(fh, **arrays)
     return path
 
 
