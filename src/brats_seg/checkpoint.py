@@ -2,13 +2,21 @@
 
 Everything in a checkpoint is a tensor, a number, a string or a container of those, so it loads with
 ``torch.load(..., weights_only=True)``: a crafted file cannot run code here.
+
+A run's checkpoint is ``<checkpoint_dir>/<fingerprint>.pt`` (16 hex digits) beside ``<fingerprint>.run.json`` (its
+MLflow run). Checkpoints of other fingerprints (interrupted runs of other settings, data or code; about 125 MB each
+at full size) are pruned when a run completes: the :data:`KEEP_OTHER_CHECKPOINTS` most recently written stay, so
+that an interrupted experiment can still be resumed, and only files named as the project names them are touched.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,13 @@ import torch
 
 from brats_seg.errors import UserError
 from brats_seg.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+KEEP_OTHER_CHECKPOINTS = 2
+# <key>.pt, <key>.run.json, and the temporary file of an unfinished write: .<key>.pt.<pid>.tmp (io.atomic)
+_FILE = re.compile(r"^(?P<key>[0-9a-f]{16})\.(?:pt|run\.json)$")
+_PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.(?:pt|run\.json)\.(?P<pid>\d+)\.tmp$")
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -74,3 +89,40 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, the file is not usable
         why = f"it is not a complete torch weights file ({type(exc).__name__})"
     raise UserError(f"{path} was refused: {why}; use a model or checkpoint written by brats-seg.")
+
+
+def prune_checkpoints(folder: str | Path, keep: int = KEEP_OTHER_CHECKPOINTS) -> list[Path]:
+    """Remove the checkpoints in ``folder`` but the ``keep`` most recently written ones (by their ``.pt`` file),
+    with their run files; also run files without a checkpoint (nothing can resume from them) and temporary files
+    whose writer is gone. Only files named as this module names them are touched. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files: dict[str, list[Path]] = {}
+    partial: list[Path] = []
+    for path in folder.iterdir():
+        if (match := _FILE.match(path.name)) and path.is_file() and not path.is_symlink():
+            files.setdefault(match["key"], []).append(path)
+        elif (match := _PARTIAL.match(path.name)) and path.is_file() and not _alive(int(match["pid"])):
+            partial.append(path)
+    resumable = sorted((k for k in files if (folder / f"{k}.pt") in files[k]),
+                       key=lambda k: (folder / f"{k}.pt").stat().st_mtime_ns, reverse=True)
+    kept = set(resumable[:keep])
+    removed = sorted([p for k, paths in files.items() if k not in kept for p in paths] + partial)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("removed %d file(s) of abandoned training checkpoints from %s (kept the %d most recent)",
+                 len(removed), folder, len(kept))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a temporary file of a live writer is left alone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from brats_seg import tracking
+from brats_seg.checkpoint import prune_checkpoints
 from brats_seg.config import BaseParams
 from brats_seg.data.dataset import ShardedSplit, SliceSet, index_digest, open_split, read_index
 from brats_seg.distributed import Ranks, process_group
@@ -166,4 +167,5 @@ def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame,
         run.log_artifact(base.train_curve)
     checkpoint.unlink(missing_ok=True)  # done: the model file is the result; a rerun is a new run
     run_file.unlink(missing_ok=True)
+    prune_checkpoints(checkpoint.parent)  # other fingerprints' checkpoints: the most recent few stay
     return report
