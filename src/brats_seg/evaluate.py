@@ -55,7 +55,7 @@ def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | P
 
 def score_case(case_id: str, predicted: dict[str, np.ndarray], seg: np.ndarray,
                spacing: tuple[float, ...]) -> list[dict]:
-    """One row per region: DESIGN.md's metrics of the boolean masks ``predicted[region]`` against the
+    """One row per region: docs/design.md's metrics of the boolean masks ``predicted[region]`` against the
     canonical label map ``seg`` (both on the case's own grid), with voxel counts and the empty-mask rule hit."""
     rows = []
     for region, pred in predicted.items():

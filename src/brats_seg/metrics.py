@@ -1,4 +1,4 @@
-"""Segmentation metrics, the only definitions (DESIGN.md).
+"""Segmentation metrics, the only definitions (docs/design.md).
 
 Per case in the original grid: Dice = 2TP/(2TP+FP+FN), IoU = TP/(TP+FP+FN), precision = TP/(TP+FP),
 recall = TP/(TP+FN), and HD95: the 95th percentile of the surface distances of both masks pooled together
@@ -84,7 +84,7 @@ def empty_rule(pred_voxels: int, ref_voxels: int) -> str:
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> dict[str, float]:
-    """Every metric of DESIGN.md for one case and one region; also the voxel counts."""
+    """Every metric of docs/design.md for one case and one region; also the voxel counts."""
     tp, fp, fn = confusion(pred, ref)
     return {**scores_from_counts(tp, fp, fn), "hd95": hd95(pred, ref, spacing),
             "tp": tp, "fp": fp, "fn": fn}

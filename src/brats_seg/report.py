@@ -114,7 +114,7 @@ def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
     columns = [c for c in ("case_id", "region", "dice", "iou", "precision", "recall", "hd95", "ref_voxels",
                            "pred_voxels", "empty_rule") if c in cases.columns]
     shown = cases[columns].fillna({"empty_rule": ""}).sort_values(["region", "dice"]) if len(cases) else cases
-    note = ('<p class="note">Per patient on its own grid (DESIGN.md). Click a header to sort. Rows in orange: '
+    note = ('<p class="note">Per patient on its own grid (docs/design.md). Click a header to sort. Rows in orange: '
             "exactly one of prediction and reference is empty (HD95 = 373.13 mm by the BraTS rule).</p>")
     return f"<h2>Test metrics</h2>{top}{note}{table(shown, sortable=True, row_class='empty_rule')}"
 

@@ -1,4 +1,4 @@
-"""Score one prediction against one reference, per region, with DESIGN.md's definitions.
+"""Score one prediction against one reference, per region, with docs/design.md's definitions.
 
 Both files are checked first: readable NIfTI, 3D, on one grid, and holding only labels of the named scheme.
 The scheme is an explicit choice: a label map in ``brats2020``, ``brats2023`` or ``msd`` labels is scored

@@ -1,6 +1,6 @@
 """Recognise BraTS-like folder layouts and write cases in the canonical layout.
 
-Canonical layout (DESIGN.md): ``<root>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` with BraTS 2020
+Canonical layout (docs/design.md): ``<root>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` with BraTS 2020
 labels. Cases without a label map (validation sets) go to ``<root>/_unlabelled/<case>/``: they cannot be
 trained on and are kept apart.
 

@@ -34,7 +34,7 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def json_safe(value: object) -> object:
-    """NaN and infinities become null: standard JSON has no NaN (DESIGN.md reports undefined HD95 so)."""
+    """NaN and infinities become null: standard JSON has no NaN (docs/design.md reports undefined HD95 so)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
