@@ -147,7 +147,7 @@ def empty_split_error(slices_dir: str | Path, split: str) -> DataError:
         return DataError(f"slice.split {list(fractions)} gives the {split} split a fraction of 0, and "
                          f"{_NEEDED_BY[split]} needs it; give {split} a fraction above 0 and rerun the slice stage.")
     return DataError(f"the {split} split has no slices in {slices_dir} (its cases have no brain slices); add cases "
-                     f"or change base.seed or slice.split.")
+                     f"or change slice.split.")
 
 
 def open_split(slices_dir: str | Path, split: str, index: pd.DataFrame | None = None) -> ShardedSplit:
