@@ -26,7 +26,7 @@ from tests.conftest import TINY_SHAPE, make_dvc_project
 
 pytestmark = pytest.mark.slow
 
-# With base.seed 34 the hash split of cases 1-8 puts patients in all three splits without lending any, and of
+# With base.seed 34 the hash split of cases 1-8 puts patients in all three splits (an empty one stops slice), and of
 # the two new cases one lands in test and one in train: the new test split holds a patient v1 never saw.
 SEED = 34
 
