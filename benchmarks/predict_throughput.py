@@ -3,6 +3,8 @@
   - slices/s: brats_seg.inference.predict_slices (batches of 256, inference mode, bf16 autocast and
     channels_last on CUDA) vs the baseline: one slice at a time, fp32, under no_grad (what a first
     implementation does);
+  - slices/s of the registered model as an application runs it: the ONNX graph that `register` logs
+    (brats_seg.registered_model.export_onnx) in onnxruntime on the CPU, batches of 8, beside torch;
   - cases/s: whole cases, as `brats-seg predict` runs them: read the four NIfTI files, preprocess, predict,
     restore the mask to the original grid, write it (brats_seg.predict.predict_dirs), vs the same steps with
     the baseline's slice loop; and where the time of a case goes.
@@ -40,6 +42,7 @@ from brats_seg.inference import load_model, predict_slices, save_model  # noqa: 
 from brats_seg.io.nifti import write_like  # noqa: E402
 from brats_seg.models.unet import UNet, UNetConfig  # noqa: E402
 from brats_seg.predict import check_case, predict_dirs, read_modality  # noqa: E402
+from brats_seg.registered_model import export_onnx  # noqa: E402
 
 
 def baseline_slices(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
@@ -51,6 +54,15 @@ def baseline_slices(model: torch.nn.Module, images: np.ndarray, device: torch.de
             x = torch.from_numpy(image.astype(np.float32))[None].to(device)
             out.append(torch.sigmoid(model(x))[0, 0].cpu().numpy())
     return np.stack(out)
+
+
+def onnx_slices(graph: bytes, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    """Probabilities of the registered ONNX graph in onnxruntime on the CPU, ``batch`` slices per run."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    x = images.astype(np.float32)
+    return np.concatenate([session.run(None, {"slices": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def timed(fn, device: torch.device) -> float:
@@ -124,6 +136,13 @@ def main() -> None:
             ours_s = timed(lambda: predict_slices(bundle.model, pre.images).float().cpu(), device)
         base_s = timed(lambda: baseline_slices(bundle.model, pre.images, device), device)
         n = len(pre.images)
+        graph = export_onnx(load_model(tmp / "unet.pt").model, pre.images[:2].astype(np.float32))
+        onnx_slices(graph, pre.images[:8])  # warm-up: the session's first run plans its kernels
+        onnx_s = timed(lambda: onnx_slices(graph, pre.images), torch.device("cpu"))
+        with torch.inference_mode():
+            logits = predict_slices(load_model(tmp / "unet.pt").model, pre.images, amp=False, sigmoid=False)
+            torch_probs = torch.sigmoid(logits).cpu().numpy()
+        onnx_gap = float(np.abs(onnx_slices(graph, pre.images) - torch_probs).max())
         # whole cases: the real command's function, and the same steps with the baseline's loop
         ours_cases = timed(lambda: predict_dirs([tmp / "raw"], str(tmp / "unet.pt"), tmp / "ours", args.device),
                            device)
@@ -133,7 +152,8 @@ def main() -> None:
         same = all((tmp / "ours" / f.name).read_bytes() == f.read_bytes() for f in (tmp / "steps").iterdir())
 
     result = {"device": name, "args": vars(args), "slices_per_case": n,
-              "slices_per_s": {"ours": n / ours_s, "baseline": n / base_s, "ratio": base_s / ours_s},
+              "slices_per_s": {"ours": n / ours_s, "baseline": n / base_s, "ratio": base_s / ours_s,
+                               "onnxruntime_cpu": n / onnx_s, "onnx_max_abs_difference": onnx_gap},
               "cases_per_s": {"ours": args.cases / ours_cases, "baseline": args.cases / base_cases,
                               "ratio": base_cases / ours_cases},
               "case_seconds_by_step": {"ours": our_steps, "baseline": base_steps}, "steps_match_predict": same}
@@ -142,7 +162,9 @@ def main() -> None:
     print(f"{'':46}{'slices/s':>10}{'cases/s':>10}")
     print(f"{'baseline: one slice at a time, fp32':46}{n / base_s:10.1f}{args.cases / base_cases:10.3f}")
     print(f"{'ours: predict_slices / brats-seg predict':46}{n / ours_s:10.1f}{args.cases / ours_cases:10.3f}")
-    print(f"ratio ours / baseline: {base_s / ours_s:.2f} (slices/s), {base_cases / ours_cases:.2f} (cases/s)")
+    print(f"{'registered ONNX graph, onnxruntime CPU, batch 8':46}{n / onnx_s:10.1f}{'':>10}")
+    print(f"ratio ours / baseline: {base_s / ours_s:.2f} (slices/s), {base_cases / ours_cases:.2f} (cases/s); "
+          f"onnxruntime / ours: {ours_s / onnx_s:.2f} (slices/s, max |difference| {onnx_gap:.1e})")
     total = sum(v for k, v in our_steps.items() if k != "slices")
     print("where a case's time goes (ours): " + ", ".join(
         f"{k} {v / total:.0%}" for k, v in our_steps.items() if k != "slices"))

@@ -172,6 +172,26 @@ def _junk_model(tmp: Path) -> Path:
     return tmp / "junk.pt"
 
 
+def _model_with(**fields) -> Builder:
+    """predict with the module's model file, one of its fields replaced: a file that loads with weights_only but
+    whose regions, slice settings or threshold cannot be used."""
+    def build(tmp: Path, model: Path) -> list[str]:
+        data = torch.load(model, weights_only=True)
+        torch.save({**data, **fields}, tmp / "odd.pt")
+        return _predict(tmp, tmp / "odd.pt")
+    return build
+
+
+def _decathlon_5_channels(tmp: Path, model: Path) -> list[str]:
+    """A Decathlon-style 4D image with a fifth volume: which four are FLAIR, T1w, T1gd and T2w is unknown."""
+    case = make_case(2, 0, SHAPE)
+    volumes = np.stack([case.images[m] for m in ("flair", "t1", "t1ce", "t2", "t2")], -1).astype(np.float32)
+    (tmp / "Task01" / "imagesTs").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(volumes, case.affine), str(tmp / "Task01" / "imagesTs" / "BRATS_900.nii.gz"))
+    return ["-m", "brats_seg.cli", "predict", str(tmp / "Task01"), "--model", str(model), "--out", str(tmp / "out"),
+            "--device", "cpu"]
+
+
 def _out_is_a_file(tmp: Path, model: Path) -> list[str]:
     (tmp / "out").write_text("my notes\n")
     return _predict(tmp, model)
@@ -195,6 +215,14 @@ PREDICT_ROWS = [
     ("predict-junk-model", lambda t, m: _predict(t, _junk_model(t)), "junk.pt"),
     ("predict-crafted-pickle-model", lambda t, m: _predict(t, _crafted_model(t)), "evil.pt"),
     ("predict-missing-model", lambda t, m: _predict(t, t / "nope.pt"), "nope.pt does not exist; pass a model file"),
+    ("predict-decathlon-5-channels", _decathlon_5_channels,
+     "BRATS_900.nii.gz has 5 volumes but a Decathlon image holds 4 (FLAIR, T1w, T1gd, T2w, in that order)"),
+    ("predict-model-slice-empty", _model_with(slice={}), "odd.pt holds invalid slice settings {} (size, margin and "),
+    ("predict-model-threshold-abc", _model_with(threshold="abc"),
+     "odd.pt holds an invalid threshold 'abc' (a number between 0 and 1); pass a model written by the train stage"),
+    ("predict-model-regions-5", _model_with(regions=5), "odd.pt holds invalid regions 5 (distinct names among wt, "),
+    ("predict-model-size-unfit", _model_with(slice={**SLICE, "size": 30}),
+     "odd.pt holds an invalid slice size 30 (an integer from 8 to 1024, a multiple of 2**depth = 4)"),
     ("predict-case-not-a-folder", lambda t, m: ["-m", "brats_seg.cli", "predict", str(t / "nothing"), "--model",
                                                 str(m), "--device", "cpu"], "is not a folder"),
     ("predict-out-is-a-file", _out_is_a_file, "is a file; pass a folder for the masks"),
@@ -236,6 +264,10 @@ PARAMS_ROWS = [
      "slice.size must be a multiple of 2**train.depth = 8 (train.depth is 3), got 60"),
     ("params-set-bad-fraction", _params_set("validate.max_bad_fraction=1.5"), "must be a number from 0 to 1"),
     ("params-set-unknown-key", _params_set("train.epoch=3"), "train.epoch is not a known key"),
+    ("params-set-register-alias-champion", _params_set("register.alias=champion"),
+     "register.alias must be another alias than champion (the promotion gate alone moves it"),
+    ("params-set-model-name-slash", _params_set("register.model_name=team/brats"),
+     "register.model_name must be a registry name of letters, digits, '.', '_' and '-' (no '/'"),
     ("params-set-not-key-value", _params_set("train.epochs"), "is not KEY=VALUE"),
     ("params-set-bad-yaml", _params_set("slice.split=[0.7"), "does not hold a YAML value"),
     ("params-missing-file", lambda t, m: ["-m", "brats_seg.cli", "params", "set", "train.epochs=3"],
@@ -250,6 +282,8 @@ PARAMS_ROWS = [
     ("stage-train-size-60-depth-3", _stage("train", slice__size=60, train__depth=3),
      "slice.size must be a multiple of 2**train.depth = 8"),
     ("stage-validate-unknown-key", _stage("validate", validate__max_bad=0.5), "validate.max_bad is not a known key"),
+    ("stage-register-alias-champion", _stage("register", register__alias="Champion"),
+     "register.alias must be another alias than champion"),
 ]
 
 

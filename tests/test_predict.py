@@ -79,7 +79,7 @@ def test_no_champion_in_the_registry_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     case = make_case(3, 0, (48, 48, 24))
     write_case(tmp_path / "in", case.case_id, case.images, case.seg, case.affine)
-    with pytest.raises(UserError, match="cannot load models:/brats-unet@champion from the registry"):
+    with pytest.raises(UserError, match="models:/brats-unet@champion is not in the registry at .*; promote a model"):
         predict_dirs([tmp_path / "in"], None, tmp_path / "out", "cpu")
 
 

@@ -83,12 +83,30 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        crafted = "unsupported global" in str(exc).lower()  # torch names the callable it refused to import
+        # torch names the callable it refused to import; a bare pickle stream (any protocol) is read here instead
+        crafted = "unsupported global" in str(exc).lower() or _calls_code(path)
         why = ("it holds Python objects other than tensors and plain values, which could run code" if crafted
                else "it is not a torch weights file")
     except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, the file is not usable
         why = f"it is not a complete torch weights file ({type(exc).__name__})"
     raise UserError(f"{path} was refused: {why}; use a model or checkpoint written by brats-seg.")
+
+
+# Pickle opcodes that import a callable or call one: what makes unpickling run code.
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE"}
+
+
+def _calls_code(path: Path, limit: int = 1 << 26) -> bool:
+    """Whether ``path`` is a pickle stream (of any protocol) that would import or call something when unpickled;
+    read with pickletools, which parses opcodes and runs none."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+        return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(data))
+    except Exception:  # noqa: BLE001 - not a pickle stream: nothing in it would run
+        return False
 
 
 def prune_checkpoints(folder: str | Path, keep: int = KEEP_OTHER_CHECKPOINTS) -> list[Path]:

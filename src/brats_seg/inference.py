@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brats_seg.data.labels import REGIONS
 from brats_seg.errors import UserError
 from brats_seg.models.unet import UNet, UNetConfig
 
@@ -70,13 +71,46 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
         raise UserError(f"{path} is a torch file but not a brats-seg model (it lacks state_dict, config, regions "
                         f"or slice); pass a model written by the train stage (models/unet.pt).")
     try:
-        model = UNet(UNetConfig(**data["config"]))
+        config = UNetConfig(**data["config"])
+        model = UNet(config)
         model.load_state_dict(data["state_dict"])
-    except (TypeError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path} does not hold weights that fit its U-Net config ({str(exc)[:100]}); retrain "
                         f"the model (dvc repro train).") from None
+    problem = field_problem(data, config)
+    if problem:
+        raise UserError(f"{path} holds {problem}; pass a model written by the train stage (models/unet.pt), or "
+                        f"retrain it (dvc repro train).")
     model.to(device, memory_format=torch.channels_last).eval()
     return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)))
+
+
+def field_problem(data: dict, config: UNetConfig) -> str | None:
+    """What is wrong with a model file's regions, slice settings or threshold for its U-Net ``config``, as a
+    clause ("an invalid threshold 'abc' (...)"); None when every field can be used as it is."""
+    regions, spec, threshold = data["regions"], data["slice"], data.get("threshold", 0.5)
+    if not (isinstance(regions, (list, tuple)) and len(regions) == config.out_channels
+            and all(r in REGIONS for r in regions) and len(set(regions)) == len(regions)):
+        return (f"invalid regions {regions!r} (distinct names among {', '.join(REGIONS)}, one per output channel: "
+                f"{config.out_channels})")
+    if not (isinstance(spec, dict) and {"size", "margin", "modalities"} <= set(spec)):
+        return f"invalid slice settings {spec!r} (size, margin and modalities)"
+    size, margin, modalities = spec["size"], spec["margin"], spec["modalities"]
+    step = 2 ** config.depth
+    if not (_is_int(size) and 8 <= size <= 1024 and size % step == 0):
+        return f"an invalid slice size {size!r} (an integer from 8 to 1024, a multiple of 2**depth = {step})"
+    if not (_is_int(margin) and 0 <= margin <= 1024):
+        return f"an invalid slice margin {margin!r} (an integer from 0 to 1024)"
+    if not (isinstance(modalities, (list, tuple)) and len(modalities) == config.in_channels
+            and all(isinstance(m, str) for m in modalities) and len(set(modalities)) == len(modalities)):
+        return f"invalid modalities {modalities!r} (distinct names, one per input channel: {config.in_channels})"
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
+        return f"an invalid threshold {threshold!r} (a number between 0 and 1)"
+    return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # Slices per forward pass: big batches keep a GPU busy; on CPUs small ones stay in cache (measured with

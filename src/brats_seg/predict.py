@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brats_seg.data.layouts import CaseSource, discover_cases
+from brats_seg.data.layouts import MODALITIES, CaseSource, discover_cases
 from brats_seg.data.preprocess import preprocess_case, restore_volume
 from brats_seg.errors import DataError, UserError
 from brats_seg.inference import ModelBundle, load_model, pick_device, predict_slices
@@ -26,12 +26,13 @@ DEFAULT_MODEL = "models:/brats-unet@champion"
 
 
 def resolve_model(model: str | None, device: str = "auto") -> ModelBundle:
-    """A model from a file (``models/unet.pt``) or the MLflow registry (``models:/NAME@ALIAS``)."""
+    """A model from a file (``models/unet.pt``) or the MLflow registry (``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION``)."""
     dev = pick_device(device)
     model = model or DEFAULT_MODEL
     if Path(model).is_file():
         return load_model(model, dev)
-    if not model.startswith(("models:/", "runs:/")):
+    if not model.startswith("models:/"):
         what = "is a folder, not a model file" if Path(model).is_dir() else "does not exist"
         raise UserError(f"--model {model} {what}; pass a model file (models/unet.pt) or a registry URI such as "
                         f"{DEFAULT_MODEL}.")
@@ -39,18 +40,20 @@ def resolve_model(model: str | None, device: str = "auto") -> ModelBundle:
 
 
 def _load_registered(uri: str, device: torch.device) -> ModelBundle:
-    """The model file of a registry version, downloaded and read by :func:`load_model` (``weights_only``: never
-    unpickles; crafted weights are refused with one sentence naming ``uri``)."""
+    """The model file of a registry version, downloaded with every file of the version and checked against the
+    SHA-256 the registry recorded (:func:`brats_seg.tracking.fetch_registered_model`), then read by
+    :func:`load_model` (``weights_only``: never unpickles; crafted weights are refused naming ``uri``)."""
     from brats_seg import tracking
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            weights = tracking.fetch_registered_weights(uri, tmp)
+            folder = tracking.fetch_registered_model(uri, tmp)
         except UserError:
-            raise  # the version is there but was logged as a pickle: its own sentence
+            raise  # not there, not checkable or tampered with: its own sentence
         except Exception as exc:  # noqa: BLE001 - mlflow raises several kinds for "not there"
-            raise UserError(f"cannot load {uri} from the registry at {tracking.tracking_uri()} ({str(exc)[:120]}); "
+            raise UserError(f"cannot load {uri} from the registry at {tracking.shown_uri()} ({str(exc)[:120]}); "
                             f"promote a model first (brats-seg promote) or pass --model models/unet.pt.") from None
+        weights = folder / tracking.WEIGHTS_IN_VERSION
         try:
             return load_model(weights, device)
         except UserError as exc:
@@ -69,9 +72,10 @@ def check_case(case: CaseSource, modalities: tuple[str, ...]) -> Meta:
     for m in modalities:
         path, channel = case.images[m]
         metas[m] = read_header(path, ndim=3 if channel is None else 4)
-        if channel is not None and metas[m].shape[3] <= channel:
-            raise DataError(f"{path} has {metas[m].shape[3]} volumes but the {m} image is volume {channel + 1}; "
-                            f"pass the Decathlon's 4D image with FLAIR, T1w, T1gd and T2w.")
+        if channel is not None and metas[m].shape[3] != len(MODALITIES):
+            raise DataError(f"{path} has {metas[m].shape[3]} volumes but a Decathlon image holds {len(MODALITIES)} "
+                            f"(FLAIR, T1w, T1gd, T2w, in that order); pass the Decathlon's 4D image, or one file "
+                            f"per modality.")
     grid = metas[modalities[0]]
     for m, meta in metas.items():
         if not grid.same_grid(meta):

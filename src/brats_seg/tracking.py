@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -22,6 +23,9 @@ import pandas as pd
 
 import mlflow
 from brats_seg.errors import mask_credentials
+from brats_seg.io.atomic import file_sha256
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_ARTIFACTS = "mlflow/artifacts"
@@ -127,7 +131,8 @@ class Run:
             mlflow.log_input(dataset, context=context)
 
     def log_split_tables(self, table: pd.DataFrame) -> dict[str, str]:
-        """Log who is in which split: for each split of ``table`` (columns case_id, patient_id, split), its rows
+        """Log who is in which split: for each split of ``table`` (columns case_id, patient_id, split and, where
+        known, image_sha256: the digest of the case's decoded images, so that a renamed copy is recognised), its rows
         as the artifact ``splits/<split>.csv`` and an MLflow dataset input named ``<split>-split`` with
         context training / validation / testing, whose source is that artifact. Returns ``{split: digest}``.
 
@@ -135,7 +140,8 @@ class Run:
         to know which patients a model was trained, validated and tested on."""
         digests = {}
         for split, context in SPLIT_CONTEXTS.items():
-            rows = table.loc[table["split"] == split, list(SPLIT_COLUMNS)].sort_values(["patient_id", "case_id"])
+            columns = [c for c in (*SPLIT_COLUMNS, IMAGE_COLUMN) if c in table.columns]
+            rows = table.loc[table["split"] == split, columns].sort_values(["patient_id", "case_id"])
             text = rows.to_csv(index=False)
             digests[split] = hashlib.sha256(text.encode()).hexdigest()
             path = f"{SPLIT_FOLDER}/{split}.csv"
@@ -155,6 +161,7 @@ class Run:
 # Split tables of a training run (Run.log_split_tables, split_tables): split -> MLflow dataset context.
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 SPLIT_COLUMNS = ("case_id", "patient_id", "split")
+IMAGE_COLUMN = "image_sha256"  # in split tables logged since images were identified by content
 SPLIT_FOLDER = "splits"
 ARTIFACT_TAG = "brats_seg.artifact"
 CONTEXT_TAG = "mlflow.data.context"
@@ -255,37 +262,98 @@ def _client() -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri())
 
 
-# The model file's name among a registered model's artifacts (brats_seg.registered_model.WEIGHTS, which cannot
-# be imported from here: that module is the register stage's alone).
-WEIGHTS_ARTIFACT = "weights"
+# A registered version (brats_seg.registered_model): the ONNX graph, MLflow's own files (MLmodel, environment,
+# input example) and the train stage's model file as an extra file. The registry records the SHA-256 of every
+# stored file as version tags "sha256/<path in the version>", and marks a registration complete once its alias
+# is set. MLflow writes DOWNLOAD_RECORD into every downloaded copy: it is not stored, so it is not checked.
+WEIGHTS_NAME = "weights.pt"
+WEIGHTS_IN_VERSION = f"extra_files/{WEIGHTS_NAME}"
+DIGEST_PREFIX = "sha256/"
+DOWNLOAD_RECORD = "registered_model_meta"
+REGISTRATION_TAG = "brats_seg.registration"
 
 
-def register_model(run_id: str, model_file: str | Path, code_file: str | Path, name: str, input_example: np.ndarray,
-                   output_example: np.ndarray, metadata: dict, tags: dict[str, str], alias: str,
-                   model_config: dict | None = None) -> dict:
-    """Log the model file ``model_file`` in run ``run_id`` as an MLflow pyfunc whose code is ``code_file``
-    (:mod:`brats_seg.registered_model`, stored as source text: "models from code"), with signature, input
-    example and metadata; register a new version of ``name`` with ``tags`` and point ``alias`` at it.
-    ``model_config`` holds the load options and their defaults (MLflow ignores any option a model was not
-    logged with).
+def register_model(run_id: str, graph: bytes, model_file: str | Path, name: str, input_example: np.ndarray,
+                   output_example: np.ndarray, metadata: dict, tags: dict[str, str], alias: str) -> dict:
+    """Log the ONNX ``graph`` in run ``run_id`` with MLflow's onnx flavor (signature, input example, metadata,
+    and ``model_file`` as the extra file ``extra_files/weights.pt``), register a new version of ``name`` with
+    ``tags`` and the SHA-256 of every file stored, point ``alias`` at it and mark it complete.
 
-    The version loads with mlflow and torch alone and never unpickles: no pickled Python object is written,
-    the weights are read with ``torch.load(weights_only=True)``."""
-    import torch
+    A version of this run left unfinished by a killed registration (digests recorded, no alias yet) is adopted
+    when it holds this very model file, instead of registering the model twice."""
+    client = _client()
+    adopted = _adopt_unfinished(client, name, run_id, file_sha256(model_file))
+    if adopted is None:
+        model_uri = _log_onnx(run_id, graph, model_file, input_example, output_example, metadata)
+        with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
+            stored = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+                                                         tracking_uri=tracking_uri())
+            digests = {f"{DIGEST_PREFIX}{path}": sha for path, sha in file_digests(stored).items()}
+        version = str(mlflow.register_model(model_uri, name, tags={**tags, **digests}).version)
+    else:
+        version = adopted
+        set_version_tags(name, version, tags)
+        log.warning("adopted version %s of %s, left without its alias by an interrupted registration", version, name)
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, REGISTRATION_TAG, "complete")
+    return {"name": name, "version": version, "alias": alias, "run_id": run_id,
+            "model_uri": f"models:/{name}/{version}"}
+
+
+def _log_onnx(run_id: str, graph: bytes, model_file: str | Path, input_example: np.ndarray,
+              output_example: np.ndarray, metadata: dict) -> str:
+    """Log the graph as a model of run ``run_id``; returns its URI."""
+    import onnx
+    import onnxruntime
     from mlflow.models import infer_signature
 
-    client = _client()
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    requirements = [f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}",
+                    f"mlflow=={mlflow.__version__}"]
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(code_file), artifacts={WEIGHTS_ARTIFACT: str(model_file)},
-            signature=infer_signature(input_example, output_example), input_example=input_example,
-            metadata=metadata, model_config=model_config,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"])
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.set_registered_model_alias(name, alias, version.version)
-    return {"name": name, "version": str(version.version), "alias": alias, "run_id": run_id,
-            "model_uri": f"models:/{name}/{version.version}"}
+        weights = Path(tmp) / WEIGHTS_NAME
+        weights.write_bytes(Path(model_file).read_bytes())
+        info = mlflow.onnx.log_model(onnx.load_from_string(graph), name="model", input_example=input_example,
+                                     signature=infer_signature(input_example, output_example), metadata=metadata,
+                                     extra_files=[str(weights)], save_as_external_data=False,
+                                     pip_requirements=requirements)
+    return info.model_uri
+
+
+def _adopt_unfinished(client: mlflow.MlflowClient, name: str, run_id: str, weights_sha: str) -> str | None:
+    """The version of ``name`` from run ``run_id`` that a killed registration left unfinished, when it holds the
+    model file with SHA-256 ``weights_sha``; None when there is none."""
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    for mv in sorted(found, key=lambda v: int(v.version)):
+        tags = dict(mv.tags)
+        if tags.get(REGISTRATION_TAG) != "complete" and tags.get(f"{DIGEST_PREFIX}{WEIGHTS_IN_VERSION}") == weights_sha:
+            return str(mv.version)
+    return None
+
+
+def file_digests(folder: str | Path) -> dict[str, str]:
+    """``{path relative to folder: sha256}`` of every file under a downloaded model version (links included, as
+    the files they point at), without the download record MLflow adds to every copy."""
+    root = Path(folder)
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).as_posix() != DOWNLOAD_RECORD}
+
+
+def unverified_files(found: dict[str, str], expected: dict[str, str]) -> str | None:
+    """What differs between a version's files (``found``) and the digests the registry recorded
+    (``expected``), as a clause; None when they are the same files."""
+    for path in sorted(expected.keys() | found.keys()):
+        if path not in found:
+            return f"its file {path} is missing"
+        if path not in expected:
+            return f"it holds a file {path} that was not registered"
+        if found[path] != expected[path]:
+            return (f"its file {path} is not the registered one (SHA-256 {found[path][:12]}..., registered "
+                    f"{expected[path][:12]}...)")
+    return None
 
 
 def model_version(name: str, version: str | None = None, alias: str | None = None) -> dict | None:
@@ -321,31 +389,39 @@ def parse_model_uri(uri: str) -> dict:
     return {"name": name, "version": version or None}
 
 
-def fetch_registered_weights(uri: str, dst: str | Path) -> Path:
-    """Download the model file of the version behind a registry URI (``models:/NAME@ALIAS``,
-    ``models:/NAME/VERSION``) into the folder ``dst``; returns its path.
-
-    Nothing is loaded here: read it with :func:`brats_seg.inference.load_model` (``weights_only``), the
-    no-unpickle path the registered pyfunc takes too. A version without that file (logged as a pickle by an
-    older brats-seg or another tool) is refused with one sentence (UserError)."""
+def fetch_registered_model(uri: str, dst: str | Path) -> Path:
+    """Download the version behind a registry URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) into the
+    folder ``dst`` and check every file against the SHA-256 the registry recorded at registration; returns the
+    folder. Raises UserError with one sentence for a version that is not there, that has no recorded digests
+    (registered by an older brats-seg), or whose files differ from them: nothing of it is read before that.
+    Its weights (``WEIGHTS_IN_VERSION``) are for :func:`brats_seg.inference.load_model` (``weights_only``)."""
     from brats_seg.errors import UserError
 
-    _set_uri(tracking_uri())
-    info = mlflow.models.get_model_info(uri)
-    weights = info.flavors.get("python_function", {}).get("artifacts", {}).get(WEIGHTS_ARTIFACT, {}).get("path")
-    if weights is None:
-        raise UserError(f"{uri} has no weights artifact: it was logged as a pickled model (by an older brats-seg or "
-                        f"another tool), which brats-seg never unpickles; register the model again (dvc repro "
+    parts = parse_model_uri(uri)
+    version = model_version(parts["name"], version=parts.get("version"), alias=parts.get("alias"))
+    if version is None:
+        raise UserError(f"{uri} is not in the registry at {shown_uri()}; promote a model first (brats-seg promote) "
+                        f"or pass --model models/unet.pt.")
+    expected = {k[len(DIGEST_PREFIX):]: v for k, v in version["tags"].items() if k.startswith(DIGEST_PREFIX)}
+    which = f"{uri} (version {version['version']})"
+    if not expected:
+        raise UserError(f"{which} was registered without the SHA-256 of its files (by an older brats-seg or another "
+                        f"tool), so brats-seg cannot check it before use; register the model again (dvc repro "
                         f"register) and promote the new version.")
-    location = mlflow.get_logged_model(info.model_id).artifact_location
-    with _no_progress_bars():  # one small file: the caller logs what it loaded
-        return Path(mlflow.artifacts.download_artifacts(f"{location.rstrip('/')}/{weights}", dst_path=str(dst),
-                                                        tracking_uri=tracking_uri()))
+    with _no_progress_bars():  # a few files: the caller logs what it loaded
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=version["source"], dst_path=str(dst),
+                                                          tracking_uri=tracking_uri()))
+    problem = unverified_files(file_digests(folder), expected)
+    if problem:
+        raise UserError(f"{which} was refused: {problem}, so the artifact store was changed after registration and "
+                        f"nothing of it was loaded; register the model again (dvc repro register).")
+    return folder
 
 
 def split_tables(run_id: str) -> pd.DataFrame | None:
-    """Who was in which split of a training run: one row per case (case_id, patient_id, split), read from the
-    run's split dataset inputs (:meth:`Run.log_split_tables`); None when the run logged none (older runs)."""
+    """Who was in which split of a training run: one row per case (case_id, patient_id, split, image_sha256: empty
+    where the run did not record it), read from the run's split dataset inputs (:meth:`Run.log_split_tables`);
+    None when the run logged none (older runs)."""
     _set_uri(tracking_uri())
     paths = [next((t.value for t in d.tags if t.key == ARTIFACT_TAG), None)
              for d in mlflow.get_run(run_id).inputs.dataset_inputs
@@ -357,7 +433,7 @@ def split_tables(run_id: str) -> pd.DataFrame | None:
         frames = [pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=p, dst_path=tmp,
                                                                    tracking_uri=tracking_uri()), dtype=str)
                   for p in sorted(set(paths))]
-    return pd.concat(frames, ignore_index=True)[list(SPLIT_COLUMNS)]
+    return pd.concat(frames, ignore_index=True).reindex(columns=[*SPLIT_COLUMNS, IMAGE_COLUMN]).fillna("")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ import numpy as np
 
 from brats_seg.data.labels import CANONICAL_LABELS, INVALID_LABEL, label_ids, to_canonical
 from brats_seg.errors import DataError
+from brats_seg.io.atomic import file_sha256
 from brats_seg.io.nifti import is_nifti, read_nifti, strip_suffix, write_nifti
 
 log = logging.getLogger(__name__)
@@ -264,15 +264,6 @@ def _canonical_seg(seg: np.ndarray, convention: str) -> np.ndarray:
 
 def _suffix(path: Path) -> str:
     return ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def list_canonical_cases(root: str | Path) -> list[Path]:

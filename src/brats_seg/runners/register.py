@@ -1,5 +1,5 @@
-"""Runner of the DVC stage `register`: log the trained model to MLflow as a self-contained pyfunc and register a
-new version."""
+"""Runner of the DVC stage `register`: log the trained model to MLflow as an ONNX graph (a model that carries no
+code, :mod:`brats_seg.registered_model`) and register a new version with the SHA-256 of its files."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from brats_seg.io.tables import read_json, write_json
 log = logging.getLogger(__name__)
 
 
+# Aliases registration may not set: `champion` belongs to the promotion gate, `latest` is MLflow's own.
+PROTECTED_ALIASES = ("champion", "latest")
+
+
 @dataclasses.dataclass(frozen=True)
 class RegisterParams:
     """params.yaml ``register`` section."""
@@ -23,12 +27,22 @@ class RegisterParams:
     model_name: str = "brats-unet"
     alias: str = "challenger"
 
+    def __post_init__(self) -> None:
+        from brats_seg.config import require, require_match
+
+        require_match("register.model_name", self.model_name, r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+                      "a registry name of letters, digits, '.', '_' and '-' (no '/', at most 128 characters)")
+        require_match("register.alias", self.alias, r"[A-Za-z_][A-Za-z0-9_-]{0,254}",
+                      "an alias of letters, digits, '_' and '-' that starts with a letter")
+        require("register.alias", self.alias, self.alias.lower() not in PROTECTED_ALIASES,
+                "another alias than champion (the promotion gate alone moves it: brats-seg promote) and latest")
+
 
 # What an application needs to know to feed the registered model and read its output (the model's metadata).
 MODEL_CONTRACT = {
     "input": "float32 [N, C, H, W]: preprocessed axial slices, C channels in the order of slice.modalities",
     "output": "float32 [N, R, H, W]: sigmoid probabilities, R channels in the order of regions; "
-              "mask = probability > threshold",
+              "mask = probability > threshold; the ONNX graph's input is 'slices', its output 'probabilities'",
     "preprocessing": "per case (modalities on one grid): reorient to LPS; brain = voxels non-zero in any "
                      "modality; keep the axial slices from the first to the last that hold brain; crop them all to "
                      "one square box around the brain widened by slice.margin voxels (rows anterior to posterior, "
@@ -51,8 +65,8 @@ def synthetic_example(slice_params: dict, batch: int = 2) -> np.ndarray:
 
 
 def register_stage(params: RegisterParams, base: BaseParams) -> dict:
-    """Register the model file as a new version (an MLflow pyfunc that carries its own code, see
-    :mod:`brats_seg.registered_model`) with alias ``challenger``, tagged with its run's provenance."""
+    """Register the model file as a new version (its ONNX graph, with the model file beside it, see
+    :mod:`brats_seg.registered_model`) with alias ``register.alias``, tagged with its run's provenance."""
     bundle = load_model(base.model)
     train = read_json(base.train_report)
     evaluation = read_json(base.eval_report)
@@ -60,15 +74,16 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
     example = synthetic_example(bundle.slice_params)
     output = predict_slices(bundle.model, example, amp=False, sigmoid=False).sigmoid().numpy()
     tags = {key: run["tags"][key] for key in ("git_commit", "git_dirty", "dvc_raw_md5", "dvc_slices_md5",
-                                              "split_digest", "slice_index_digest") if key in run["tags"]}
+                                              "split_digest", "slice_index_digest", "test_content_digest",
+                                              "eval_code_digest") if key in run["tags"]}
     for region, stats in evaluation.items():
         if isinstance(stats, dict):
             tags[f"test_{region}_dice_mean"] = f"{stats['dice_mean']:.6f}"
             tags[f"test_{region}_hd95_median"] = f"{stats['hd95_median']}"
     tags["run_id"] = train["run_id"]
-    record = tracking.register_model(train["run_id"], base.model, registered_model.__file__, params.model_name,
-                                     example, output, model_metadata(bundle), tags, params.alias,
-                                     model_config=registered_model.DEFAULTS)
+    graph = registered_model.export_onnx(bundle.model, example)
+    record = tracking.register_model(train["run_id"], graph, base.model, params.model_name, example, output,
+                                     model_metadata(bundle), tags, params.alias)
     record["test_wt_dice_mean"] = evaluation.get("wt", {}).get("dice_mean")
     write_json(base.registered_report, record)
     log.info("registered %s version %s as @%s", record["name"], record["version"], params.alias)
