@@ -4,6 +4,7 @@ slices made with the champion's preprocessing), the refusals, and the case-level
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from brats_seg import registered_model, tracking
 from brats_seg.cli import main as cli
 from brats_seg.config import BaseParams
 from brats_seg.data.dataset import load_split
+from brats_seg.data.inspect import inspect_case
 from brats_seg.data.labels import region_mask
 from brats_seg.data.slicing import SliceParams, run_slice
 from brats_seg.errors import UserError
@@ -26,6 +28,7 @@ from brats_seg.lineage import case_lineage
 from brats_seg.models.unet import UNet, UNetConfig
 from brats_seg.predict import resolve_model
 from brats_seg.promotion import PromoteParams, promote
+from brats_seg.provenance import code_manifest, eval_code_digest
 from tests.conftest import COHORT_SEED, write_synthetic_cohort
 
 NAME = "brats-unet-test"
@@ -41,23 +44,29 @@ def store(tmp_path, monkeypatch):
 
 
 def _register(dice: float, split: str = "split-a", slice_params: dict | None = None,
-              splits: pd.DataFrame | None = None, model: UNet | None = None) -> str:
+              splits: pd.DataFrame | None = None, model: UNet | None = None, content: str = "content-a",
+              eval_code: str | None = None) -> str:
     """A new version of NAME: ``model`` (default: a tiny untrained U-Net for ``slice_params``), with its run's
-    split tables when given."""
+    split tables when given, tested on split ``split`` whose images and labels have digest ``content`` by
+    scoring code ``eval_code`` (default: this checkout's); its run records this checkout's code files."""
     slice_params = slice_params or TINY_SLICE
     model = model or UNet(UNetConfig(in_channels=len(slice_params["modalities"]), base=4, depth=1)).eval()
     size = slice_params["size"]
     example = np.zeros((1, len(slice_params["modalities"]), size, size), np.float32)
     with tracking.start_run("registry-test") as run:
         run.log_metrics({"test_wt_dice_mean": dice})
+        run.set_tags({"code_files": json.dumps(code_manifest())})
         if splits is not None:
             run.log_split_tables(splits)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
     model_file = save_model(Path(tempfile.mkdtemp(dir=".")) / "unet.pt", model, ("wt",), slice_params)
-    record = tracking.register_model(run.run_id, model_file, registered_model.__file__, NAME, example, out,
+    graph = registered_model.export_onnx(model, example)
+    record = tracking.register_model(run.run_id, graph, model_file, NAME, example, out,
                                      {"regions": ["wt"], "slice": slice_params, "threshold": 0.5},
-                                     {"test_wt_dice_mean": str(dice), "split_digest": split}, "challenger")
+                                     {"test_wt_dice_mean": str(dice), "split_digest": split,
+                                      "test_content_digest": content,
+                                      "eval_code_digest": eval_code or eval_code_digest()}, "challenger")
     return record["version"]
 
 
@@ -137,11 +146,12 @@ WORKSPACE_SLICE = SliceParams(size=32, margin=4, workers=1)
 def workspace(store) -> dict:
     """Seven tiny synthetic cases sliced by the real slice stage code under data/ (the default base paths)."""
     ids = write_synthetic_cohort(store / "data" / "raw", 7, tumour_free=(7,))
-    meta = run_slice(WORKSPACE_SLICE, store / "data" / "raw", pd.DataFrame({"case_id": ids}), store / "data" / "slices",
+    manifest = pd.DataFrame([inspect_case(store / "data" / "raw" / c) for c in ids])  # as validate writes it
+    meta = run_slice(WORKSPACE_SLICE, store / "data" / "raw", manifest, store / "data" / "slices",
                      seed=COHORT_SEED)  # seven cases that fill train, val and test
     cases = pd.read_parquet(store / "data" / "slices" / "cases.parquet")
     test = sorted(cases.loc[cases["split"] == "test", "case_id"])
-    return {"digest": meta["split_digest"], "cases": cases, "test": test}
+    return {"digest": meta["split_digest"], "content": meta["content_digests"]["test"], "cases": cases, "test": test}
 
 
 def _table(train: list[str], val: list[str] = (), test: list[str] = ()) -> pd.DataFrame:
@@ -198,7 +208,7 @@ def test_the_champion_is_rescored_on_the_challengers_test_patients(workspace, ch
     assert 0.05 < expected < 0.95  # a real score of a model that learnt something, unlike the recorded one
 
     challenger = _register(round(expected + 0.05, 6), split=workspace["digest"], slice_params=stored,
-                           splits=workspace["cases"][["case_id", "patient_id", "split"]])
+                           splits=workspace["cases"][["case_id", "patient_id", "split"]], content=workspace["content"])
     record = promote(NAME, PromoteParams(min_improvement=0.01, min_dice=0.0), base=BaseParams())
     assert record["champion_rescored"] and record["champion_dice"] == pytest.approx(expected, abs=1e-9)
     assert record["promoted"] and _champion() == challenger, record["reason"]
@@ -214,7 +224,7 @@ def test_a_champion_trained_on_a_test_patient_is_refused_naming_it(workspace):
     others = [c for c in workspace["cases"]["case_id"] if c not in workspace["test"]]
     champion = _register(0.6, split="old-split", splits=_table([*others, leaked]))
     promote(NAME, PARAMS, force=True)
-    challenger = _register(0.9, split=workspace["digest"])
+    challenger = _register(0.9, split=workspace["digest"], content=workspace["content"])
     record = promote(NAME, PARAMS, base=BaseParams())
     assert not record["promoted"] and _champion() == champion
     assert record["reason"] == (f"refused to compare: champion v{champion} was trained or validated on 1 of the "
@@ -226,7 +236,7 @@ def test_a_champion_trained_on_a_test_patient_is_refused_naming_it(workspace):
 def test_a_champion_without_split_tables_or_unloadable_is_refused(workspace):
     _register(0.6, split="old-split")  # logged no split tables
     promote(NAME, PARAMS, force=True)
-    _register(0.9, split=workspace["digest"])
+    _register(0.9, split=workspace["digest"], content=workspace["content"])
     record = promote(NAME, PARAMS, base=BaseParams())
     assert not record["promoted"] and "recorded no split tables" in record["reason"]
 
@@ -235,7 +245,7 @@ def test_a_champion_without_split_tables_or_unloadable_is_refused(workspace):
     model_id = tracking.model_version(NAME, version=broken)["source"].rsplit("/", 1)[-1]  # models:/m-...
     (folder,) = [p.parent for p in Path("mlflow/artifacts").rglob("MLmodel") if model_id in str(p)]
     shutil.rmtree(folder)  # the weights are gone: the champion cannot be loaded
-    _register(0.9, split=workspace["digest"])
+    _register(0.9, split=workspace["digest"], content=workspace["content"])
     record = promote(NAME, PARAMS, base=BaseParams())
     assert not record["promoted"] and _champion() == broken
     assert record["reason"].startswith(f"refused to compare: champion v{broken} cannot be loaded to re-score it")
@@ -247,6 +257,82 @@ def test_a_workspace_holding_another_split_is_one_sentence(workspace):
     _register(0.9, split="third-split")
     with pytest.raises(UserError, match=rf"the workspace's slices \(data/slices, split {workspace['digest'][:12]}\) "
                                         r"are not the split that challenger v2 was tested on \(third-split\)"):
+        promote(NAME, PARAMS, base=BaseParams())
+
+
+def test_a_renamed_copy_of_a_champions_training_case_is_refused_naming_both(workspace):
+    """The champion trained on a case whose images reappear in the challenger's test split under a new id (and a
+    new patient id): the patient check alone would let it through."""
+    copied = workspace["cases"].set_index("case_id").loc[workspace["test"][-1]]
+    others = workspace["cases"][~workspace["cases"]["case_id"].isin(workspace["test"])]
+    before = pd.concat([others[["case_id", "patient_id", "split", "image_sha256"]],
+                        pd.DataFrame([{"case_id": "BraTS20_Old_042", "patient_id": "BraTS20_Old_042", "split": "train",
+                                       "image_sha256": copied["image_sha256"]}])])
+    champion = _register(0.6, split="old-split", splits=before.assign(split="train"))
+    promote(NAME, PARAMS, force=True)
+    _register(0.9, split=workspace["digest"], content=workspace["content"])
+    record = promote(NAME, PARAMS, base=BaseParams())
+    assert not record["promoted"] and _champion() == champion
+    assert record["reason"] == (f"refused to compare: champion v{champion} was trained or validated on the images of "
+                                f"1 of the challenger's test cases under other ids: {workspace['test'][-1]} "
+                                f"(the images of BraTS20_Old_042); it cannot be scored fairly on them; keep the "
+                                f"champion, or promote with --force")
+
+
+@pytest.mark.parametrize("differs", ["labels-or-images", "evaluation-code"])
+def test_recorded_scores_on_one_split_compare_only_with_the_same_content_and_scoring_code(workspace, differs):
+    """Both versions tested on the same case ids, but the champion's score was made on other labels or images, or by
+    other scoring code: the champion is re-scored in the workspace instead of trusting its recorded number."""
+    others = [c for c in workspace["cases"]["case_id"] if c not in workspace["test"]]
+    stored = {"size": WORKSPACE_SLICE.size, "margin": WORKSPACE_SLICE.margin,
+              "modalities": list(WORKSPACE_SLICE.modalities)}
+    old = {"content": "labels-before-correction"} if differs == "labels-or-images" else {"eval_code": "old-scoring"}
+    champion = _register(0.99, split=workspace["digest"], slice_params=stored, splits=_table(others),
+                         model=_fit(WORKSPACE_SLICE, seed=1), **{"content": workspace["content"], **old})
+    promote(NAME, PARAMS, force=True)
+    expected = _reference_dice(champion, WORKSPACE_SLICE)
+    _register(round(expected + 0.05, 6), split=workspace["digest"], slice_params=stored, content=workspace["content"])
+    record = promote(NAME, PromoteParams(min_improvement=0.01, min_dice=0.0), base=BaseParams())
+    assert record["champion_rescored"] and record["champion_dice"] == pytest.approx(expected, abs=1e-9)
+    assert record["promoted"], record["reason"]  # against its recorded 0.99 it would have been kept
+
+
+def test_a_challenger_scored_by_other_evaluation_code_is_scored_again_too(workspace):
+    others = [c for c in workspace["cases"]["case_id"] if c not in workspace["test"]]
+    stored = {"size": WORKSPACE_SLICE.size, "margin": WORKSPACE_SLICE.margin,
+              "modalities": list(WORKSPACE_SLICE.modalities)}
+    _register(0.5, split="old-split", slice_params=stored, splits=_table(others), model=_fit(WORKSPACE_SLICE, seed=1))
+    promote(NAME, PARAMS, force=True)
+    challenger = _register(0.99, split=workspace["digest"], slice_params=stored, content=workspace["content"],
+                           model=_fit(WORKSPACE_SLICE, seed=2), eval_code="old-scoring")
+    record = promote(NAME, PromoteParams(min_improvement=0.0, min_dice=0.0), base=BaseParams())
+    assert record["challenger_dice"] == pytest.approx(_reference_dice(challenger, WORKSPACE_SLICE), abs=1e-9)
+    assert record["challenger_dice"] != 0.99
+
+
+def test_a_champion_preprocessed_by_other_code_is_refused_naming_the_file(workspace):
+    others = [c for c in workspace["cases"]["case_id"] if c not in workspace["test"]]
+    champion = _register(0.6, split="old-split", splits=_table(others))
+    run_id = tracking.model_version(NAME, version=champion)["run_id"]
+    files = json.loads(tracking.get_run(run_id)["tags"]["code_files"])
+    files["src/brats_seg/data/preprocess.py"] = "0" * 16  # as if the preprocessing changed since it was trained
+    tracking.mlflow.MlflowClient(tracking.tracking_uri()).set_tag(run_id, "code_files", json.dumps(files))
+    promote(NAME, PARAMS, force=True)
+    _register(0.9, split=workspace["digest"], content=workspace["content"])
+    record = promote(NAME, PARAMS, base=BaseParams())
+    assert not record["promoted"] and _champion() == champion
+    assert record["reason"] == (f"refused to compare: champion v{champion} was trained on slices made by other "
+                                f"preprocessing code than this workspace's (src/brats_seg/data/preprocess.py differs), "
+                                f"so re-scoring it here would not use its own preprocessing; keep the champion, or "
+                                f"promote with --force")
+
+
+def test_a_workspace_whose_test_cases_changed_under_the_same_ids_is_one_sentence(workspace):
+    _register(0.6, split="old-split", splits=_table(["nobody"]))
+    promote(NAME, PARAMS, force=True)
+    _register(0.9, split=workspace["digest"], content="before-the-labels-were-corrected")
+    with pytest.raises(UserError, match=r"the workspace's test cases hold other images or labels \(content "
+                                        rf"{workspace['content'][:12]}\) than those challenger v2 was tested on"):
         promote(NAME, PARAMS, base=BaseParams())
 
 
@@ -265,7 +351,7 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
 def test_split_tables_round_trip_through_the_tracking_store(store):
     table = pd.DataFrame({"case_id": ["BraTS-GLI-00001-000", "BraTS-GLI-00001-001", "B", "C"],
                           "patient_id": ["BraTS-GLI-00001", "BraTS-GLI-00001", "B", "C"],
-                          "split": ["test", "test", "train", "val"]})
+                          "split": ["test", "test", "train", "val"], "image_sha256": ["a1", "a2", "b", "c"]})
     with tracking.start_run("registry-test") as run:
         digests = run.log_split_tables(table)
     back = tracking.split_tables(run.run_id)
@@ -307,6 +393,21 @@ def test_lineage_case_lists_every_version_whose_splits_held_the_patient(store, c
                                  "or --case ID.\n")
 
 
+def test_lineage_case_finds_renamed_copies_of_its_images(store, capsys):
+    first = pd.DataFrame({"case_id": ["Old_042", "B"], "patient_id": ["Old_042", "B"], "split": ["train", "val"],
+                          "image_sha256": ["img-42", "img-b"]})
+    second = pd.DataFrame({"case_id": ["New_001", "C"], "patient_id": ["New_001", "C"], "split": ["test", "train"],
+                           "image_sha256": ["img-42", "img-c"]})
+    v1, v2 = _register(0.8, splits=first), _register(0.9, splits=second)
+    found = case_lineage("New_001")  # its images are known from v2's table: v1 trained on them as Old_042
+    assert [(f["version"], f["split"], f["case_ids"], f["same_images_only"]) for f in found["found"]] == [
+        (v1, "train", ["Old_042"], True), (v2, "test", ["New_001"], False)]
+    assert [f["version"] for f in case_lineage("Fresh_7", {"img-b"})["found"]] == [v1]  # digests from a manifest
+    assert case_lineage("Fresh_7")["found"] == []
+    code, out, _ = _cli(["lineage", "--case", "New_001"], capsys)
+    assert code == 0 and "train (patient Old_042: Old_042, the images of New_001 under another id; run" in out
+
+
 def test_split_tables_logged_through_a_tracking_server_keep_their_rows(store):
     """A server's proxied artifact URIs (mlflow-artifacts:) are no MLflow dataset source: the input is logged
     anyway, and its artifact tag still leads to the rows."""
@@ -315,4 +416,5 @@ def test_split_tables_logged_through_a_tracking_server_keep_their_rows(store):
         tracking.mlflow.log_text(table.to_csv(index=False), "splits/test.csv")
         tracking._log_table_input(table, "mlflow-artifacts:/0/x/artifacts/splits/test.csv", "test-split", "0" * 64,
                                   "testing", {tracking.ARTIFACT_TAG: "splits/test.csv"})
-    assert tracking.split_tables(run.run_id).equals(table)
+    back = tracking.split_tables(run.run_id)
+    assert back.astype(str).equals(table.assign(image_sha256="").astype(str))  # no image digest recorded: empty

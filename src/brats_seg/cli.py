@@ -163,7 +163,15 @@ def _case_lineage(args: argparse.Namespace) -> int:
     if args.model_uri is not None or args.verify:
         raise UserError("brats-seg lineage --case searches every registered model version; pass it without "
                         "MODEL_URI and --verify.")
-    result = case_lineage(args.case)
+    manifest = Path(load_section(BaseParams, read_params(args.params), "base").manifest) \
+        if Path(args.params).is_file() else None
+    images = set()
+    if manifest is not None and manifest.is_file():  # the workspace knows the case's images: find renamed copies
+        import pandas as pd
+
+        rows = pd.read_parquet(manifest, columns=["case_id", "image_sha256"])
+        images = set(rows.loc[rows["case_id"] == args.case, "image_sha256"])
+    result = case_lineage(args.case, images)
     sys.stdout.write((json.dumps(result, indent=2) if args.json else format_case_lineage(result)) + "\n")
     return 0
 

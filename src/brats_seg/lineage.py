@@ -126,27 +126,32 @@ def format_chain(chain: dict, head: dict | None = None) -> str:
 
 # --- case-level audit: which registered versions saw a patient ----------------------------------------
 
-def case_lineage(case: str) -> dict:
+def case_lineage(case: str, images: set[str] = frozenset()) -> dict:
     """Every registered model version (of every registered model) whose train, val or test split held the
-    patient of ``case`` (a case id, or a patient id: all of that patient's time points count), read from the
-    split tables logged with each version's training run. Versions whose run logged none are listed apart."""
+    patient of ``case`` (a case id, or a patient id: all of that patient's time points count), or the same images
+    under another id (a renamed copy: the image digests of ``case`` recorded in any split table, and ``images``,
+    e.g. from the workspace's manifest), read from the split tables logged with each version's training run.
+    Versions whose run logged none are listed apart."""
     from brats_seg.data.slicing import patient_id
 
     versions = tracking.model_versions()
-    tables: dict = {}  # run id -> its split tables (versions of one run share them)
-    found, unrecorded = [], []
+    tables = {}  # run id -> its split tables (versions of one run share them)
     for version in versions:
         if version["run_id"] not in tables:
             tables[version["run_id"]] = tracking.split_tables(version["run_id"])
+    known = [t for t in tables.values() if t is not None]
+    digests = {d for t in known for d in t.loc[t["case_id"] == case, "image_sha256"] if d} | {d for d in images if d}
+    found, unrecorded = [], []
+    for version in versions:
         table = tables[version["run_id"]]
         if table is None:
             unrecorded.append(_version_ref(version))
             continue
         patients = {case, patient_id(case), *table.loc[table["case_id"] == case, "patient_id"]}
-        rows = table[table["patient_id"].isin(patients)]
+        rows = table[table["patient_id"].isin(patients) | table["image_sha256"].isin(digests)]
         for (split, patient), group in rows.groupby(["split", "patient_id"], sort=True):
             found.append({**_version_ref(version), "split": split, "patient_id": patient,
-                          "case_ids": sorted(group["case_id"])})
+                          "case_ids": sorted(group["case_id"]), "same_images_only": patient not in patients})
     return {"case": case, "registry": tracking.shown_uri(), "versions_searched": len(versions),
             "found": found, "unrecorded": unrecorded}
 
@@ -165,8 +170,9 @@ def format_case_lineage(result: dict) -> str:
                      f"registered model versions:")
         for f in result["found"]:
             aliases = f" @{', @'.join(f['aliases'])}" if f["aliases"] else ""
+            copy = f", the images of {result['case']} under another id" if f.get("same_images_only") else ""
             lines.append(f"  {f['model']} v{f['version']}{aliases}: {f['split']} (patient {f['patient_id']}: "
-                         f"{', '.join(f['case_ids'])}; run {f['run_id']})")
+                         f"{', '.join(f['case_ids'])}{copy}; run {f['run_id']})")
     else:
         lines.append(f"no registered model version in {result['registry']} had {result['case']} in its train, val "
                      f"or test split ({result['versions_searched']} versions searched).")

@@ -14,14 +14,19 @@ was compared with, the number of test patients, the test split's digest and both
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import TYPE_CHECKING
 
 from brats_seg import tracking
 from brats_seg.config import BaseParams
 from brats_seg.errors import DataError, UserError
+from brats_seg.provenance import PREPROCESS_CODE, code_manifest, eval_code_digest
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from brats_seg import rescore
     from brats_seg.inference import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -46,12 +51,14 @@ class PromoteParams:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """The champion's test WT Dice on the challenger's test patients, and which patients those are."""
+    """The champion's test WT Dice on the challenger's test patients, and which patients those are; the
+    challenger's own score when it had to be scored again too (its recorded one was made by other code)."""
 
     champion_dice: float
     test_patients: int | None
     test_split: str | None
     rescored: bool
+    challenger_dice: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,27 +100,52 @@ def judge(dice: float, champion: dict | None, comparison: Comparison | None, par
                     f"{where}", dice, **same)
 
 
+# Tags that make two recorded test scores comparable: the same test case ids, the same images and labels under
+# them, the same scoring code (written by the evaluate stage, copied to the version by register).
+SAME_TEST = ("split_digest", "test_content_digest", "eval_code_digest")
+
+
 def compare(challenger: dict, champion: dict, base: BaseParams) -> Comparison:
-    """Both versions on one set of test patients: the recorded scores when they share a split, else the
-    champion re-scored on the challenger's test patients in the workspace. Raises Refusal when that cannot
-    be done fairly, UserError when the workspace does not hold the challenger's test split."""
+    """Both versions on one set of test cases: the recorded scores when they were made on the same cases, images,
+    labels and scoring code (:data:`SAME_TEST`), else the champion re-scored on the challenger's test patients in
+    the workspace (and the challenger too when its score was made by other scoring code). Raises Refusal when
+    that cannot be done fairly, UserError when the workspace does not hold the challenger's test cases."""
     split = challenger["tags"].get("split_digest")
-    if split == champion["tags"].get("split_digest"):
+    if all(challenger["tags"].get(k) is not None and challenger["tags"].get(k) == champion["tags"].get(k)
+           for k in SAME_TEST):
         return Comparison(float(champion["tags"].get(METRIC_TAG, "nan")), _test_patients(challenger), split, False)
     from brats_seg import rescore
 
-    digest, tests = rescore.workspace_split(base.slices_dir)
-    if digest != split:
-        raise UserError(f"the workspace's slices ({base.slices_dir}, split {digest[:12]}) are not the split that "
-                        f"challenger v{challenger['version']} was tested on ({str(split)[:12]}); run the promotion in "
-                        f"the workspace that produced it (or `git checkout` its commit and `dvc checkout`).")
-    _refuse_if_seen(champion, sorted(set(tests["patient_id"])))
-    bundle = _load(champion)
-    frame = rescore.score_model(bundle, base.raw_dir, tests["case_id"].tolist())
+    workspace = rescore.workspace_split(base.slices_dir)
+    _require_challengers_test_cases(challenger, workspace, base.slices_dir)
+    tests = workspace.cases
+    _refuse_if_seen(champion, tests)
+    _refuse_if_preprocessed_otherwise(champion)
+    frame = rescore.score_model(_load(champion), base.raw_dir, tests["case_id"].tolist())
     dice = rescore.mean_dice(frame)
     log.info("champion v%s re-scored on %d test patients of split %s: WT Dice %.4f", champion["version"],
-             tests["patient_id"].nunique(), digest[:12], dice)
-    return Comparison(dice, int(tests["patient_id"].nunique()), digest, True)
+             tests["patient_id"].nunique(), workspace.digest[:12], dice)
+    own = None
+    if challenger["tags"].get("eval_code_digest") != eval_code_digest():
+        own = rescore.mean_dice(rescore.score_model(_load(challenger), base.raw_dir, tests["case_id"].tolist()))
+        log.info("challenger v%s was scored by other evaluation code than this workspace's: re-scored, WT Dice %.4f",
+                 challenger["version"], own)
+    return Comparison(dice, int(tests["patient_id"].nunique()), workspace.digest, True, own)
+
+
+def _require_challengers_test_cases(challenger: dict, workspace: rescore.WorkspaceSplit, slices_dir: str) -> None:
+    """The workspace's test split is the one the challenger was tested on: the same case ids, and the same images
+    and labels where the challenger recorded them."""
+    split, content = challenger["tags"].get("split_digest"), challenger["tags"].get("test_content_digest")
+    where = ("run the promotion in the workspace that produced it (or `git checkout` its commit and "
+             "`dvc checkout`).")
+    if workspace.digest != split:
+        raise UserError(f"the workspace's slices ({slices_dir}, split {workspace.digest[:12]}) are not the split that "
+                        f"challenger v{challenger['version']} was tested on ({str(split)[:12]}); {where}")
+    if content not in (None, "unknown") and workspace.content != content:
+        raise UserError(f"the workspace's test cases hold other images or labels (content "
+                        f"{str(workspace.content)[:12]}) than those challenger v{challenger['version']} was tested on "
+                        f"({content[:12]}); {where}")
 
 
 def _test_patients(version: dict) -> int | None:
@@ -121,29 +153,58 @@ def _test_patients(version: dict) -> int | None:
     return None if table is None else int(table.loc[table["split"] == "test", "patient_id"].nunique())
 
 
-def _refuse_if_seen(champion: dict, patients: list[str]) -> None:
-    """Refuse when the champion's run trained or validated on any of ``patients`` (or recorded no splits)."""
+def _refuse_if_seen(champion: dict, tests: pd.DataFrame) -> None:
+    """Refuse when the champion's run trained or validated on any of the test cases ``tests`` (columns case_id,
+    patient_id, image_sha256): the same patient, or the same images under another id (a renamed copy); or when
+    it recorded no splits, so that this cannot be checked."""
     table = tracking.split_tables(champion["run_id"])
     if table is None:
         raise Refusal(f"champion v{champion['version']}'s training run recorded no split tables, so whether it "
                       f"saw the challenger's test patients cannot be checked; retrain it, or promote with --force")
-    seen = table[table["split"].isin(TRAINED_ON) & table["patient_id"].isin(patients)]
-    if len(seen):
-        ids = sorted(set(seen["patient_id"]))
-        named = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
-        raise Refusal(f"champion v{champion['version']} was trained or validated on {len(ids)} of the challenger's "
+    trained = table[table["split"].isin(TRAINED_ON)]
+    patients = sorted(set(tests["patient_id"]))
+    seen = sorted(set(trained.loc[trained["patient_id"].isin(patients), "patient_id"]))
+    if seen:
+        named = ", ".join(seen[:20]) + (f" and {len(seen) - 20} more" if len(seen) > 20 else "")
+        raise Refusal(f"champion v{champion['version']} was trained or validated on {len(seen)} of the challenger's "
                       f"{len(patients)} test patients ({named}), so it cannot be scored fairly on them; keep the "
                       f"champion, or promote with --force")
+    known = dict(zip(trained["image_sha256"], trained["case_id"]))
+    copies = [f"{case} (the images of {known[image]})"
+              for case, image in zip(tests["case_id"], tests["image_sha256"]) if image and image in known]
+    if copies:
+        named = ", ".join(copies[:10]) + (f" and {len(copies) - 10} more" if len(copies) > 10 else "")
+        raise Refusal(f"champion v{champion['version']} was trained or validated on the images of {len(copies)} of "
+                      f"the challenger's test cases under other ids: {named}; it cannot be scored fairly on them; "
+                      f"keep the champion, or promote with --force")
 
 
-def _load(champion: dict) -> ModelBundle:
+def _refuse_if_preprocessed_otherwise(champion: dict) -> None:
+    """Refuse when this workspace's preprocessing code (:data:`~brats_seg.provenance.PREPROCESS_CODE`) is not the
+    code the champion's slices were made by (its training run's ``code_files``): the re-score would not feed it
+    what it was trained on."""
+    recorded = json.loads(tracking.get_run(champion["run_id"])["tags"].get("code_files", "{}"))
+    if not recorded:
+        raise Refusal(f"champion v{champion['version']}'s training run recorded no code digests, so whether this "
+                      f"workspace preprocesses cases as its slices were made cannot be checked; retrain it, or promote "
+                      f"with --force")
+    changed = sorted(f for f, sha in code_manifest(PREPROCESS_CODE).items() if recorded.get(f) != sha)
+    if changed:
+        raise Refusal(f"champion v{champion['version']} was trained on slices made by other preprocessing code than "
+                      f"this workspace's ({', '.join(changed)} differ{'s' if len(changed) == 1 else ''}), so "
+                      f"re-scoring it here would not use its own preprocessing; keep the champion, or promote with "
+                      f"--force")
+
+
+def _load(version: dict) -> ModelBundle:
     from brats_seg.predict import resolve_model
 
-    uri = f"models:/{champion['name']}/{champion['version']}"
+    uri = f"models:/{version['name']}/{version['version']}"
+    role = "champion" if "champion" in version.get("aliases", []) else "challenger"
     try:
         return resolve_model(uri, "auto")
     except UserError as exc:
-        raise Refusal(f"champion v{champion['version']} cannot be loaded to re-score it ({exc})") from None
+        raise Refusal(f"{role} v{version['version']} cannot be loaded to re-score it ({exc})") from None
 
 
 def decide(challenger: dict, champion: dict | None, params: PromoteParams, base: BaseParams,
@@ -160,7 +221,8 @@ def decide(challenger: dict, champion: dict | None, params: PromoteParams, base:
         comparison = compare(challenger, champion, base)
     except Refusal as exc:
         return Decision(False, f"refused to compare: {exc}", dice, champion_version=champion["version"])
-    return judge(dice, champion, comparison, params)
+    return judge(dice if comparison.challenger_dice is None else comparison.challenger_dice, champion, comparison,
+                 params)
 
 
 def promote(model_name: str, params: PromoteParams, version: str | None = None, force: bool = False,

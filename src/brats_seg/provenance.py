@@ -20,6 +20,10 @@ PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "src" / "brats_seg").is_dir() else Path
 IMPORT_ROOTS = (PROJECT_ROOT, PROJECT_ROOT / "src")
 # What made a model: the stages from download to train (their code shapes the data and the weights).
 MODEL_STAGES = ("stages.download", "stages.validate", "stages.slice", "stages.train")
+# What scores a model on its test cases (the evaluate stage and the promotion's re-score share it), and what turns
+# a case into the model's input: recorded scores compare only when made by the same code.
+EVAL_CODE = ("brats_seg.evaluate",)
+PREPROCESS_CODE = ("brats_seg.data.preprocess",)
 
 
 def git_state(repo: str | Path = ".") -> dict[str, str]:
@@ -128,3 +132,8 @@ def code_manifest(modules: Iterable[str] = MODEL_STAGES, roots: tuple[Path, ...]
 def code_digest(manifest: dict[str, str]) -> str:
     """One digest for a :func:`code_manifest`."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def eval_code_digest() -> str:
+    """The digest of the code that scores a model on its test cases (:data:`EVAL_CODE`'s import closure)."""
+    return code_digest(code_manifest(EVAL_CODE))

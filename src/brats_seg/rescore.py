@@ -9,6 +9,7 @@ for a model whose slice parameters match the workspace's it reproduces the evalu
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,30 @@ from brats_seg.io.tables import read_json
 from brats_seg.metrics import summarise
 
 
-def workspace_split(slices_dir: str | Path, split: str = "test") -> tuple[str, pd.DataFrame]:
-    """The workspace's split digest and the cases of ``split`` that have slices (``case_id``, ``patient_id``),
-    as the slice stage wrote them; the cases the evaluate stage scores."""
+@dataclasses.dataclass(frozen=True)
+class WorkspaceSplit:
+    """A split as the workspace's slice stage wrote it: its digest (case ids), its content digest (images and
+    labels, None in slices written before it was recorded) and its sliced cases (case_id, patient_id,
+    image_sha256)."""
+
+    digest: str
+    content: str | None
+    cases: pd.DataFrame
+
+
+def workspace_split(slices_dir: str | Path, split: str = "test") -> WorkspaceSplit:
+    """The workspace's ``split``: the cases that have slices, the ones the evaluate stage scores."""
     meta, table = Path(slices_dir) / "meta.json", Path(slices_dir) / "cases.parquet"
     if not meta.is_file() or not table.is_file():
         raise DataError(f"the workspace has no slices ({meta} or {table} is missing); run `dvc repro slice` "
                         f"(or `dvc checkout`) in the workspace that produced the model, then retry.")
-    cases = pd.read_parquet(table, columns=["case_id", "patient_id", "split", "n_slices"])
+    cases = pd.read_parquet(table)
     cases = cases[(cases["split"] == split) & (cases["n_slices"] > 0)]
-    return read_json(meta)["split_digest"], cases[["case_id", "patient_id"]].reset_index(drop=True)
+    if "image_sha256" not in cases:
+        cases = cases.assign(image_sha256="")
+    written = read_json(meta)
+    return WorkspaceSplit(written["split_digest"], written.get("content_digests", {}).get(split),
+                          cases[["case_id", "patient_id", "image_sha256"]].reset_index(drop=True))
 
 
 def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str],

@@ -50,10 +50,21 @@ def image_digest(arrays: dict[str, np.ndarray]) -> str:
         return ""
     digest = hashlib.sha256()
     for m in MODALITIES:
-        data = np.ascontiguousarray(arrays[m])
-        digest.update(f"{m}:{data.dtype.str}:{data.shape};".encode())
-        digest.update(memoryview(data).cast("B"))
+        _update(digest, m, arrays[m])
     return digest.hexdigest()
+
+
+def label_digest(seg: np.ndarray) -> str:
+    """SHA-256 of a decoded label map (dtype, shape and voxels): equal for equal labels however stored."""
+    digest = hashlib.sha256()
+    _update(digest, "seg", seg)
+    return digest.hexdigest()
+
+
+def _update(digest: hashlib._Hash, name: str, array: np.ndarray) -> None:
+    data = np.ascontiguousarray(array)
+    digest.update(f"{name}:{data.dtype.str}:{data.shape};".encode())
+    digest.update(memoryview(data).cast("B"))
 
 
 def _geometry(metas: dict[str, Meta]) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from brats_seg.config import runtime_field
+from brats_seg.data.inspect import label_digest
 from brats_seg.data.labels import region_mask
 from brats_seg.data.layouts import MODALITIES, canonical_files
 from brats_seg.data.preprocess import preprocess_case
@@ -159,6 +160,15 @@ def split_digest(splits: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def content_digest(cases: pd.DataFrame) -> str:
+    """SHA-256 of what a split's cases hold: each case id with the digests of its decoded images and labels
+    (columns case_id, image_sha256, label_sha256), in case order. Equal split digests say the same ids; equal
+    content digests say the same images and labels under them."""
+    rows = cases.sort_values("case_id")[["case_id", "image_sha256", "label_sha256"]].astype(str)
+    text = "".join(f"{c}:{i}:{lab}\n" for c, i, lab in rows.itertuples(index=False))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Job:
     case_dir: Path
@@ -188,7 +198,8 @@ def slice_case(job: _Job, params: SliceParams, seed: int, shard_dir: Path) -> di
              "row": list(range(len(rows))), "split": job.split, "tumour_pixels": tumour_px[rows].astype(int).tolist(),
              "brain_pixels": pre.brain_pixels[rows].astype(int).tolist()}
     case = {"case_id": case_id, "split": job.split, "shard": shard, "n_slices": len(rows),
-            "affine": np.asarray(affine).ravel().tolist(), **pre.geometry.to_record()}
+            "affine": np.asarray(affine).ravel().tolist(), "label_sha256": label_digest(seg),
+            **pre.geometry.to_record()}
     return {"index": index, "case": case}
 
 
@@ -214,10 +225,13 @@ def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, 
     cases = pd.DataFrame([r["case"] for r in results])
     for table in (index, cases):
         table.insert(1, "patient_id", table["case_id"].map(patients))
+    images = dict(zip(manifest["case_id"], manifest.get("image_sha256", pd.Series("", index=manifest.index))))
+    cases.insert(3, "image_sha256", cases["case_id"].map(images))  # how a renamed copy of a case is recognised
     write_parquet(index, out_dir / "index.parquet")
     write_parquet(cases, out_dir / "cases.parquet")
     settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "workers"}  # outputs don't depend on it
     meta = {"params": settings, "seed": seed, "split_digest": split_digest(splits),
+            "content_digests": {s: content_digest(cases[cases["split"] == s]) for s in SPLITS},
             "cases": {s: int((cases["split"] == s).sum()) for s in SPLITS},
             "patients": {s: int(cases.loc[cases["split"] == s, "patient_id"].nunique()) for s in SPLITS},
             "slices": {s: int((index["split"] == s).sum()) for s in SPLITS},

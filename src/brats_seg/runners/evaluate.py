@@ -11,6 +11,7 @@ from brats_seg.config import BaseParams, runtime_field
 from brats_seg.evaluate import evaluate_cases, summarise_cases, write_overlays
 from brats_seg.inference import load_model, pick_device
 from brats_seg.io.tables import read_json, write_json
+from brats_seg.provenance import eval_code_digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,10 @@ def evaluate_stage(params: EvaluateParams, base: BaseParams, split: str = "test"
     frame.to_csv(base.eval_cases, index=False)
     overlays = write_overlays(bundle, frame, base.slices_dir, base.overlays_dir)
     run_id = read_json(base.train_report)["run_id"]
+    content = read_json(Path(base.slices_dir) / "meta.json").get("content_digests", {}).get(split, "unknown")
     with tracking.start_run(base.experiment, run_id=run_id) as run:
+        # what makes two recorded scores comparable: the same cases, images, labels and scoring code
+        run.set_tags({"test_content_digest": content, "eval_code_digest": eval_code_digest()})
         flat = {f"test_{region}_{k}": v for region, stats in summary.items() if isinstance(stats, dict)
                 for k, v in stats.items()}
         run.log_metrics(flat)

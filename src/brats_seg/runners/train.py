@@ -43,8 +43,10 @@ def model_params(params: TrainParams, slice_params: dict, seed: int) -> dict:
 
 
 def split_table(slices_dir: str | Path) -> pd.DataFrame:
-    """Who is in which split: one row per sliced case (case_id, patient_id, split), from cases.parquet."""
-    return pd.read_parquet(Path(slices_dir) / "cases.parquet", columns=["case_id", "patient_id", "split"])
+    """Who is in which split: one row per sliced case (case_id, patient_id, split, image_sha256), from
+    cases.parquet."""
+    return pd.read_parquet(Path(slices_dir) / "cases.parquet",
+                           columns=["case_id", "patient_id", "split", tracking.IMAGE_COLUMN])
 
 
 def memory_budget(params: TrainParams, ranks: Ranks) -> float:
