@@ -10,11 +10,12 @@ from prefect import flow
 
 from brats_seg.config import BaseParams, load_section, read_params
 from brats_seg.data.layouts import discover_cases
+from brats_seg.errors import exit_on_user_error
 from brats_seg.history import DEMO_BRANCH, record_run
 from brats_seg.inference import ModelBundle
 from brats_seg.orchestration import working_directory
 from brats_seg.predict import DEFAULT_MODEL, predict_case, resolve_model
-from flows.failures import run_name
+from flows.failures import run_name, server_start_in_one_sentence
 from flows.pipeline import pipeline
 from flows.promote import promote_flow
 
@@ -60,7 +61,9 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+@exit_on_user_error
+@server_start_in_one_sentence
+def main() -> None:
     from brats_seg.cli import summary as pipeline_summary
 
     result = demo()
@@ -69,3 +72,7 @@ if __name__ == "__main__":
                                        f"v{model.get('version')}")
     print(pipeline_summary())  # noqa: T201
     print(report(result))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,32 @@ def fail_on_user_error(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# What Prefect raises when its temporary API server (no PREFECT_API_URL) does not answer within
+# server.ephemeral.startup_timeout_seconds (prefect.toml).
+SERVER_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def server_start_in_one_sentence(func: F) -> F:
+    """Wrap a flow's command-line entry: Prefect's temporary server timing out becomes one UserError sentence."""
+
+    @functools.wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError as exc:
+            if SERVER_TIMEOUT not in str(exc):
+                raise
+            from prefect.settings import get_current_settings
+
+            limit = get_current_settings().server.ephemeral.startup_timeout_seconds
+            raise UserError(f"Prefect's temporary API server did not start within {limit} s (a busy machine): run the "
+                            f"command again, raise server.ephemeral.startup_timeout_seconds in prefect.toml, or start "
+                            f"a server once (prefect server start) and set PREFECT_API_URL=http://127.0.0.1:4200/api."
+                            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class UserErrorsWithoutTraceback(logging.Filter):
     """Drop the traceback from a log record about a UserError: its message already says what to fix."""
 

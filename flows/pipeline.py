@@ -24,7 +24,7 @@ from brats_seg.orchestration import (
     run_dvc_stage,
     workspace_lock,
 )
-from flows.failures import fail_on_user_error, is_not_a_user_error, run_name
+from flows.failures import fail_on_user_error, is_not_a_user_error, run_name, server_start_in_one_sentence
 
 
 @task(name="dvc-repro", task_run_name="dvc repro {stage}")
@@ -62,6 +62,7 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: f
 
 
 @exit_on_user_error
+@server_start_in_one_sentence
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=".")

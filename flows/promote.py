@@ -19,7 +19,7 @@ from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration import working_directory
 from brats_seg.promotion import PromoteParams, promote
 from brats_seg.runners.register import RegisterParams
-from flows.failures import fail_on_user_error, run_name
+from flows.failures import fail_on_user_error, run_name, server_start_in_one_sentence
 
 
 @flow(name="brats-seg-promote", flow_run_name=run_name("promote"))
@@ -49,6 +49,7 @@ def describe(name: str, record: dict) -> str:
 
 
 @exit_on_user_error
+@server_start_in_one_sentence
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=".")

@@ -19,7 +19,8 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from brats_seg.config import read_params
-from flows.failures import fail_on_user_error, run_name
+from brats_seg.errors import exit_on_user_error
+from flows.failures import fail_on_user_error, run_name, server_start_in_one_sentence
 from flows.pipeline import pipeline
 from flows.promote import promote_flow
 
@@ -43,6 +44,8 @@ def build_deployment(workdir: str = ".") -> RunnerDeployment:
         description="Retrain on schedule (dvc repro of every stage), then promote if better.")
 
 
+@exit_on_user_error
+@server_start_in_one_sentence
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=".")

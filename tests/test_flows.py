@@ -15,7 +15,7 @@ from prefect.testing.utilities import prefect_test_harness
 from brats_seg.cli import main as cli
 from brats_seg.errors import UserError
 from brats_seg.orchestration import STAGES, flow_stages, workspace_lock
-from tests.conftest import make_dvc_project, run_cmd
+from tests.conftest import PROJECT_ROOT, make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +148,7 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
 
     original = (repo / "params.yaml").read_text()
     params = yaml.safe_load(original)
-    params["train"]["lr"], params["train"]["threads"] = 0.5, 2  # threads does not shape the model
+    params["train"]["lr"], params["train"]["memory_gb"] = 0.5, 2  # memory_gb does not shape the model (runtime)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     code, out = _cli(["lineage", "models:/brats-unet@champion", "--verify"], capsys)
     (repo / "params.yaml").write_text(original)
@@ -175,3 +175,35 @@ def test_the_served_deployment_carries_the_schedule_from_params(ran):
     params["schedule"]["cron"] = "30 1 * * *"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert [s.schedule.cron for s in build_deployment(str(repo)).schedules] == ["30 1 * * *"]
+
+
+def test_a_temporary_server_that_starts_too_slowly_is_one_sentence(tmp_path):
+    """The flow on a machine too busy for Prefect's temporary server: its start-up limit (prefect.toml, here
+    lowered to 1 s through the environment as an artificially slow start) runs out, and the command says so in
+    one sentence with what to do, exit 2, no traceback."""
+    repo = make_dvc_project(tmp_path / "project").path
+    settings = (repo / "prefect.toml").read_text()
+    assert "analytics_enabled = false" in settings and "startup_timeout_seconds = 120" in settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
+               PYTHONPATH=str(repo / "src") + os.pathsep + str(repo))
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: Prefect's temporary API server did not start within 1 s (a busy machine): run the "
+                      "command again, raise server.ephemeral.startup_timeout_seconds in prefect.toml, or start a "
+                      "server once (prefect server start) and set PREFECT_API_URL=http://127.0.0.1:4200/api."]
+    assert "Traceback" not in proc.stderr and not (repo / "data" / "raw").exists()
+
+
+def test_prefect_reads_the_projects_settings_from_its_folder(tmp_path):
+    """Every Prefect entry point run from the project folder (a flow, `prefect server start`, `prefect deployment
+    run`) reads prefect.toml: telemetry off and the longer start-up limit, with no environment variable set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DO_NOT_TRACK"))}
+    code = ("from prefect.settings import get_current_settings as s; "
+            "print(s().server.analytics_enabled, s().server.ephemeral.startup_timeout_seconds)")
+    inside = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    elsewhere = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert inside.stdout.split() == ["False", "120"], inside.stderr
+    assert elsewhere.stdout.split() == ["True", "20"], elsewhere.stderr  # Prefect's own defaults: the file matters
