@@ -205,11 +205,18 @@ def slices(tmp_path_factory) -> Path:
     return root / "slices"
 
 
+# The project's git ignore rules: patient data (every DVC output under data/, models/, pictures of slices) is ignored
+# on every branch, not only where DVC wrote its own .gitignore files.
+IGNORE_FILES = (".gitignore", "data/.gitignore", "data/validated/.gitignore", "models/.gitignore",
+                "reports/.gitignore")
+
+
 def make_dvc_project(repo: Path, overrides: dict | None = None):
     """A fresh git + DVC repository at ``repo`` holding this project's pipeline with tiny params. Returns
     a function that rewrites params.yaml with more overrides; the repository path is ``fn.path``."""
     repo.mkdir(parents=True)
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", "prefect.toml", *IGNORE_FILES):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(PROJECT_ROOT / name, repo / name)
     for folder in ("stages", "src", "flows"):
         ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
@@ -221,7 +228,7 @@ def make_dvc_project(repo: Path, overrides: dict | None = None):
         (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
     write_params()
-    run_cmd(["git", "init", "-q"], repo)
+    run_cmd(["git", "init", "-q", "-b", "main"], repo)
     run_cmd(["git", "config", "user.email", "test@example.com"], repo)
     run_cmd(["git", "config", "user.name", "test"], repo)
     run_cmd(["dvc", "init", "-q"], repo)

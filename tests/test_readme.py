@@ -94,6 +94,21 @@ def test_every_readme_command_is_run_or_exempt_with_a_reason():
     assert not stale, f"EXEMPT lists commands the README no longer shows: {stale}"
 
 
+def _patient_data_staged_on_main(repo: Path) -> list[str]:
+    """`git switch main` (the README's way back from the demo's branch) and an everyday `git add -A`: the files
+    staged that hold patient data (scans, slices, the manifest, the model, downloads, pictures of slices). The
+    index is reset and the demo's branch checked out again afterwards."""
+    run_cmd(["git", "switch", "-q", "main"], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    staged = run_cmd(["git", "diff", "--cached", "--name-only"], repo).stdout.split()
+    run_cmd(["git", "reset", "-q"], repo)
+    run_cmd(["git", "switch", "-q", "brats-seg-demo"], repo)
+    assert any(p.startswith("reports/") for p in staged), staged  # git add -A did pick up untracked files
+    return [p for p in staged if p.startswith(("data/raw/", "data/slices/", "data/cache/", "models/unet",
+                                                 "data/validated/manifest", "reports/overlays/", "reports/index"))
+            or p.endswith((".nii.gz", ".nii", ".npz", ".parquet", ".pt"))]
+
+
 def test_the_readme_commands_work_as_written(tmp_path):
     repo = make_dvc_project(tmp_path / "clone", {"promote": {"min_dice": 0.0}}).path
     (repo / ".venv").symlink_to(PROJECT_ROOT / ".venv")
@@ -103,6 +118,8 @@ def test_the_readme_commands_work_as_written(tmp_path):
     assert "recorded as commit" in demo.stdout
     assert run_cmd(["git", "branch", "--show-current"], repo).stdout.strip() == "brats-seg-demo"
     assert run_cmd(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
+    assert not _patient_data_staged_on_main(repo)
+
 
     for command in readme_commands((PROJECT_ROOT / "README.md").read_text()):
         if command in EXEMPT:
