@@ -137,6 +137,15 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
     assert code == 0, out
     assert "brats-unet v1" in out and head in out and lock["download"]["outs"][0]["md5"] in out
     assert "workspace matches" in out and "train.epochs=2" in out and "test_wt_dice_mean=" in out
+    # what it was trained under, kept with the run whatever git holds, and its promotion on the audit trail
+    assert "inputs   as trained, whatever git holds: run artifacts inputs/params.yaml,inputs/dvc.lock" in out
+    run_id = next(line.split()[1] for line in out.splitlines() if line.startswith("run "))
+    import mlflow
+
+    kept = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="inputs/params.yaml",
+                                               tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    assert yaml.safe_load(open(kept).read()) == yaml.safe_load((repo / "params.yaml").read_text())
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("decision ")] == ["promoted"]
 
     victim = next((repo / "data" / "raw").glob("*/*_flair.nii.gz"))
     victim.chmod(0o644)

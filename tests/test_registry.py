@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from brats_seg import registered_model, tracking
+from brats_seg.audit import history
 from brats_seg.cli import main as cli
 from brats_seg.config import BaseParams
 from brats_seg.data.dataset import load_split
@@ -132,6 +133,37 @@ def test_registered_model_loads_with_its_metadata_and_batches(store):
     assert info["version"] == version and info["tags"]["split_digest"] == "split-a"
 
 
+def test_every_decision_is_a_record_of_its_own_never_overwritten(store, capsys):
+    import getpass
+    import socket
+
+    v1 = _register(0.80)
+    assert promote(NAME, PARAMS)["promoted"]
+    v2 = _register(0.75)
+    assert not promote(NAME, PARAMS)["promoted"]
+    v3 = _register(0.95)
+    assert promote(NAME, PARAMS, version=v3, force=True)["promoted"]
+    assert not promote(NAME, PARAMS, version=v1)["promoted"]  # the old champion, judged again: kept
+    records = history(NAME)
+    assert [(r["version"], r["decision"]) for r in records] == [(v1, "promoted"), (v2, "kept"), (v3, "forced"),
+                                                                (v1, "kept")]
+    assert _tags(v1)["promotion_decision"] == "kept"  # the version's tag says its latest decision...
+    assert history(NAME, v1)[0]["decision"] == "promoted"  # ...and the trail still says it was promoted
+    assert records[1]["challenger_dice"] == "0.750000" and records[1]["champion_dice"] == "0.800000"
+    assert records[1]["compared_with"] == v1 and records[1]["user"] == getpass.getuser()
+    assert records[1]["host"] == socket.gethostname() and records[0]["time"] <= records[3]["time"]
+
+    code, out, _ = _cli(["audit", "--model", NAME], capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4
+    assert f"{NAME} v{v1}  promoted  by {getpass.getuser()}@{socket.gethostname()}  test WT Dice 0.800000" in lines[0]
+    assert f"{NAME} v{v2}  kept      by" in lines[1] and f"vs champion v{v1} 0.800000 on" in lines[1]
+    code, out, _ = _cli(["audit", "--model", NAME, "--version", v1, "--json"], capsys)
+    assert [r["decision"] for r in json.loads(out)] == ["promoted", "kept"]
+    code, out, _ = _cli(["lineage", f"models:/{NAME}/{v1}"], capsys)
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("decision ")] == ["promoted", "kept"]
+
+
 def test_no_challenger_is_one_sentence(store):
     with pytest.raises(UserError, match="model nothing-here has no .challenger. alias in the registry"):
         promote("nothing-here", PARAMS)
@@ -231,6 +263,7 @@ def test_a_champion_trained_on_a_test_patient_is_refused_naming_it(workspace):
                                 f"challenger's {len(workspace['test'])} test patients ({leaked}), so it cannot be "
                                 f"scored fairly on them; keep the champion, or promote with --force")
     assert _tags(challenger)["promotion_decision"] == "kept"
+    assert [(r["version"], r["decision"]) for r in history(NAME)] == [(champion, "forced"), (challenger, "refused")]
 
 
 def test_a_champion_without_split_tables_or_unloadable_is_refused(workspace):

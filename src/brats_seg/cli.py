@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit 1 and name what drifted when the workspace's params, code or data no longer match")
     p.add_argument("--json", action="store_true")
     p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("audit", help="every promotion decision of a model (or one version), oldest first: what, "
+                       "when, by whom, with its numbers; never overwritten")
+    p.add_argument("--model", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--version", default=None, help="only this version's decisions")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--params", default="params.yaml")
     p = sub.add_parser("params", help="set values in params.yaml (like dvc exp run -S, without running)")
     p.add_argument("action", choices=["set"])
     p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
@@ -133,6 +139,13 @@ def _run(args: argparse.Namespace) -> int:
         record = promote(name, load_section(PromoteParams, params, "promote"), args.version, args.force,
                          load_section(BaseParams, params, "base"))
         sys.stdout.write(json.dumps(json_safe(record), indent=2) + "\n")
+    elif args.command == "audit":
+        from brats_seg.audit import format_history, history
+        from brats_seg.runners.register import RegisterParams
+
+        name = args.model or load_section(RegisterParams, read_params(args.params), "register").model_name
+        records = history(name, args.version)
+        sys.stdout.write((json.dumps(records, indent=2) if args.json else format_history(name, records)) + "\n")
     elif args.command == "lineage" and args.case is not None:
         return _case_lineage(args)
     elif args.command == "lineage":

@@ -35,11 +35,14 @@ def lineage(uri: str) -> dict:
         "model": {"uri": uri, "name": ref["name"], "version": version["version"], "aliases": version["aliases"]},
         "run": {"id": version["run_id"], "status": run["status"]},
         "code": {"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty"),
+                 "dvc_experiment": tags.get("dvc_exp_name"), "dvc_baseline": tags.get("dvc_exp_baseline"),
+                 "inputs": tags.get("inputs_logged"),
                  "code_digest": tags.get("code_digest"), "files": json.loads(tags.get("code_files") or "{}")},
         "params": run["params"],
         "data": {"raw_md5": tags.get("dvc_raw_md5"), "slices_md5": tags.get("dvc_slices_md5"),
                  "split_digest": tags.get("split_digest"), "slice_index_digest": tags.get("slice_index_digest")},
         "metrics": {k: v for k, v in run["metrics"].items() if k.startswith(("test_", "best_val"))},
+        "decisions": tracking.decision_records(ref["name"], version["version"]),
     }
 
 
@@ -115,12 +118,17 @@ def format_chain(chain: dict, head: dict | None = None) -> str:
         f"{', '.join(chain['model']['aliases']) or 'none'})",
         f"run      {chain['run']['id']} ({chain['run']['status']})",
         f"commit   {code['git_commit']} (dirty: {code['git_dirty']}; {same})",
+        *([f"dvc exp  {code['dvc_experiment'] or '(unnamed)'} from {code['dvc_baseline']}"]
+          if code.get("dvc_baseline") else []),
+        *([f"inputs   as trained, whatever git holds: run artifacts {code['inputs']}"] if code.get("inputs") else []),
         f"code     digest {code['code_digest']} over {len(code['files'])} files (download to train)",
         "params   " + ", ".join(f"{k}={v}" for k, v in params.items()),
         f"data     raw md5 {chain['data']['raw_md5']}, slices md5 {chain['data']['slices_md5']}",
         f"         split {chain['data']['split_digest']}, slice index {chain['data']['slice_index_digest']}",
         "metrics  " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
     ]
+    lines += [f"decision {r['time']} {r['decision']} by {r['user']}@{r['host']}: {r.get('reason', '')}"
+              for r in chain.get("decisions", [])] or ["decision none recorded (brats-seg audit lists every one)"]
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from brats_seg import tracking
+from brats_seg.audit import record_decision
 from brats_seg.config import BaseParams
 from brats_seg.errors import DataError, UserError
 from brats_seg.provenance import PREPROCESS_CODE, code_manifest, eval_code_digest
@@ -247,7 +248,9 @@ def promote(model_name: str, params: PromoteParams, version: str | None = None, 
         raise UserError(f"cannot re-score champion v{champion['version'] if champion else '?'}: {exc}") from None
     if decision.promote:
         tracking.set_alias(model_name, "champion", challenger["version"])
-    tracking.set_version_tags(model_name, challenger["version"], decision_tags(decision))
+    tags = decision_tags(decision)
+    tracking.set_version_tags(model_name, challenger["version"], tags)  # its latest decision
+    record_decision(model_name, challenger["version"], tags, decision.promote, decision.reason)  # the trail
     log.info("promotion of %s v%s: %s (%s)", model_name, challenger["version"],
              "promoted to champion" if decision.promote else "kept as it is", decision.reason)
     return _record(model_name, challenger["version"], decision)

@@ -466,3 +466,50 @@ def model_versions(name: str | None = None) -> list[dict]:
             break
     out = [model_version(mv.name, version=str(mv.version)) for mv in found]  # aliases are filled in here
     return sorted((v for v in out if v is not None), key=lambda v: (v["name"], int(v["version"])))
+
+
+# --- the audit trail: one run per promotion decision, never overwritten ------------------------------------
+
+AUDIT_EXPERIMENT = "brats-seg-audit"
+
+
+def log_decision_record(model_name: str, version: str, record: dict[str, str]) -> str:
+    """Write a promotion decision as a new, finished run of the ``brats-seg-audit`` experiment (its tags are the
+    record, with the model and version); returns the run id. Nothing earlier is changed: the trail only grows."""
+    client = _client()
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if experiment is None:
+        local = not os.environ.get("MLFLOW_TRACKING_URI")
+        location = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if local else None
+        experiment_id = client.create_experiment(AUDIT_EXPERIMENT, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+    else:
+        experiment_id = experiment.experiment_id
+    tags = {**record, "model": model_name, "version": str(version)}
+    run = client.create_run(experiment_id, run_name=f"{model_name} v{version}: {record.get('decision', '?')}",
+                            tags=tags)
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
+
+
+def decision_records(model_name: str, version: str | None = None) -> list[dict]:
+    """Every promotion decision recorded for ``model_name`` (or one version), oldest first: the record's tags
+    with ``time`` (UTC, ISO 8601) and ``record_id`` (its run)."""
+    client = _client()
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if experiment is None:
+        return []
+    query = f"tags.model = '{model_name}'" + ("" if version is None else f" and tags.version = '{version}'")
+    found, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time ASC"],
+                                  page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    from datetime import datetime, timezone
+
+    return [{**{k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}, "record_id": run.info.run_id,
+             "time": datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(timespec="seconds")}
+            for run in found]

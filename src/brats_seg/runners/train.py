@@ -37,6 +37,17 @@ def run_tags(base: BaseParams) -> dict[str, str]:
             **{f"dvc_{name}_md5": value for name, value in hashes.items()}}
 
 
+def log_inputs_as_written(run: tracking.Run) -> None:
+    """Keep what the model was trained under, whatever the state of git: params.yaml and dvc.lock as they are
+    now (artifacts ``inputs/``), and the DVC experiment running it (tags ``dvc_exp_name``, ``dvc_exp_baseline``)."""
+    logged = [name for name in ("params.yaml", "dvc.lock") if Path(name).is_file()]
+    for name in logged:
+        run.log_artifact(name, "inputs")
+    tags = {"inputs_logged": ",".join(f"inputs/{name}" for name in logged), "dvc_exp_name": os.environ.get(
+        "DVC_EXP_NAME"), "dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV")}
+    run.set_tags({k: v for k, v in tags.items() if v})
+
+
 def model_params(params: TrainParams, slice_params: dict, seed: int) -> dict:
     """The parameters that made a model, as logged to its run (and compared by `brats-seg lineage --verify`)."""
     return {"train": dataclasses.asdict(params), "slice": slice_params, "seed": seed}
@@ -143,6 +154,7 @@ def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame,
                             context="training")
             run.set_tags({"slice_index_digest": digest})
             run.log_split_tables(split_table(base.slices_dir))
+            log_inputs_as_written(run)
         result = train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1],
                              on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch), key=key,
                              ranks=ranks)
