@@ -14,7 +14,7 @@ from brats_seg.errors import exit_on_user_error
 from brats_seg.history import DEMO_BRANCH, record_run
 from brats_seg.inference import ModelBundle
 from brats_seg.orchestration import working_directory
-from brats_seg.predict import DEFAULT_MODEL, predict_case, resolve_model
+from brats_seg.predict import DEFAULT_MODEL, cohort_summary, cohort_warning, predict_case, resolve_model
 from flows.failures import run_name, server_start_in_one_sentence
 from flows.pipeline import pipeline
 from flows.promote import promote_flow
@@ -33,7 +33,8 @@ def demo(workdir: str = ".") -> dict:
         model = DEFAULT_MODEL if has_champion else base.model
         bundle: ModelBundle = resolve_model(model)
         (case,) = discover_cases(f"{base.raw_dir}/{case_id}")
-        summary["prediction"] = {**predict_case(case, bundle, "predictions"), "model": model}
+        summary["prediction"] = {**predict_case(case, bundle, "predictions"), "model": bundle.origin,
+                                 "cohort": cohort_summary(bundle), "warning": cohort_warning(bundle)}
     return summary
 
 
@@ -49,7 +50,10 @@ def report(summary: dict) -> str:
         lines.append(f"test WT Dice per case (original grid): mean {wt['dice_mean']:.3f}, "
                      f"HD95 median {wt['hd95_median']:.1f} mm")
     p = summary["prediction"]
-    lines.append(f"predicted {p['case_id']} with {p['model']}: tumour {p['tumour_ml']:.1f} ml -> {p['mask']}")
+    lines.append(f"predicted {p['case_id']} with {p['model']} ({p['cohort']}): tumour {p['tumour_ml']:.1f} ml -> "
+                 f"{p['mask']} (provenance in {p['mask'].replace('.nii.gz', '.json')})")
+    if p.get("warning"):
+        lines.append(f"warning: {p['warning']}")
     if summary.get("commit"):
         lines.append(f"recorded as commit {summary['commit'][:10]} on branch {DEMO_BRANCH}: try a variant with "
                      f"`dvc exp run -S train.lr=3e-4`, then `dvc metrics diff`")

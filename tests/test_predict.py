@@ -135,3 +135,36 @@ def test_out_must_be_a_folder(tmp_path, model_file):
     with pytest.raises(UserError, match="--out .*out is a file; pass a folder for the masks."):
         predict_dirs([folder], str(model_file), tmp_path / "out", "cpu")
     assert (tmp_path / "out").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("cohort", "warning"), [
+    ({"source": "synthetic", "train_cases": 17, "train_patients": 17},
+     "was trained on synthetic cases only (17 patients): its masks demonstrate the pipeline"),
+    ({"source": "local", "train_cases": 30, "train_patients": 12},
+     "was trained on 12 real patients only (fewer than 100): check every mask"),
+    ({"source": "local", "train_cases": 400, "train_patients": 369}, None),
+    (None, "records no training cohort (trained by an older brats-seg): what it learnt from is unknown"),
+], ids=["synthetic", "few-real", "enough-real", "unrecorded"])
+def test_every_mask_says_what_made_it(tmp_path, caplog, cohort, warning):
+    import json
+
+    from brats_seg import __version__
+
+    net = UNet(UNetConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
+    model = save_model(tmp_path / "unet.pt", net, ("wt",), SLICE,
+                       extra={"fingerprint": "f00d" * 4, **({"cohort": cohort} if cohort else {})})
+    case = make_case(1, 0, (48, 48, 24))
+    write_case(tmp_path / "in", case.case_id, case.images, None, case.affine)
+    with caplog.at_level("INFO", logger="brats_seg"):
+        (result,) = predict_dirs([tmp_path / "in"], str(model), tmp_path / "out", "cpu")
+    sidecar = json.loads((tmp_path / "out" / f"{case.case_id}_mask.json").read_text())
+    assert sidecar["model"] == str(model) and sidecar["fingerprint"] == "f00d" * 4
+    assert sidecar["cohort"] == (cohort or {}) and sidecar["brats_seg_version"] == __version__
+    assert sidecar["mask"] == result["mask"] and sidecar["tumour_ml"] == result["tumour_ml"] and sidecar["date"]
+    descrip = nib.load(result["mask"]).header["descrip"].item().decode()
+    assert descrip == f"brats-seg {__version__} {model}"[:79]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "trained" in r.getMessage()]
+    if warning is None:
+        assert sidecar["warning"] is None and not warnings
+    else:
+        assert warning in sidecar["warning"] and len(warnings) == 1 and warning in warnings[0]

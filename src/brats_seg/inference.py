@@ -25,6 +25,9 @@ class ModelBundle:
     regions: tuple[str, ...]
     slice_params: dict
     threshold: float = 0.5
+    origin: str = ""  # the file or registry version it was loaded from
+    fingerprint: str = ""  # the training fingerprint: settings, data and code that made the weights
+    cohort: dict = dataclasses.field(default_factory=dict)  # source kind, train/val cases and patients
 
 
 def pick_device(requested: str) -> torch.device:
@@ -82,7 +85,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
         raise UserError(f"{path} holds {problem}; pass a model written by the train stage (models/unet.pt), or "
                         f"retrain it (dvc repro train).")
     model.to(device, memory_format=torch.channels_last).eval()
-    return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)))
+    cohort = data.get("cohort") if isinstance(data.get("cohort"), dict) else {}
+    return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)),
+                       str(path), str(data.get("fingerprint", "")), cohort)
 
 
 def field_problem(data: dict, config: UNetConfig) -> str | None:

@@ -7,18 +7,22 @@ checked before anything is written: each modality decodes, is 3D and lies on the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from brats_seg import __version__
 from brats_seg.data.layouts import MODALITIES, CaseSource, discover_cases
 from brats_seg.data.preprocess import preprocess_case, restore_volume
 from brats_seg.errors import DataError, UserError
 from brats_seg.inference import ModelBundle, load_model, pick_device, predict_slices
 from brats_seg.io.nifti import Meta, read_header, read_volume, write_like
+from brats_seg.io.tables import write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ def _load_registered(uri: str, device: torch.device) -> ModelBundle:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            folder = tracking.fetch_registered_model(uri, tmp)
+            folder, version = tracking.fetch_registered_model(uri, tmp)
         except UserError:
             raise  # not there, not checkable or tampered with: its own sentence
         except Exception as exc:  # noqa: BLE001 - mlflow raises several kinds for "not there"
@@ -55,9 +59,11 @@ def _load_registered(uri: str, device: torch.device) -> ModelBundle:
                             f"promote a model first (brats-seg promote) or pass --model models/unet.pt.") from None
         weights = folder / tracking.WEIGHTS_IN_VERSION
         try:
-            return load_model(weights, device)
+            bundle = load_model(weights, device)
         except UserError as exc:
             raise UserError(str(exc).replace(str(weights), f"the weights file of {uri}")) from None
+    name = tracking.parse_model_uri(uri)["name"]
+    return dataclasses.replace(bundle, origin=f"{name} v{version} ({uri})")
 
 
 def check_case(case: CaseSource, modalities: tuple[str, ...]) -> Meta:
@@ -96,10 +102,51 @@ def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, bat
                           int(bundle.slice_params["margin"]))
     probs = predict_slices(bundle.model, pre.images, batch_size).float().cpu().numpy()[:, 0]
     mask = (restore_volume(probs, pre.z, pre.geometry) > bundle.threshold).astype(np.uint8)
-    out = write_like(Path(out_dir) / f"{case.case_id}_mask.nii.gz", mask, reference)
+    out = write_like(Path(out_dir) / f"{case.case_id}_mask.nii.gz", mask, reference,
+                     description=f"brats-seg {__version__} {bundle.origin}")
     volume_ml = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
     log.debug("%s: tumour %.1f ml -> %s", case.case_id, volume_ml, out)
-    return {"case_id": case.case_id, "mask": str(out), "tumour_ml": round(volume_ml, 2), "voxels": int(mask.sum())}
+    result = {"case_id": case.case_id, "mask": str(out), "tumour_ml": round(volume_ml, 2), "voxels": int(mask.sum())}
+    write_json(out.with_name(f"{case.case_id}_mask.json"), {**result, **provenance(bundle)})
+    return result
+
+
+# Fewer real training patients than this and every prediction says so: BraTS models learn from hundreds.
+MIN_REAL_PATIENTS = 100
+
+
+def provenance(bundle: ModelBundle) -> dict:
+    """What made a mask, for its JSON sidecar: the model, its fingerprint (training settings, data and code), what
+    it learnt from, the threshold, the date and brats-seg's version."""
+    return {"model": bundle.origin, "fingerprint": bundle.fingerprint, "cohort": bundle.cohort,
+            "threshold": bundle.threshold, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "brats_seg_version": __version__, "warning": cohort_warning(bundle)}
+
+
+def cohort_summary(bundle: ModelBundle) -> str:
+    """``trained on 17 cases of 17 patients (synthetic)``, or that the model records no cohort."""
+    c = bundle.cohort
+    if not c:
+        return "its training cohort is not recorded"
+    return f"trained on {c.get('train_cases', '?')} cases of {c.get('train_patients', '?')} patients " \
+           f"({c.get('source', 'unknown')})"
+
+
+def cohort_warning(bundle: ModelBundle) -> str | None:
+    """A sentence for every mask of a model that learnt from synthetic cases, from few real patients, or from
+    an unknown cohort; None otherwise."""
+    c = bundle.cohort
+    if not c:
+        return (f"{bundle.origin} records no training cohort (trained by an older brats-seg): what it learnt from "
+                f"is unknown; check every mask")
+    patients = int(c.get("train_patients", 0))
+    if c.get("source") == "synthetic":
+        return (f"{bundle.origin} was trained on synthetic cases only ({patients} patients): its masks demonstrate "
+                f"the pipeline and say nothing reliable about a real scan")
+    if patients < MIN_REAL_PATIENTS:
+        return (f"{bundle.origin} was trained on {patients} real patients only (fewer than {MIN_REAL_PATIENTS}): "
+                f"check every mask")
+    return None
 
 
 def read_modality(case: CaseSource, modality: str) -> np.ndarray:
@@ -132,5 +179,9 @@ def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir:
     bundle = resolve_model(model, device)
     for case in cases:
         check_case(case, tuple(bundle.slice_params["modalities"]))
+    log.info("model %s, %s", bundle.origin, cohort_summary(bundle))
+    warning = cohort_warning(bundle)
+    if warning:
+        log.warning("%s", warning)
     with torch.inference_mode():
         return [predict_case(c, bundle, out_dir) for c in cases]

@@ -389,11 +389,12 @@ def parse_model_uri(uri: str) -> dict:
     return {"name": name, "version": version or None}
 
 
-def fetch_registered_model(uri: str, dst: str | Path) -> Path:
+def fetch_registered_model(uri: str, dst: str | Path) -> tuple[Path, str]:
     """Download the version behind a registry URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) into the
     folder ``dst`` and check every file against the SHA-256 the registry recorded at registration; returns the
-    folder. Raises UserError with one sentence for a version that is not there, that has no recorded digests
-    (registered by an older brats-seg), or whose files differ from them: nothing of it is read before that.
+    folder and the version number. Raises UserError with one sentence for a version that is not there, that has
+    no recorded digests (registered by an older brats-seg), or whose files differ from them: nothing of it is read
+    before that.
     Its weights (``WEIGHTS_IN_VERSION``) are for :func:`brats_seg.inference.load_model` (``weights_only``)."""
     from brats_seg.errors import UserError
 
@@ -415,7 +416,7 @@ def fetch_registered_model(uri: str, dst: str | Path) -> Path:
     if problem:
         raise UserError(f"{which} was refused: {problem}, so the artifact store was changed after registration and "
                         f"nothing of it was loaded; register the model again (dvc repro register).")
-    return folder
+    return folder, version["version"]
 
 
 def split_tables(run_id: str) -> pd.DataFrame | None:

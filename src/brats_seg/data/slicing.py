@@ -160,6 +160,16 @@ def split_digest(splits: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def cohort_source(raw_dir: str | Path) -> str:
+    """Where the raw cases came from (``synthetic``, ``local``, ``url``, ``kaggle``), from the download stage's
+    sources.json; ``unknown`` without one. Carried to the model, so that a mask can say what its model learnt from."""
+    record = Path(raw_dir) / "sources.json"
+    try:
+        return str(json.loads(record.read_text()).get("source", "unknown"))
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+
+
 def content_digest(cases: pd.DataFrame) -> str:
     """SHA-256 of what a split's cases hold: each case id with the digests of its decoded images and labels
     (columns case_id, image_sha256, label_sha256), in case order. Equal split digests say the same ids; equal
@@ -230,7 +240,7 @@ def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, 
     write_parquet(index, out_dir / "index.parquet")
     write_parquet(cases, out_dir / "cases.parquet")
     settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "workers"}  # outputs don't depend on it
-    meta = {"params": settings, "seed": seed, "split_digest": split_digest(splits),
+    meta = {"params": settings, "seed": seed, "source": cohort_source(raw_dir), "split_digest": split_digest(splits),
             "content_digests": {s: content_digest(cases[cases["split"] == s]) for s in SPLITS},
             "cases": {s: int((cases["split"] == s).sum()) for s in SPLITS},
             "patients": {s: int(cases.loc[cases["split"] == s, "patient_id"].nunique()) for s in SPLITS},

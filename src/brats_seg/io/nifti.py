@@ -117,9 +117,10 @@ def _meta(img: nib.spatialimages.SpatialImage) -> Meta:
                 dtype=str(img.get_data_dtype()), shape=tuple(int(s) for s in img.shape))
 
 
-def write_like(path: str | Path, data: np.ndarray, reference: str | Path) -> Path:
+def write_like(path: str | Path, data: np.ndarray, reference: str | Path, description: str | None = None) -> Path:
     """Write ``data`` ``(X, Y, Z)`` on the grid of the NIfTI file ``reference``: same affine, sform and
-    qform codes and voxel sizes (a 4D reference gives its first three axes). Atomic like write_nifti."""
+    qform codes and voxel sizes (a 4D reference gives its first three axes). Atomic like write_nifti.
+    ``description`` goes into the header's ``descrip`` field (at most 79 bytes of it)."""
     path = Path(path)
     ref = nib.load(str(reference))
     if tuple(ref.shape[:3]) != data.shape:
@@ -133,6 +134,8 @@ def write_like(path: str | Path, data: np.ndarray, reference: str | Path) -> Pat
     qform, qcode = ref.header.get_qform(coded=True)
     img.set_sform(sform if sform is not None else ref.affine, code=int(scode))
     img.set_qform(qform if qform is not None else ref.affine, code=int(qcode))
+    if description is not None:
+        img.header["descrip"] = description.encode("utf-8", "replace")[:79]
     _save(img, path)
     return path
 

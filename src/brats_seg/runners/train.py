@@ -48,6 +48,14 @@ def log_inputs_as_written(run: tracking.Run) -> None:
     run.set_tags({k: v for k, v in tags.items() if v})
 
 
+def training_cohort(meta: dict) -> dict:
+    """What a model learnt from, for whoever uses its masks: the source kind and the train and validation cases
+    and patients (from the slice stage's meta.json)."""
+    return {"source": meta.get("source", "unknown"),
+            **{f"{split}_{what}": int(meta.get(what, {}).get(split, 0)) for split in ("train", "val")
+               for what in ("cases", "patients")}}
+
+
 def model_params(params: TrainParams, slice_params: dict, seed: int) -> dict:
     """The parameters that made a model, as logged to its run (and compared by `brats-seg lineage --verify`)."""
     return {"train": dataclasses.asdict(params), "slice": slice_params, "seed": seed}
@@ -160,7 +168,7 @@ def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame,
                              ranks=ranks)
         peak = ranks.max(peak_rss())
         save_model(base.model, result.model, result.regions, meta["params"],
-                   extra={"split_digest": meta["split_digest"], "fingerprint": key})
+                   extra={"split_digest": meta["split_digest"], "fingerprint": key, "cohort": training_cohort(meta)})
         curve = pd.DataFrame(result.history)
         Path(base.train_curve).parent.mkdir(parents=True, exist_ok=True)
         curve.to_csv(base.train_curve, index=False)
