@@ -67,7 +67,8 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
     cases = pd.read_csv(repo / "reports" / "eval_cases.csv")
     assert set(cases.columns) >= {"case_id", "dice", "iou", "precision", "recall", "hd95"}
     assert {p.name for p in (repo / "reports" / "overlays").iterdir()} == {"best.png", "median.png", "worst.png"}
-    train = json.loads((repo / "reports" / "train.json").read_text())
+    train = _train(repo)
+    _assert_numbers_only(repo)
 
     import yaml
 
@@ -96,6 +97,32 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
     assert not list((repo / "data" / "cache" / "checkpoints").glob("*.pt"))  # a finished run leaves none
 
 
+def _train(repo) -> dict:
+    """What the train stage reported: its metrics (train.json) and its run's identifiers (train_run.json)."""
+    return {**json.loads((repo / "reports" / "train.json").read_text()),
+            **json.loads((repo / "reports" / "train_run.json").read_text())}
+
+
+def _assert_numbers_only(repo) -> None:
+    """Every DVC metrics file of dvc.yaml holds numbers only (what `dvc metrics diff` and `dvc exp show` can
+    compare); identifiers such as run ids live in MLflow and in files that are not metrics."""
+    import yaml
+
+    base = yaml.safe_load((repo / "params.yaml").read_text())["base"]
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = [re.sub(r"\$\{base\.(\w+)\}", lambda m: base[m[1]], next(iter(o)) if isinstance(o, dict) else o)
+             for s in stages.values() for o in s.get("metrics", [])]
+    assert len(paths) == 3, paths  # validation, train, evaluate
+
+    def leaves(value):
+        return [x for v in value.values() for x in leaves(v)] if isinstance(value, dict) else [value]
+
+    for path in paths:
+        values = leaves(json.loads((repo / path).read_text()))
+        strays = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+        assert values and not strays, f"{path} holds non-numbers: {strays}"
+
+
 def _cached_out_hashes(repo) -> dict[str, str]:
     """``{path: md5}`` of every output dvc.lock records that dvc.yaml caches (``cache: false`` ones left out)."""
     import yaml
@@ -115,18 +142,18 @@ def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_ep
     run_cmd(["dvc", "repro", "train"], repo)
     first = _cached_out_hashes(repo)
     assert set(first) == {"data/raw", "data/validated/manifest.parquet", "data/slices", "models/unet.pt"}
-    longer = json.loads((repo / "reports" / "train.json").read_text())
+    longer = _train(repo)
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-qm", "2 epochs"], repo)
 
     forced = run_cmd(["dvc", "repro", "--force", "train"], repo)
     assert "Running stage 'download'" in forced.stdout and "Running stage 'train'" in forced.stdout
     assert _cached_out_hashes(repo) == first
-    again = json.loads((repo / "reports" / "train.json").read_text())
+    again = _train(repo)
     assert again["run_id"] != longer["run_id"] and again["fingerprint"] == longer["fingerprint"]
 
     run_cmd(["dvc", "exp", "run", "-S", "train.epochs=1", "train"], repo)
-    shorter = json.loads((repo / "reports" / "train.json").read_text())
+    shorter = _train(repo)
     assert shorter["epochs"] == 1 and shorter["run_id"] != longer["run_id"]
     assert shorter["fingerprint"] != longer["fingerprint"]
     assert _cached_out_hashes(repo)["models/unet.pt"] != first["models/unet.pt"]

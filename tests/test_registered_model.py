@@ -73,7 +73,7 @@ def _register(store: Path) -> Path:
                             REGIONS, SLICE, extra={"split_digest": "split-a", "fingerprint": "f" * 16})
     with tracking.start_run("brats-seg") as run:
         run.log_metrics({"test_wt_dice_mean": 0.8})
-    write_json(store / "reports" / "train.json", {"run_id": run.run_id})
+    write_json(store / "reports" / "train_run.json", {"run_id": run.run_id})
     write_json(store / "reports" / "eval.json", {"wt": {"dice_mean": 0.8, "hd95_median": 3.0}})
     register_stage(RegisterParams(model_name=NAME), BaseParams())
     return model_file

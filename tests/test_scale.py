@@ -235,27 +235,33 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_one
         assert torch.equal(weight, resumed["weights"][name]), name
 
 
+def _train_reports(repo) -> dict:
+    """train.json (numbers: a DVC metric) and train_run.json (the run's identifiers) of the train stage."""
+    return {**json.loads((repo / "reports" / "train.json").read_text()),
+            **json.loads((repo / "reports" / "train_run.json").read_text())}
+
+
 def test_dvc_repro_trains_on_two_processes_and_streams_past_the_memory_budget(tmp_path):
     """The stage as users run it: `dvc repro` starts torchrun itself for train.nproc: 2; a training set over
     train.memory_gb streams from its shards and gives the very model file the in-memory run gives."""
     write = make_dvc_project(tmp_path / "repo", {"train": {"norm": "instance", "memory_gb": 0}})
     repo = write.path
     run_cmd(["dvc", "repro", "train"], repo)
-    streamed = json.loads((repo / "reports" / "train.json").read_text())
+    streamed = _train_reports(repo)
     assert streamed["streamed"] == ["train", "val"] and streamed["processes"] == 1
     assert 100 < streamed["peak_rss_mb"] < 8000
     model = (repo / "models" / "unet.pt").read_bytes()
 
     write({"train": {"memory_gb": "auto"}})  # runtime only: dvc sees nothing to do, so the stage is forced
     run_cmd(["dvc", "repro", "--force", "--single-item", "train"], repo)
-    assert json.loads((repo / "reports" / "train.json").read_text())["streamed"] == []
+    assert _train_reports(repo)["streamed"] == []
     assert (repo / "models" / "unet.pt").read_bytes() == model
 
     write({"train": {"nproc": 2}})
     status = run_cmd(["dvc", "status", "train"], repo).stdout
     assert "train.nproc" in status  # a param of the stage: another result, so another run
     proc = run_cmd(["dvc", "repro", "train"], repo)
-    two = json.loads((repo / "reports" / "train.json").read_text())
+    two = _train_reports(repo)
     assert two["processes"] == 2 and two["fingerprint"] != streamed["fingerprint"]
     log = proc.stdout + proc.stderr
     assert "training on 2 processes" in log and log.count("no CUDA GPU available") <= 1

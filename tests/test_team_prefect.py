@@ -127,7 +127,7 @@ def test_a_worker_runs_the_deployed_pipeline_and_promotion_to_completion(pool_ru
     client = MlflowClient(team_project.mlflow.url)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == registered["version"] == "1" and champion.run_id == registered["run_id"]
-    origin_run = json.loads((team_project.path / "reports" / "train.json").read_text())["run_id"]
+    origin_run = json.loads((team_project.path / "reports" / "train_run.json").read_text())["run_id"]
     assert champion.run_id != origin_run  # trained by the worker, not the origin's model re-registered
     assert client.get_run(champion.run_id).data.params["train.lr"] == LR
     assert not (clone / "mlflow").exists()  # everything went to the server

@@ -17,6 +17,7 @@ import os
 import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, with a :class:`UserError` for files that are not plain
     weights (truncated, not a torch file, or a pickle that would run code)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a crafted file's pickle protocol: the sentence below says it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch names the callable it refused to import; a bare pickle stream (any protocol) is read here instead
         crafted = "unsupported global" in str(exc).lower() or _calls_code(path)

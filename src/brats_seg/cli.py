@@ -34,8 +34,8 @@ def summary(params_path: str = "params.yaml") -> str:
         p = meta["params"]
         lines.append(f"  slice    : {p['size']}x{p['size']} x {len(p['modalities'])} modalities; {per}")
         lines.append(f"             split digest {meta['split_digest'][:12]}")
-    if Path(base.train_report).is_file():
-        t = read_json(base.train_report)
+    if Path(base.train_report).is_file() and Path(base.train_run).is_file():
+        t = {**read_json(base.train_report), **read_json(base.train_run)}
         lines.append(f"  train    : {t['epochs']} epochs on {t['device']}, {t['train_slices']} slices; best validation "
                      f"Dice {t['best_val_dice']:.3f} (epoch {t['best_epoch']}); MLflow run {t['run_id']}")
     if Path(base.eval_report).is_file() and Path(base.eval_cases).is_file():

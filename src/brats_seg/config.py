@@ -294,12 +294,13 @@ _DASK_ADDRESS = r"|([a-z][a-z0-9+]*://)?([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d+)?
 # What the repository itself holds: no base path may name one of them or lie inside one.
 _PROJECT_OWNED = frozenset({".git", ".dvc", ".ci", ".dvcignore", ".gitignore", "Makefile", "README.md", "benchmarks",
                             "constraints.txt", "docs", "dvc.yaml", "dvc.lock", "flows", "mlflow", "params.yaml",
-                            "prefect.yaml", "pyproject.toml", "src", "stages", "tests", ".venv"})
+                            "prefect.toml", "prefect.yaml", "pyproject.toml", "src", "stages", "tests", ".venv"})
 # Untracked folders (no dvc.yaml output), which may also be absolute: a cache on a scratch disk.
 _ANYWHERE = ("cache_dir", "checkpoint_dir")
 # The kind of file each base path that names a file holds (the others are folders).
 _PATH_SUFFIX = {"source_manifest": ".json", "manifest": ".parquet", "validation_metrics": ".json", "model": ".pt",
-                "train_report": ".json", "train_curve": ".csv", "train_curve_png": ".png", "eval_report": ".json",
+                "train_report": ".json", "train_run": ".json", "train_curve": ".csv", "train_curve_png": ".png",
+                "eval_report": ".json",
                 "eval_cases": ".csv", "registered_report": ".json", "report": ".html"}
 
 
@@ -343,6 +344,7 @@ class BaseParams:
     checkpoint_dir: str = path_field("data/cache/checkpoints")
     model: str = path_field("models/unet.pt")
     train_report: str = path_field("reports/train.json")
+    train_run: str = path_field("reports/train_run.json")
     train_curve: str = path_field("reports/train_curve.csv")
     train_curve_png: str = path_field("reports/train_curve.png")
     eval_report: str = path_field("reports/eval.json")

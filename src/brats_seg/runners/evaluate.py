@@ -30,7 +30,7 @@ def evaluate_stage(params: EvaluateParams, base: BaseParams, split: str = "test"
     Path(base.eval_cases).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(base.eval_cases, index=False)
     overlays = write_overlays(bundle, frame, base.slices_dir, base.overlays_dir)
-    run_id = read_json(base.train_report)["run_id"]
+    run_id = read_json(base.train_run)["run_id"]
     content = read_json(Path(base.slices_dir) / "meta.json").get("content_digests", {}).get(split, "unknown")
     with tracking.start_run(base.experiment, run_id=run_id) as run:
         # what makes two recorded scores comparable: the same cases, images, labels and scoring code

@@ -68,7 +68,7 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
     """Register the model file as a new version (its ONNX graph, with the model file beside it, see
     :mod:`brats_seg.registered_model`) with alias ``register.alias``, tagged with its run's provenance."""
     bundle = load_model(base.model)
-    train = read_json(base.train_report)
+    train = read_json(base.train_run)
     evaluation = read_json(base.eval_report)
     run = tracking.get_run(train["run_id"])
     example = synthetic_example(bundle.slice_params)

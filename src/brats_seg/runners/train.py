@@ -174,14 +174,16 @@ def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame,
         curve.to_csv(base.train_curve, index=False)
         png = plot_training_curve(result.history, base.train_curve_png)
         best = next(h for h in result.history if h["epoch"] == result.best_epoch)
-        report = {"run_id": run.run_id, "best_epoch": result.best_epoch, "best_val_dice": best["val_dice"],
-                  "epochs": len(result.history), "device": result.device, "train_slices": len(train_set),
-                  "val_slices": len(val_set), "regions": list(result.regions), "split_digest": meta["split_digest"],
-                  "fingerprint": key, "processes": ranks.world,
-                  "streamed": [name for name, split in (("train", train_set), ("val", val_set))
-                               if isinstance(split, ShardedSplit)],
+        # numbers only in the DVC metric (dvc exp show, dvc metrics diff); the run's identifiers beside it
+        report = {"best_epoch": result.best_epoch, "best_val_dice": best["val_dice"], "epochs": len(result.history),
+                  "train_slices": len(train_set), "val_slices": len(val_set), "processes": ranks.world,
                   "peak_rss_mb": round(peak / 2**20)}
+        identity = {"run_id": run.run_id, "device": result.device, "regions": list(result.regions),
+                    "split_digest": meta["split_digest"], "fingerprint": key,
+                    "streamed": [name for name, split in (("train", train_set), ("val", val_set))
+                                 if isinstance(split, ShardedSplit)]}
         write_json(base.train_report, report)
+        write_json(base.train_run, identity)
         run.log_metrics({"best_val_dice": best["val_dice"], "best_epoch": result.best_epoch,
                          "peak_rss_mb": report["peak_rss_mb"]})
         run.log_dict(dataclasses.asdict(result.model.config), "model_config.json")
@@ -190,4 +192,4 @@ def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame,
     checkpoint.unlink(missing_ok=True)  # done: the model file is the result; a rerun is a new run
     run_file.unlink(missing_ok=True)
     prune_checkpoints(checkpoint.parent)  # other fingerprints' checkpoints: the most recent few stay
-    return report
+    return {**report, **identity}
