@@ -13,7 +13,7 @@ from brats_seg.data.layouts import discover_cases
 from brats_seg.errors import exit_on_user_error
 from brats_seg.history import DEMO_BRANCH, record_run
 from brats_seg.inference import ModelBundle
-from brats_seg.orchestration import working_directory
+from brats_seg.orchestration import current_aliases, working_directory
 from brats_seg.predict import DEFAULT_MODEL, cohort_summary, cohort_warning, predict_case, resolve_model
 from flows.failures import run_name, server_start_in_one_sentence
 from flows.pipeline import pipeline
@@ -26,6 +26,8 @@ def demo(workdir: str = ".") -> dict:
     summary = pipeline(workdir)
     summary["promotion"] = promote_flow(workdir)
     with working_directory(workdir):
+        if "model" in summary:  # after the promotion: the aliases as they are now
+            summary["model"]["aliases"] = current_aliases(summary["model"])
         base = load_section(BaseParams, read_params("params.yaml"), "base")
         cases = pd.read_parquet(f"{base.slices_dir}/cases.parquet")
         case_id = cases[cases["split"] == "test"]["case_id"].iloc[0]
@@ -43,7 +45,7 @@ def report(summary: dict) -> str:
     lines = ["", "stages: " + ", ".join(f"{r['stage']} ({r['status']}, {r['seconds']:.0f} s)"
                                       for r in summary["stages"])]
     model, promo = summary.get("model", {}), summary["promotion"]
-    lines.append(f"model: {model.get('name')} v{model.get('version')} @{model.get('alias')}; "
+    lines.append(f"model: {model.get('name')} v{model.get('version')} @{', @'.join(model.get('aliases', []))}; "
                  f"promotion: {'promoted to champion' if promo['promoted'] else 'not promoted'} ({promo['reason']})")
     wt = summary.get("test", {}).get("wt", {})
     if wt:

@@ -57,7 +57,7 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: f
                           for status in ("checked", "ran", "skipped")))
     if "model" in summary:
         model = summary["model"]
-        logger.info("model %s v%s @%s", model["name"], model["version"], model["alias"])
+        logger.info("model %s v%s @%s", model["name"], model["version"], ", @".join(model["aliases"]))
     return summary
 
 
@@ -80,7 +80,7 @@ def summary_lines(summary: dict) -> str:
     lines = ["stages: " + ", ".join(f"{r['stage']} {r['status']} ({r['seconds']:.0f} s)" for r in summary["stages"])]
     if "model" in summary:
         model = summary["model"]
-        lines.append(f"model:  {model['name']} v{model['version']} @{model['alias']}")
+        lines.append(f"model:  {model['name']} v{model['version']} @{', @'.join(model['aliases'])}")
     for region, stats in summary.get("test", {}).items():
         lines.append(f"test:   {region.upper()} Dice per case {stats['dice_mean']:.3f}, HD95 median "
                      f"{stats['hd95_median']:.1f} mm")

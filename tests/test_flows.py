@@ -47,6 +47,7 @@ def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage_but_the_s
     assert all(r["ran"] for r in first["stages"]) and all(r["seconds"] > 0 for r in first["stages"])
     assert first["model"]["name"] == "brats-unet" and first["model"]["version"] == "1"
     assert first["model"]["alias"] == "challenger" and "dice_mean" in first["test"]["wt"]
+    assert first["model"]["aliases"] == ["challenger"]  # read from the registry, as they are now
     assert [(r["stage"], r["status"]) for r in second["stages"]] == [("source", "checked")] + [
         (stage, "skipped") for stage in stages[1:]]
     assert second["model"]["version"] == "1"  # nothing changed: no new version
@@ -129,6 +130,9 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
     repo = ran[0]
     record = promote_flow(str(repo))
     assert record["promoted"] and record["version"] == "1"
+    from brats_seg.orchestration import pipeline_summary
+
+    assert pipeline_summary(repo, [])["model"]["aliases"] == ["challenger", "champion"]  # not registration's view
     monkeypatch.chdir(repo)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     code, out = _cli(["lineage", "models:/brats-unet@champion", "--verify"], capsys)

@@ -197,11 +197,25 @@ def pipeline_summary(workdir: str | Path, results: list[dict]) -> dict:
     registered = Path(workdir) / base.registered_report
     if registered.is_file():
         summary["model"] = read_json(registered)
+        with working_directory(workdir):  # the aliases as they are now, not as registration left them
+            summary["model"]["aliases"] = current_aliases(summary["model"])
     evaluation = Path(workdir) / base.eval_report
     if evaluation.is_file():
         summary["test"] = {region: {k: v for k, v in stats.items() if k.endswith(("dice_mean", "hd95_median"))}
                            for region, stats in read_json(evaluation).items() if isinstance(stats, dict)}
     return summary
+
+
+def current_aliases(model: dict) -> list[str]:
+    """The aliases a registered version (``{"name", "version", "alias"}``) holds now; the alias it was registered
+    with when the registry cannot be asked."""
+    from brats_seg import tracking
+
+    try:
+        found = tracking.model_version(model["name"], version=str(model["version"]))
+    except Exception:  # noqa: BLE001 - an unreachable or changed store: say what registration said
+        found = None
+    return sorted(found["aliases"]) if found else [model.get("alias", "?")]
 
 
 @contextlib.contextmanager
