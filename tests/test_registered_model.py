@@ -346,6 +346,20 @@ def test_a_registration_killed_before_its_alias_is_adopted_not_registered_twice(
     assert [v["version"] for v in tracking.model_versions(NAME)] == ["1", "2"]
 
 
+def test_registering_against_a_store_without_the_training_run_is_one_sentence(store, monkeypatch):
+    """A team moves to a new tracking server after training locally: register there is one sentence and the fix."""
+    _register(store)
+    run_id = json.loads((store / "reports" / "train_run.json").read_text())["run_id"]
+    (store / "team").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'team' / 'mlflow.db'}")
+    with pytest.raises(UserError) as caught:
+        register_stage(RegisterParams(model_name=NAME), BaseParams())
+    assert str(caught.value) == (f"the tracking store at sqlite:///{store / 'team' / 'mlflow.db'} has no run {run_id}: "
+                                 f"the model was trained against another store; train it again against this one (dvc "
+                                 f"repro -f train), or set MLFLOW_TRACKING_URI to the store that holds the run.")
+    assert tracking.model_versions() == []  # nothing half-registered there
+
+
 def _equal_outputs(net: UNet, slices: np.ndarray) -> None:
     graph = registered_model.export_onnx(net, slices[:2])
     with torch.no_grad():

@@ -194,6 +194,8 @@ def start_run(experiment: str, run_id: str | None = None, run_name: str | None =
     as KILLED first, so that the tracking store never shows a dead run as running.
     """
     close_orphaned_runs(experiment)
+    if run_id is not None:
+        _require_run(run_id)
     with mlflow.start_run(run_id=run_id, run_name=run_name) as active:
         mlflow.set_tags({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
         yield Run(active.info.run_id)
@@ -225,10 +227,25 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def get_run(run_id: str) -> dict:
-    """A run's params, metrics and tags as plain dicts."""
+def _require_run(run_id: str) -> mlflow.entities.Run:
+    """The run ``run_id`` of the store in force; a UserError sentence with the fix when the store does not hold it
+    (the model was trained against another store: a local one, before a team server was set up)."""
+    from brats_seg.errors import UserError
+
     _set_uri(tracking_uri())
-    run = mlflow.get_run(run_id)
+    try:
+        return mlflow.MlflowClient(tracking_uri()).get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    raise UserError(f"the tracking store at {shown_uri()} has no run {run_id}: the model was trained against another "
+                    f"store; train it again against this one (dvc repro -f train), or set MLFLOW_TRACKING_URI to the "
+                    f"store that holds the run.")
+
+
+def get_run(run_id: str) -> dict:
+    """A run's params, metrics and tags as plain dicts (a UserError when the store does not hold it)."""
+    run = _require_run(run_id)
     return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
             "status": run.info.status, "inputs": [d.dataset.digest for d in run.inputs.dataset_inputs]}
 
