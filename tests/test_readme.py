@@ -48,6 +48,9 @@ EXEMPT = {
     "prefect work-pool create brats-seg --type process": "tests/test_team_prefect.py (server and worker)",
     "prefect --no-prompt deploy --all": "tests/test_team_prefect.py",
     "prefect worker start --pool brats-seg": "tests/test_team_prefect.py (with --run-once)",
+    "prefect server start": "tests/test_team_prefect.py starts it (on a free port of 127.0.0.1)",
+    "export PREFECT_API_URL=http://127.0.0.1:4200/api": "tests/test_team_prefect.py (that server's address)",
+    "prefect deployment run 'brats-seg-scheduled/pool-weekly'": "tests/test_team_prefect.py (the run completes)",
 }
 LONG_RUNNING = {"mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1": "http://127.0.0.1:5000"}
 MAY_EXIT_1 = {"brats-seg lineage models:/brats-unet@champion --verify"}  # exit 1 is its answer "drifted"

@@ -162,6 +162,11 @@ def test_every_decision_is_a_record_of_its_own_never_overwritten(store, capsys):
     assert [r["decision"] for r in json.loads(out)] == ["promoted", "kept"]
     code, out, _ = _cli(["lineage", f"models:/{NAME}/{v1}"], capsys)
     assert [line.split()[2] for line in out.splitlines() if line.startswith("decision ")] == ["promoted", "kept"]
+    code, out, _ = _cli(["versions", "--model", NAME], capsys)
+    rows = out.splitlines()
+    assert code == 0 and [r.split()[1] for r in rows] == [f"v{v1}", f"v{v2}", f"v{v3}"]
+    assert rows[2].split()[2:4] == ["@challenger", "@champion"] and rows[0].split()[2] == "-"
+    assert "test WT Dice 0.8 " in rows[0] and "latest decision kept " in rows[0]  # its latest decision, not its first
 
 
 def test_no_challenger_is_one_sentence(store):

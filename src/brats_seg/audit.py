@@ -54,3 +54,17 @@ def format_record(r: dict) -> str:
     return (f"{r['time']}  {r['model']} v{r['version']}  {r['decision']:<8}  by {r['user']}@{r['host']}  "
             f"test WT Dice {r.get('challenger_dice', '?')}{compared} on {r.get('test_patients', '?')} test "
             f"patients: {r.get('reason', '')}")
+
+
+def format_versions(model_name: str, versions: list[dict]) -> str:
+    """One line per registered version: its aliases, test WT Dice, latest promotion decision and run."""
+    if not versions:
+        return f"no registered version of {model_name} in {tracking.shown_uri()}; run the pipeline (dvc repro register)"
+    lines = []
+    for v in versions:
+        tags = v["tags"]
+        aliases = " ".join(f"@{a}" for a in sorted(v["aliases"])) or "-"
+        dice, decision = tags.get("test_wt_dice_mean", "?"), tags.get("promotion_decision", "none")
+        lines.append(f"{v['name']} v{v['version']:<4} {aliases:<24} test WT Dice {dice:<9} latest decision "
+                     f"{decision:<9} run {v['run_id']}")
+    return "\n".join(lines)

@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit 1 and name what drifted when the workspace's params, code or data no longer match")
     p.add_argument("--json", action="store_true")
     p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("versions", help="every registered version of a model: aliases, test WT Dice, latest "
+                       "promotion decision, run")
+    p.add_argument("--model", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--params", default="params.yaml")
     p = sub.add_parser("audit", help="every promotion decision of a model (or one version), oldest first: what, "
                        "when, by whom, with its numbers; never overwritten")
     p.add_argument("--model", default=None, help="registered model name (default: register.model_name)")
@@ -139,6 +143,13 @@ def _run(args: argparse.Namespace) -> int:
         record = promote(name, load_section(PromoteParams, params, "promote"), args.version, args.force,
                          load_section(BaseParams, params, "base"))
         sys.stdout.write(json.dumps(json_safe(record), indent=2) + "\n")
+    elif args.command == "versions":
+        from brats_seg import tracking
+        from brats_seg.audit import format_versions
+        from brats_seg.runners.register import RegisterParams
+
+        name = args.model or load_section(RegisterParams, read_params(args.params), "register").model_name
+        sys.stdout.write(format_versions(name, tracking.model_versions(name)) + "\n")
     elif args.command == "audit":
         from brats_seg.audit import format_history, history
         from brats_seg.runners.register import RegisterParams
@@ -200,3 +211,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
