@@ -95,7 +95,7 @@ def test_validate_and_slice_on_dask_write_what_the_local_pool_writes(cluster, mo
     assert {"inspect_case", "slice_case"} <= _ran_on(address)
 
     local, remote = (_outputs(Path(tag)) for tag in runs)
-    assert len(local) == 1 + 3 + 5 + 2  # manifest; index, cases, meta; five shards; metrics, quarantine list
+    assert len(local) == 1 + 4 + 5 + 2  # manifest; index, cases, meta, output marker; five shards; metrics, quarantine
     assert sorted(remote) == sorted(local)
     assert [name for name in local if local[name] != remote[name]] == []
     manifests = [pd.read_parquet(f"{t}/validated/manifest.parquet") for t in runs]

@@ -102,11 +102,13 @@ def _patient_data_staged_on_main(repo: Path) -> list[str]:
     staged that hold patient data (scans, slices, the manifest, the model, downloads, pictures of slices). The
     index is reset and the demo's branch checked out again afterwards."""
     run_cmd(["git", "switch", "-q", "main"], repo)
+    (repo / "my-notes.txt").write_text("a file of the user's\n")
     run_cmd(["git", "add", "-A"], repo)
     staged = run_cmd(["git", "diff", "--cached", "--name-only"], repo).stdout.split()
     run_cmd(["git", "reset", "-q"], repo)
+    (repo / "my-notes.txt").unlink()
     run_cmd(["git", "switch", "-q", "brats-seg-demo"], repo)
-    assert any(p.startswith("reports/") for p in staged), staged  # git add -A did pick up untracked files
+    assert "my-notes.txt" in staged, staged  # git add -A did pick up untracked files
     return [p for p in staged if p.startswith(("data/raw/", "data/slices/", "data/cache/", "models/unet",
                                                  "data/validated/manifest", "reports/overlays/", "reports/index"))
             or p.endswith((".nii.gz", ".nii", ".npz", ".parquet", ".pt"))]
