@@ -41,11 +41,12 @@ def describe(name: str, record: dict) -> str:
         return "none" if value is None else f"{value:.4f}"
 
     patients = "unknown" if record["test_patients"] is None else record["test_patients"]
+    champion = "no champion before" if record["previous_champion"] is None else (
+        f"champion v{record['previous_champion']} WT Dice {score(record['champion_dice'])}"
+        f"{' (re-scored)' if record['champion_rescored'] else ''}")
     return (f"{name} v{record['version']}: {'promoted to champion' if record['promoted'] else 'not promoted'} "
             f"({record['reason']}); test patients {patients}, split {str(record['test_split'])[:12]}, "
-            f"challenger WT Dice {score(record['challenger_dice'])}, champion "
-            f"v{record['previous_champion'] or '-'} WT Dice {score(record['champion_dice'])}"
-            f"{' (re-scored)' if record['champion_rescored'] else ''}")
+            f"challenger WT Dice {score(record['challenger_dice'])}, {champion}")
 
 
 @exit_on_user_error

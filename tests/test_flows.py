@@ -142,7 +142,8 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
     assert "brats-unet v1" in out and head in out and lock["download"]["outs"][0]["md5"] in out
     assert "workspace matches" in out and "train.epochs=2" in out and "test_wt_dice_mean=" in out
     # what it was trained under, kept with the run whatever git holds, and its promotion on the audit trail
-    assert "inputs   as trained, whatever git holds: run artifacts inputs/params.yaml,inputs/dvc.lock" in out
+    assert ("inputs   params.yaml and dvc.lock as training began (whatever git holds): run artifacts "
+            "inputs/params.yaml, inputs/dvc.lock") in out
     run_id = next(line.split()[1] for line in out.splitlines() if line.startswith("run "))
     import mlflow
 

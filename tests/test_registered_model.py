@@ -135,11 +135,12 @@ def _run_app(store: Path, slices: np.ndarray) -> subprocess.CompletedProcess:
     (app / "load.py").write_text(APP)
     (app / "snippet.py").write_text(readme_snippet().replace('"brats-unet", "champion"', f'{NAME!r}, "challenger"'))
     np.save(app / "slices.npy", slices)
+    # run from the project folder with no MLFLOW_TRACKING_URI: the snippet finds the project's own store
     env = {"PATH": "/usr/bin:/bin", "HOME": str(app), "PYTHONPATH": sysconfig.get_paths()["purelib"],
-           "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
     (app / "out.npy").unlink(missing_ok=True)
     return subprocess.run([sys.executable, "-S", str(app / "load.py"), str(app / "slices.npy"), str(app / "snippet.py"),
-                           str(app / "out.npy"), str(app / "info.json")], cwd=app, env=env, capture_output=True,
+                           str(app / "out.npy"), str(app / "info.json")], cwd=store, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -238,7 +239,9 @@ def test_tampering_with_any_file_is_refused_by_brats_seg_and_the_readme_snippet(
     with pytest.raises(UserError) as caught:
         resolve_model(URI, "cpu")  # brats-seg's loader of registry versions: predict, the promotion's re-score
     assert str(caught.value).startswith(message)
-    assert str(caught.value).endswith("; register the model again (dvc repro register).")
+    assert str(caught.value).endswith("nothing of it was loaded; restore the version's files from a backup of the "
+                                      "artifact store, or register and promote another model (dvc repro register, "
+                                      "brats-seg promote).")
     write_synthetic_cohort(store / "cases", 1)  # a case to segment: predict finds cases before loading the model
     capsys.readouterr()
     with pytest.raises(SystemExit) as code:

@@ -120,7 +120,8 @@ def format_chain(chain: dict, head: dict | None = None) -> str:
         f"commit   {code['git_commit']} (dirty: {code['git_dirty']}; {same})",
         *([f"dvc exp  {code['dvc_experiment'] or '(unnamed)'} from {code['dvc_baseline']}"]
           if code.get("dvc_baseline") else []),
-        *([f"inputs   as trained, whatever git holds: run artifacts {code['inputs']}"] if code.get("inputs") else []),
+        *([f"inputs   params.yaml and dvc.lock as training began (whatever git holds): run artifacts "
+           f"{code['inputs'].replace(',', ', ')}"] if code.get("inputs") else []),
         f"code     digest {code['code_digest']} over {len(code['files'])} files (download to train)",
         "params   " + ", ".join(f"{k}={v}" for k, v in params.items()),
         f"data     raw md5 {chain['data']['raw_md5']}, slices md5 {chain['data']['slices_md5']}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -306,7 +307,8 @@ def register_model(run_id: str, graph: bytes, model_file: str | Path, name: str,
             stored = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
                                                          tracking_uri=tracking_uri())
             digests = {f"{DIGEST_PREFIX}{path}": sha for path, sha in file_digests(stored).items()}
-        version = str(mlflow.register_model(model_uri, name, tags={**tags, **digests}).version)
+        with contextlib.redirect_stderr(io.StringIO()):  # mlflow prints two lines of its own; the stage logs one
+            version = str(mlflow.register_model(model_uri, name, tags={**tags, **digests}).version)
     else:
         version = adopted
         set_version_tags(name, version, tags)
@@ -326,14 +328,20 @@ def _log_onnx(run_id: str, graph: bytes, model_file: str | Path, input_example: 
 
     requirements = [f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}",
                     f"mlflow=={mlflow.__version__}"]
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        weights = Path(tmp) / WEIGHTS_NAME
-        weights.write_bytes(Path(model_file).read_bytes())
-        info = mlflow.onnx.log_model(onnx.load_from_string(graph), name="model", input_example=input_example,
-                                     signature=infer_signature(input_example, output_example), metadata=metadata,
-                                     extra_files=[str(weights)], save_as_external_data=False,
-                                     pip_requirements=requirements)
+    onnx_log = logging.getLogger("mlflow.onnx")  # its check of the input example on a CPU-only onnxruntime says
+    level = onnx_log.level                        # the CUDA provider is missing: true, and no news to anyone here
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            weights = Path(tmp) / WEIGHTS_NAME
+            weights.write_bytes(Path(model_file).read_bytes())
+            info = mlflow.onnx.log_model(onnx.load_from_string(graph), name="model", input_example=input_example,
+                                         signature=infer_signature(input_example, output_example),
+                                         metadata=metadata, extra_files=[str(weights)], save_as_external_data=False,
+                                         pip_requirements=requirements)
+    finally:
+        onnx_log.setLevel(level)
     return info.model_uri
 
 
@@ -432,7 +440,8 @@ def fetch_registered_model(uri: str, dst: str | Path) -> tuple[Path, str]:
     problem = unverified_files(file_digests(folder), expected)
     if problem:
         raise UserError(f"{which} was refused: {problem}, so the artifact store was changed after registration and "
-                        f"nothing of it was loaded; register the model again (dvc repro register).")
+                        f"nothing of it was loaded; restore the version's files from a backup of the artifact store, "
+                        f"or register and promote another model (dvc repro register, brats-seg promote).")
     return folder, version["version"]
 
 
