@@ -14,7 +14,14 @@ from brats_seg.errors import exit_on_user_error
 from brats_seg.history import DEMO_BRANCH, record_run
 from brats_seg.inference import ModelBundle
 from brats_seg.orchestration import current_aliases, working_directory
-from brats_seg.predict import DEFAULT_MODEL, cohort_summary, cohort_warning, predict_case, resolve_model
+from brats_seg.predict import (
+    DEFAULT_MODEL,
+    cohort_summary,
+    cohort_warning,
+    describe_case,
+    predict_case,
+    resolve_model,
+)
 from flows.failures import run_name, server_start_in_one_sentence
 from flows.pipeline import pipeline
 from flows.promote import promote_flow
@@ -52,8 +59,9 @@ def report(summary: dict) -> str:
         lines.append(f"test WT Dice per case (original grid): mean {wt['dice_mean']:.3f}, "
                      f"HD95 median {wt['hd95_median']:.1f} mm")
     p = summary["prediction"]
-    lines.append(f"predicted {p['case_id']} with {p['model']} ({p['cohort']}): tumour {p['tumour_ml']:.1f} ml -> "
-                 f"{p['mask']} (provenance in {p['mask'].replace('.nii.gz', '.json')})")
+    written = p.get("label_map") or p["mask"]
+    lines.append(f"predicted {p['case_id']} with {p['model']} ({p['cohort']}): {describe_case(p).split(': ', 1)[1]} "
+                 f"(provenance in {written.replace('.nii.gz', '.json')})")
     if p.get("warning"):
         lines.append(f"warning: {p['warning']}")
     if summary.get("commit"):

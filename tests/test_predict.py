@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -168,3 +170,43 @@ def test_every_mask_says_what_made_it(tmp_path, caplog, cohort, warning):
         assert sidecar["warning"] is None and not warnings
     else:
         assert warning in sidecar["warning"] and len(warnings) == 1 and warning in warnings[0]
+
+
+def _constant_regions_model(path, logits: tuple[float, float, float], convention: str = "brats2020"):
+    """A WT/TC/ET U-Net whose head ignores its input: each region's probability is sigmoid(logit) everywhere."""
+    import torch
+
+    net = UNet(UNetConfig(in_channels=4, out_channels=3, base=4, depth=2)).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor(logits))
+    return save_model(path, net, ("wt", "tc", "et"), SLICE,
+                      extra={"cohort": {"source": "local", "train_patients": 300, "label_convention": convention}})
+
+
+@pytest.mark.parametrize(("logits", "convention", "labels", "inside"), [
+    ((9.0, -9.0, -9.0), "brats2020", None, 2),  # WT alone: oedema
+    ((9.0, 9.0, -9.0), "brats2020", None, 1),  # WT and TC: necrotic core overwrites oedema
+    ((9.0, 9.0, 9.0), "brats2020", None, 4),  # all three: enhancing
+    ((9.0, 9.0, 9.0), "brats2023", None, 3),  # the training data's convention by default
+    ((9.0, -9.0, -9.0), "brats2020", "msd", 1),  # asked for: the Decathlon's oedema is 1
+])
+def test_a_model_of_regions_writes_a_label_map_in_the_convention_asked(tmp_path, capsys, logits, convention, labels,
+                                                                        inside):
+    model = _constant_regions_model(tmp_path / "regions.pt", logits, convention)
+    case = make_case(1, 0, (48, 48, 24))
+    write_case(tmp_path / "in", case.case_id, case.images, None, case.affine)
+    cli(["predict", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "out"), "--device", "cpu",
+         "--wt-mask", *(["--labels", labels] if labels else [])])
+    label_map = nib.load(str(tmp_path / "out" / f"{case.case_id}.nii.gz"))  # the name the BraTS evaluators match
+    mask = np.asarray(nib.load(str(tmp_path / "out" / f"{case.case_id}_mask.nii.gz")).dataobj)
+    data = np.asarray(label_map.dataobj)
+    assert label_map.get_data_dtype() == np.uint8 and data.shape == case.images["flair"].shape
+    assert np.array_equal(label_map.affine, nib.load(str(next((tmp_path / "in").rglob("*_flair.nii.gz")))).affine)
+    assert mask.sum() > 0 and set(np.unique(data[mask > 0]).tolist()) == {inside} and not data[mask == 0].any()
+    ml = mask.sum() / 1000  # 1 mm voxels
+    out = capsys.readouterr().out
+    tc, et = (ml if logits[1] > 0 else 0.0), (ml if logits[2] > 0 else 0.0)
+    assert f"{case.case_id}: tumour {ml:.1f} ml (WT), TC {tc:.1f} ml, ET {et:.1f} ml -> " in out
+    sidecar = json.loads((tmp_path / "out" / f"{case.case_id}.json").read_text())
+    assert sidecar["labels"] == (labels or convention) and sidecar["volumes_ml"]["tc"] == pytest.approx(tc, abs=0.01)

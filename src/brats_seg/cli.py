@@ -78,12 +78,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="label scheme of both files (brats2023: enhancing tumour is 3; msd: Decathlon Task01), "
                    "or binary: the prediction is a 0/1 mask, scored as whole tumour (WT) only against the "
                    "reference's non-zero voxels")
-    p = sub.add_parser("predict", help="segment new cases: binary whole-tumour masks on each input's grid")
+    p = sub.add_parser("predict", help="segment new cases on each input's grid: label maps (a model of several "
+                       "regions) or binary whole-tumour masks")
     p.add_argument("cases", nargs="+", metavar="CASE_DIR", help="folders holding cases in any supported naming")
     p.add_argument("--model", default=None, help="models:/NAME@ALIAS or a model file (default: "
                    "models:/brats-unet@champion)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--labels", choices=["brats2020", "brats2023", "msd"], default=None,
+                   help="label convention of the label maps a model of several regions writes (default: the one its "
+                   "training data came in)")
+    p.add_argument("--wt-mask", action="store_true", help="also write the binary whole-tumour mask "
+                   "<case>_mask.nii.gz (a WT-only model writes only that)")
     p = sub.add_parser("promote", help="promote the challenger to champion when it is better")
     p.add_argument("--model", default=None, help="registered model name (default: register.model_name)")
     p.add_argument("--version", default=None, help="version to consider (default: the challenger alias)")
@@ -130,10 +136,10 @@ def _run(args: argparse.Namespace) -> int:
         scores = score_files(args.ref, args.pred, args.labels)
         sys.stdout.write(json.dumps(json_safe(scores), indent=2) + "\n")
     elif args.command == "predict":
-        from brats_seg.predict import predict_dirs
+        from brats_seg.predict import describe_case, predict_dirs
 
-        for r in predict_dirs(args.cases, args.model, args.out, args.device):
-            sys.stdout.write(f"{r['case_id']}: tumour {r['tumour_ml']:.1f} ml -> {r['mask']}\n")
+        for r in predict_dirs(args.cases, args.model, args.out, args.device, args.labels, args.wt_mask):
+            sys.stdout.write(describe_case(r) + "\n")
     elif args.command == "promote":
         from brats_seg.promotion import PromoteParams, promote
         from brats_seg.runners.register import RegisterParams

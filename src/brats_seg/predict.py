@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from brats_seg import __version__
+from brats_seg.data.labels import from_canonical, regions_to_labels
 from brats_seg.data.layouts import MODALITIES, CaseSource, discover_cases
 from brats_seg.data.preprocess import preprocess_case, restore_volume
 from brats_seg.errors import DataError, UserError
@@ -92,23 +93,49 @@ def check_case(case: CaseSource, modalities: tuple[str, ...]) -> Meta:
     return grid
 
 
-def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, batch_size: int | None = None) -> dict:
-    """Write ``<case>_mask.nii.gz`` (uint8, 0/1) on the grid of the case's first modality."""
+def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, batch_size: int | None = None,
+                 labels: str | None = None, wt_mask: bool = False) -> dict:
+    """Segment one case on the grid of its first modality. A model of several regions writes the label map
+    ``<case_id>.nii.gz`` (uint8; WT -> oedema, then TC -> necrotic core, then ET -> enhancing, in the convention
+    ``labels``, default the one its training data came in: the file name the BraTS evaluators match); a WT-only
+    model, or ``wt_mask``, writes the binary whole-tumour mask ``<case_id>_mask.nii.gz`` (uint8, 0/1). Beside the
+    first output, a JSON sidecar says what made it. Returns the case's volumes (ml) per region and the paths."""
     modalities = tuple(bundle.slice_params["modalities"])
     grid = check_case(case, modalities)
     volumes = [read_modality(case, m) for m in modalities]
     reference = case.images[modalities[0]][0]
     pre = preprocess_case(np.stack(volumes).astype(np.float32), grid.affine, int(bundle.slice_params["size"]),
                           int(bundle.slice_params["margin"]))
-    probs = predict_slices(bundle.model, pre.images, batch_size).float().cpu().numpy()[:, 0]
-    mask = (restore_volume(probs, pre.z, pre.geometry) > bundle.threshold).astype(np.uint8)
-    out = write_like(Path(out_dir) / f"{case.case_id}_mask.nii.gz", mask, reference,
-                     description=f"brats-seg {__version__} {bundle.origin}")
-    volume_ml = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
-    log.debug("%s: tumour %.1f ml -> %s", case.case_id, volume_ml, out)
-    result = {"case_id": case.case_id, "mask": str(out), "tumour_ml": round(volume_ml, 2), "voxels": int(mask.sum())}
-    write_json(out.with_name(f"{case.case_id}_mask.json"), {**result, **provenance(bundle)})
+    probs = predict_slices(bundle.model, pre.images, batch_size).float().cpu().numpy()
+    masks = {region: restore_volume(probs[:, r], pre.z, pre.geometry) > bundle.threshold
+             for r, region in enumerate(bundle.regions)}
+    ml = float(np.prod(grid.spacing)) / 1000.0
+    result = {"case_id": case.case_id, "volumes_ml": {r: round(float(m.sum()) * ml, 2) for r, m in masks.items()},
+              "voxels": int(masks["wt"].sum())}
+    result["tumour_ml"] = result["volumes_ml"]["wt"]
+    description = f"brats-seg {__version__} {bundle.origin}"
+    outputs = []
+    if len(bundle.regions) > 1:
+        convention = labels or bundle.cohort.get("label_convention", "brats2020")
+        label_map = from_canonical(regions_to_labels(masks), convention)
+        outputs.append(write_like(Path(out_dir) / f"{case.case_id}.nii.gz", label_map, reference, description))
+        result.update(label_map=str(outputs[-1]), labels=convention)
+    if len(bundle.regions) == 1 or wt_mask:
+        outputs.append(write_like(Path(out_dir) / f"{case.case_id}_mask.nii.gz", masks["wt"].astype(np.uint8),
+                                  reference, description))
+        result["mask"] = str(outputs[-1])
+    log.debug("%s: %s -> %s", case.case_id, result["volumes_ml"], outputs)
+    write_json(outputs[0].with_name(outputs[0].name.replace(".nii.gz", ".json")), {**result, **provenance(bundle)})
     return result
+
+
+def describe_case(result: dict) -> str:
+    """``CASE: tumour 40.1 ml -> FILE`` (with TC and ET volumes for a model of several regions)."""
+    volumes = result["volumes_ml"]
+    more = "".join(f", {r.upper()} {v:.1f} ml" for r, v in volumes.items() if r != "wt")
+    files = " and ".join(result[k] for k in ("label_map", "mask") if k in result)
+    return f"{result['case_id']}: tumour {volumes['wt']:.1f} ml (WT){more} -> {files}" if more else \
+        f"{result['case_id']}: tumour {volumes['wt']:.1f} ml -> {files}"
 
 
 # Fewer real training patients than this and every prediction says so: BraTS models learn from hundreds.
@@ -165,7 +192,7 @@ def read_modality(case: CaseSource, modality: str) -> np.ndarray:
 
 
 def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir: str | Path = "predictions",
-                 device: str = "auto") -> list[dict]:
+                 device: str = "auto", labels: str | None = None, wt_mask: bool = False) -> list[dict]:
     """Predict every case found in ``case_dirs`` (each may hold one case or many).
 
     Every case is checked (:func:`check_case`) before the first mask is written.
@@ -184,4 +211,4 @@ def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir:
     if warning:
         log.warning("%s", warning)
     with torch.inference_mode():
-        return [predict_case(c, bundle, out_dir) for c in cases]
+        return [predict_case(c, bundle, out_dir, labels=labels, wt_mask=wt_mask) for c in cases]

@@ -66,3 +66,33 @@ def test_region_targets_match_region_masks():
     got = region_targets(torch.from_numpy(labels), ("wt", "tc", "et")).numpy()
     assert got.shape == (3, 3, 5, 7) and got.dtype == np.float32
     assert np.array_equal(got, region_stack(labels).astype(np.float32))
+
+
+@pytest.mark.parametrize(("convention", "ids"), [
+    ("brats2020", [0, 1, 2, 4]), ("brats2023", [0, 1, 2, 3]), ("msd", [0, 2, 1, 3]),
+])
+def test_labels_regions_labels_is_the_identity_in_every_convention(convention, ids):
+    """Canonical 0 / 1 necrotic / 2 oedema / 4 enhancing written in each convention (hand table), and a random
+    label volume through its region masks and back by the BraTS rule."""
+    from brats_seg.data.labels import from_canonical, regions_to_labels
+
+    canonical = np.array([0, 1, 2, 4], dtype=np.uint8)
+    assert from_canonical(canonical, convention).tolist() == ids
+    volume = np.random.default_rng(3).choice(canonical, size=(9, 8, 7))
+    back = regions_to_labels({r: region_mask(volume, r) for r in ("wt", "tc", "et")})
+    assert back.dtype == np.uint8 and np.array_equal(back, volume)
+    source = from_canonical(volume, convention)
+    assert np.array_equal(to_canonical(source, convention), volume)
+    assert np.array_equal(from_canonical(to_canonical(source, convention), convention), source)
+
+
+def test_the_brats_rule_lets_each_inner_region_overwrite_the_outer():
+    from brats_seg.data.labels import regions_to_labels
+
+    wt = np.array([1, 1, 1, 1, 0], bool)
+    tc = np.array([0, 1, 1, 0, 0], bool)
+    et = np.array([0, 0, 1, 0, 1], bool)  # ET outside WT still says enhancing: the rule overwrites, it does not test
+    assert regions_to_labels({"wt": wt, "tc": tc, "et": et}).tolist() == [2, 1, 4, 2, 4]
+    assert regions_to_labels({"wt": wt, "tc": tc}).tolist() == [2, 1, 1, 2, 0]
+    with pytest.raises(ValueError, match="needs the whole-tumour"):
+        regions_to_labels({"tc": tc})

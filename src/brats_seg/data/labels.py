@@ -76,6 +76,29 @@ def to_canonical(seg: np.ndarray, convention: str) -> np.ndarray:
     return lut[label_ids(seg)]
 
 
+def from_canonical(labels: np.ndarray, convention: str) -> np.ndarray:
+    """Canonical labels (uint8) in ``convention``'s ids: the inverse of :func:`to_canonical` on canonical ids
+    (BraTS 2023: enhancing 4 -> 3; the Decathlon: oedema 2 -> 1, necrotic 1 -> 2, enhancing 4 -> 3)."""
+    if convention not in _REMAPS:
+        raise ValueError(f"unknown label convention {convention!r}; use one of {', '.join(_REMAPS)}")
+    lut = np.arange(256, dtype=np.uint8)
+    for src, dst in _REMAPS[convention].items():
+        lut[dst] = src
+    return lut[np.asarray(labels, dtype=np.uint8)]
+
+
+def regions_to_labels(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """A canonical label map (uint8) from region masks by the BraTS rule: WT becomes oedema, then TC necrotic core,
+    then ET enhancing tumour, each overwriting the last (regions absent from ``masks`` are skipped; WT is needed)."""
+    if "wt" not in masks:
+        raise ValueError("a label map needs the whole-tumour (wt) mask")
+    labels = np.zeros(np.shape(masks["wt"]), dtype=np.uint8)
+    for region, label in (("wt", OEDEMA), ("tc", NECROTIC), ("et", ENHANCING)):
+        if region in masks:
+            labels[np.asarray(masks[region], dtype=bool)] = label
+    return labels
+
+
 def unexpected_labels(seg: np.ndarray, allowed: frozenset[int] = CANONICAL_LABELS) -> list[str]:
     """The distinct values of ``seg`` that are not ids in ``allowed``, sorted and written as a person reads
     them ('-1', '0.5', '7', 'nan'); empty when every voxel holds an allowed label."""

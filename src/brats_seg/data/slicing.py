@@ -160,14 +160,19 @@ def split_digest(splits: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def cohort_source(raw_dir: str | Path) -> str:
-    """Where the raw cases came from (``synthetic``, ``local``, ``url``, ``kaggle``), from the download stage's
-    sources.json; ``unknown`` without one. Carried to the model, so that a mask can say what its model learnt from."""
-    record = Path(raw_dir) / "sources.json"
+def cohort_origin(raw_dir: str | Path) -> dict[str, str]:
+    """Where the raw cases came from (``source``: synthetic, local, url, kaggle) and the label convention most of
+    them were delivered in (``label_convention``: brats2020, brats2023, msd), from the download stage's
+    sources.json; ``unknown`` and brats2020 without one. Carried to the model, so that a mask can say what its
+    model learnt from and a label map comes back in the convention its users know."""
     try:
-        return str(json.loads(record.read_text()).get("source", "unknown"))
+        record = json.loads((Path(raw_dir) / "sources.json").read_text())
+        conventions = [c.get("convention") for c in (record.get("cases") or {}).values() if isinstance(c, dict)]
+        known = [c for c in conventions if c in ("brats2020", "brats2023", "msd")]
+        common = max(sorted(set(known)), key=known.count) if known else "brats2020"
+        return {"source": str(record.get("source", "unknown")), "label_convention": common}
     except (OSError, ValueError, AttributeError):
-        return "unknown"
+        return {"source": "unknown", "label_convention": "brats2020"}
 
 
 def content_digest(cases: pd.DataFrame) -> str:
@@ -240,7 +245,7 @@ def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, 
     write_parquet(index, out_dir / "index.parquet")
     write_parquet(cases, out_dir / "cases.parquet")
     settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "workers"}  # outputs don't depend on it
-    meta = {"params": settings, "seed": seed, "source": cohort_source(raw_dir), "split_digest": split_digest(splits),
+    meta = {"params": settings, "seed": seed, **cohort_origin(raw_dir), "split_digest": split_digest(splits),
             "content_digests": {s: content_digest(cases[cases["split"] == s]) for s in SPLITS},
             "cases": {s: int((cases["split"] == s).sum()) for s in SPLITS},
             "patients": {s: int(cases.loc[cases["split"] == s, "patient_id"].nunique()) for s in SPLITS},

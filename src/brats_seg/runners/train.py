@@ -51,7 +51,7 @@ def log_inputs_as_written(run: tracking.Run) -> None:
 def training_cohort(meta: dict) -> dict:
     """What a model learnt from, for whoever uses its masks: the source kind and the train and validation cases
     and patients (from the slice stage's meta.json)."""
-    return {"source": meta.get("source", "unknown"),
+    return {"source": meta.get("source", "unknown"), "label_convention": meta.get("label_convention", "brats2020"),
             **{f"{split}_{what}": int(meta.get(what, {}).get(split, 0)) for split in ("train", "val")
                for what in ("cases", "patients")}}
 
