@@ -206,9 +206,11 @@ def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir:
     bundle = resolve_model(model, device)
     for case in cases:
         check_case(case, tuple(bundle.slice_params["modalities"]))
+    with torch.inference_mode():
+        results = [predict_case(c, bundle, out_dir, labels=labels, wt_mask=wt_mask) for c in cases]
+    # said once the masks exist (a bad case stays one sentence): what made them, and how far to trust them
     log.info("model %s, %s", bundle.origin, cohort_summary(bundle))
     warning = cohort_warning(bundle)
     if warning:
         log.warning("%s", warning)
-    with torch.inference_mode():
-        return [predict_case(c, bundle, out_dir, labels=labels, wt_mask=wt_mask) for c in cases]
+    return results

@@ -513,9 +513,10 @@ def log_decision_record(model_name: str, version: str, record: dict[str, str]) -
     else:
         experiment_id = experiment.experiment_id
     tags = {**record, "model": model_name, "version": str(version)}
-    run = client.create_run(experiment_id, run_name=f"{model_name} v{version}: {record.get('decision', '?')}",
-                            tags=tags)
-    client.set_terminated(run.info.run_id, status="FINISHED")
+    with contextlib.redirect_stdout(io.StringIO()):  # against a server mlflow prints the run's URL: not ours to say
+        run = client.create_run(experiment_id, run_name=f"{model_name} v{version}: {record.get('decision', '?')}",
+                                tags=tags)
+        client.set_terminated(run.info.run_id, status="FINISHED")
     return run.info.run_id
 
 
