@@ -111,6 +111,18 @@ def field_problem(data: dict, config: UNetConfig) -> str | None:
         return f"invalid modalities {modalities!r} (distinct names, one per input channel: {config.in_channels})"
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
         return f"an invalid threshold {threshold!r} (a number between 0 and 1)"
+    return _cohort_problem(data.get("cohort", {}))
+
+
+def _cohort_problem(cohort: object) -> str | None:
+    """What is wrong with a model file's training cohort (what predict reports and which label convention its
+    label maps default to), as a clause; None when it is absent or usable."""
+    counts = ("train_cases", "train_patients", "val_cases", "val_patients")
+    if not (isinstance(cohort, dict) and all(_is_int(cohort.get(k, 0)) and cohort.get(k, 0) >= 0 for k in counts)
+            and isinstance(cohort.get("source", ""), str)
+            and cohort.get("label_convention", "brats2020") in ("brats2020", "brats2023", "msd")):
+        return (f"an invalid training cohort {cohort!r} (source, label_convention brats2020/brats2023/msd, and case "
+                f"and patient counts)")
     return None
 
 
