@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="label scheme of both files (brats2023: enhancing tumour is 3; msd: Decathlon Task01), "
                    "or binary: the prediction is a 0/1 mask, scored as whole tumour (WT) only against the "
                    "reference's non-zero voxels")
+    p.add_argument("--lesionwise", metavar="CONFIG", default=None,
+                   help="also the official BraTS lesion-wise metrics (brats-evaluation) of config CONFIG: gli, mets, "
+                   "ped, MenRT, MenPre or GoAT (per region under \"lesionwise\")")
     p = sub.add_parser("predict", help="segment new cases on each input's grid: label maps (a model of several "
                        "regions) or binary whole-tumour masks")
     p.add_argument("cases", nargs="+", metavar="CASE_DIR", help="folders holding cases in any supported naming")
@@ -133,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "score":
         from brats_seg.scoring import score_files
 
-        scores = score_files(args.ref, args.pred, args.labels)
+        scores = score_files(args.ref, args.pred, args.labels, lesionwise=args.lesionwise)
         sys.stdout.write(json.dumps(json_safe(scores), indent=2) + "\n")
     elif args.command == "predict":
         from brats_seg.predict import describe_case, predict_dirs

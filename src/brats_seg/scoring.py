@@ -4,6 +4,8 @@ Both files are checked first: readable NIfTI, 3D, on one grid, and holding only 
 The scheme is an explicit choice: a label map in ``brats2020``, ``brats2023`` or ``msd`` labels is scored
 for WT, TC and ET; ``binary`` scores a 0/1 whole-tumour mask for WT only (the reference may then be a 0/1
 mask or a label map in any scheme: WT is its non-zero voxels). The result names the scheme used.
+``lesionwise`` names an official BraTS lesion-wise config (:mod:`brats_seg.lesionwise`): each scored region then
+also holds a ``"lesionwise"`` dict of that package's metrics, and the result names the config.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from brats_seg.data.labels import (
 )
 from brats_seg.errors import DataError, UserError
 from brats_seg.io.nifti import Meta, read_volume
+from brats_seg.lesionwise import LesionConfig, get_config, region_metrics, score_canonical
 from brats_seg.metrics import case_metrics
 
 BINARY = "binary"
@@ -31,10 +34,14 @@ SCHEMES: tuple[str, ...] = (*SOURCE_LABELS, BINARY)
 _SHOWN_VALUES = 8
 
 
-def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020") -> dict:
-    """``{"labels": scheme, region: metrics, ...}``: WT, TC and ET for a label scheme, WT only for ``binary``."""
+def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020", lesionwise: str | None = None) -> dict:
+    """``{"labels": scheme, region: metrics, ...}``: WT, TC and ET for a label scheme, WT only for ``binary``.
+    With ``lesionwise`` (a config name such as ``gli``) each region also holds ``"lesionwise"``: the official
+    lesion-wise metrics, and the result ``"lesionwise_config"`` (and ``"lesionwise_regions"``: project region ->
+    the config's region name)."""
     if labels not in SCHEMES:
         raise UserError(f"--labels {labels} is not a label scheme; use one of {', '.join(SCHEMES)}.")
+    config = get_config(lesionwise) if lesionwise is not None else None
     ref_data, ref_meta = read_volume(ref)
     pred_data, pred_meta = read_volume(pred)
     _check_grid(ref, ref_meta, pred, pred_meta)
@@ -43,8 +50,11 @@ def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020") ->
                       "pass a label map or a 0/1 mask as the reference")
         _check_values(pred, pred_data, MASK_LABELS, "a 0/1 mask", "--labels binary needs a whole-tumour mask, "
                       f"so name the label scheme of a label map instead ({', '.join(SOURCE_LABELS)})")
-        wt = case_metrics(label_ids(pred_data) == 1, label_ids(ref_data) != 0, ref_meta.spacing)
-        return {"labels": BINARY, "wt": wt}
+        pred_wt, ref_wt = label_ids(pred_data) == 1, label_ids(ref_data) != 0
+        wt = case_metrics(pred_wt, ref_wt, ref_meta.spacing)
+        if config is not None:
+            wt["lesionwise"] = region_metrics(pred_wt, ref_wt, ref_meta.spacing, config)
+        return {"labels": BINARY, "wt": wt, **_lesionwise_keys(config)}
     fix = (f"name the files' scheme with --labels ({', '.join(SCHEMES)}), and pass label maps, not probabilities "
            f"or images")
     _check_values(ref, ref_data, SOURCE_LABELS[labels], f"the {labels} labels", fix)
@@ -53,7 +63,16 @@ def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020") ->
     ref_labels, pred_labels = to_canonical(ref_data, labels), to_canonical(pred_data, labels)
     scores = {r: case_metrics(region_mask(pred_labels, r), region_mask(ref_labels, r), ref_meta.spacing)
               for r in REGIONS}
-    return {"labels": labels, **scores}
+    if config is not None:
+        for region, metrics in score_canonical(pred_labels, ref_labels, ref_meta.spacing, config.name).items():
+            scores[region]["lesionwise"] = metrics
+    return {"labels": labels, **scores, **_lesionwise_keys(config)}
+
+
+def _lesionwise_keys(config: LesionConfig | None) -> dict:
+    if config is None:
+        return {}
+    return {"lesionwise_config": config.name, "lesionwise_regions": dict(config.project_regions)}
 
 
 def _check_grid(ref: str | Path, ref_meta: Meta, pred: str | Path, pred_meta: Meta) -> None:
