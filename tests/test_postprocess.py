@@ -1,0 +1,266 @@
+"""Post-processing of predicted regions: component removal, ET relabelling, nesting, and the validation choice."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from brats_seg.data.labels import ENHANCING, NECROTIC, OEDEMA, region_mask, regions_to_labels
+from brats_seg.errors import UserError
+from brats_seg.postprocess import NONE, Choice, PostProcess, apply, choose
+
+SHAPE = (48, 48, 32)
+SIZES = (0, 10, 25, 50, 100, 250, 500, 1000)
+ETS = (0, 50, 100, 200, 500, 1000)
+
+
+def dice(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Legacy Dice: 1 when both are empty, 0 when only one is."""
+    total = int(pred.sum()) + int(ref.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
+
+
+def ball(centre: tuple[int, int, int], radius: float, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def block(corner: tuple[int, int, int], size: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    out[tuple(slice(c, c + size) for c in corner)] = True
+    return out
+
+
+def labels_from(wt: np.ndarray, tc: np.ndarray, et: np.ndarray | None = None) -> np.ndarray:
+    labels = np.zeros(wt.shape, dtype=np.uint8)
+    labels[wt], labels[tc] = OEDEMA, NECROTIC
+    if et is not None:
+        labels[et] = ENHANCING
+    return labels
+
+
+def masks_of(labels: np.ndarray) -> dict[str, np.ndarray]:
+    return {r: region_mask(labels, r) for r in ("wt", "tc", "et")}
+
+
+def nested_by_hand(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"wt": masks["wt"] | masks["tc"] | masks["et"], "tc": masks["tc"] | masks["et"], "et": masks["et"]}
+
+
+def tumour(et: bool) -> np.ndarray:
+    """A 48 x 48 x 32 reference: oedema ball r=10, necrotic core r=6, enhancing r=3 (123 voxels) if ``et``."""
+    centre = (24, 24, 16)
+    return labels_from(ball(centre, 10), ball(centre, 6), ball(centre, 3) if et else None)
+
+
+# specks of 2 voxels each, in the oedema (inside WT, outside TC)
+SPECKS = block((24, 32, 16), 1) | block((24, 32, 17), 1) | block((32, 24, 16), 1) | block((32, 24, 17), 1)
+
+
+@pytest.fixture
+def et_specks() -> list[tuple]:
+    """Three ET-free cases whose prediction has false ET specks; two with ET found exactly (1 mm voxels)."""
+    cases = []
+    for has_et in (False, False, False, True, True):
+        ref = tumour(has_et)
+        masks = masks_of(ref)
+        if not has_et:
+            masks["et"] = SPECKS.copy()
+        cases.append((masks, ref, (1.0, 1.0, 1.0)))
+    return cases
+
+
+def test_false_et_specks_are_removed_by_the_smallest_size_that_helps(et_specks):
+    choice = choose(et_specks, dice, candidates_mm3=SIZES, et_candidates_mm3=ETS)
+    assert isinstance(choice, Choice)
+    pp = choice.postprocess
+    assert pp.min_component_mm3 == {"wt": 0.0, "tc": 0.0, "et": 10.0}  # 10, 25, 50, 100 tie: the smallest
+    assert pp.et_min_mm3 == 0.0  # nothing left to relabel
+    assert choice.before["et"] == pytest.approx(2 / 5) and choice.after["et"] == 1.0
+    assert choice.tried["et"][250.0] == pytest.approx(3 / 5)  # 250 mm3 also removes the real 123 mm3 ET
+    masks, ref, spacing = et_specks[0]
+    out = apply(masks, spacing, pp)
+    assert not out["et"].any() and not (out["tc"] & SPECKS).any() and out["wt"][SPECKS].all()
+    assert all(np.array_equal(out[r], region_mask(ref, r)) for r in ("wt", "tc", "et"))
+
+
+def test_false_et_specks_become_necrotic_core_on_the_relabel_path(et_specks):
+    choice = choose(et_specks, dice, candidates_mm3=(0,), et_candidates_mm3=ETS)
+    pp = choice.postprocess
+    assert pp.et_min_mm3 == 50.0 and pp.min_component_mm3["et"] == 0.0  # 200 would relabel the real ET too
+    assert choice.tried["et_relabel"] == pytest.approx({0.0: 0.4, 50.0: 1.0, 100.0: 1.0, 200.0: 0.6, 500.0: 0.6,
+                                                        1000.0: 0.6})
+    out = apply(et_specks[0][0], (1.0, 1.0, 1.0), pp)
+    assert not out["et"].any() and out["tc"][SPECKS].all() and out["wt"][SPECKS].all()
+    labels = regions_to_labels(out)
+    assert (labels[SPECKS] == NECROTIC).all()
+    real = apply(et_specks[3][0], (1.0, 1.0, 1.0), pp)
+    assert np.array_equal(real["et"], region_mask(et_specks[3][1], "et"))
+
+
+def test_small_real_tc_components_keep_tc_at_zero():
+    cases = []
+    satellites = block((16, 16, 12), 2) | block((30, 16, 20), 2) | block((16, 31, 12), 2)  # 8 voxels each, in WT
+    for i in range(4):
+        ref = tumour(et=False)
+        ref[satellites] = NECROTIC
+        masks = masks_of(ref)
+        if i == 0:
+            masks["tc"] = masks["tc"] | block((31, 31, 19), 1)  # one false 1-voxel TC speck in the oedema
+        cases.append((masks, ref, (1.0, 1.0, 1.0)))
+    choice = choose(cases, dice, regions=("wt", "tc"), candidates_mm3=SIZES)
+    assert choice.postprocess.min_component_mm3 == {"wt": 0.0, "tc": 0.0}
+    assert choice.tried["tc"][10.0] < choice.tried["tc"][0.0]  # removing the satellites costs more than the speck
+    assert choice.tried["tc"][0.0] < 1.0 and "et" not in choice.after
+
+
+def test_far_false_positive_wt_blobs_are_removed_and_the_tumour_kept():
+    cases = []
+    for i, blob in enumerate((4, 5, 4, 5)):  # 64 and 125 mm3 blobs in a corner, far from the tumour
+        ref = labels_from(ball((26, 26, 16), 4 if i == 0 else 8), ball((26, 26, 16), 2))
+        masks = masks_of(ref)
+        masks["wt"] = masks["wt"] | block((1, 1, 1), blob)
+        cases.append((masks, ref, (1.0, 1.0, 1.0)))
+    assert int(region_mask(cases[0][1]).sum()) == 257  # the small real tumour: kept at 250, lost at 500
+    choice = choose(cases, dice, regions=("wt",), candidates_mm3=SIZES)
+    assert choice.postprocess.min_component_mm3 == {"wt": 250.0} and choice.postprocess.et_min_mm3 == 0.0
+    assert choice.tried["wt"][100.0] < choice.tried["wt"][250.0] > choice.tried["wt"][500.0]
+    for masks, ref, spacing in cases:
+        out = apply(masks, spacing, choice.postprocess)
+        assert list(out) == ["wt", "tc", "et"] and np.array_equal(out["wt"], region_mask(ref))
+    assert choice.after["wt"] == 1.0 > choice.before["wt"]
+
+
+def _blobby_case(rng: np.random.Generator) -> tuple:
+    shape = (32, 32, 24)
+    ref = labels_from(ball((16, 16, 12), 7, shape), ball((16, 16, 12), 4, shape), ball((16, 16, 12), 2, shape))
+    masks = masks_of(ref)
+    for region in ("wt", "tc", "et"):
+        for _ in range(3):  # false blobs of 1 to 64 voxels, and true blobs the prediction finds
+            size, corner = int(rng.integers(1, 5)), tuple(int(c) for c in rng.integers(0, 20, 3))
+            masks[region] = masks[region] | block(corner, size, shape)
+        true = block(tuple(int(c) for c in rng.integers(0, 20, 3)), int(rng.integers(1, 4)), shape)
+        ref[true] = {"wt": OEDEMA, "tc": NECROTIC, "et": ENHANCING}[region]
+        masks[region] = masks[region] | true
+    return masks, ref, (1.0, 1.2, 1.5)
+
+
+def test_choose_matches_a_brute_force_greedy_search_over_apply():
+    rng = np.random.default_rng(7)
+    cases = [_blobby_case(rng) for _ in range(6)]
+    choice = choose(cases, dice, candidates_mm3=SIZES, et_candidates_mm3=ETS)
+
+    def mean(pp: PostProcess, region: str) -> float:
+        return float(np.mean([dice(apply(m, s, pp)[region], region_mask(ref, region), s) for m, ref, s in cases]))
+
+    chosen: dict[str, float] = {}
+    for region in ("wt", "tc", "et"):
+        means = [mean(PostProcess({**chosen, region: c}), region) for c in SIZES]
+        assert choice.tried[region] == pytest.approx(dict(zip(map(float, SIZES), means)))
+        chosen[region] = SIZES[int(np.argmax(means))]  # argmax: the first, i.e. smallest, of equal means
+    relabel = [mean(PostProcess(chosen, thr), "et") for thr in ETS]
+    assert choice.tried["et_relabel"] == pytest.approx(dict(zip(map(float, ETS), relabel)))
+    expected = PostProcess(chosen, ETS[int(np.argmax(relabel))])
+    assert choice.postprocess == expected and expected != PostProcess({"wt": 0, "tc": 0, "et": 0})
+    assert choice.before == pytest.approx({r: mean(NONE, r) for r in ("wt", "tc", "et")})
+    assert choice.after == pytest.approx({r: mean(expected, r) for r in ("wt", "tc", "et")})
+
+
+def test_apply_nests_like_a_label_map_and_never_touches_its_input():
+    rng = np.random.default_rng(0)
+    masks = {r: rng.random(SHAPE) < p for r, p in (("wt", 0.3), ("tc", 0.2), ("et", 0.1))}
+    copies = {r: m.copy() for r, m in masks.items()}
+    for pp in (NONE, PostProcess({"wt": 5, "tc": 3, "et": 2}, 40.0), PostProcess({}, 1e9)):
+        out = apply(masks, (1.0, 1.0, 1.0), pp)
+        assert list(out) == ["wt", "tc", "et"]
+        assert not (out["et"] & ~out["tc"]).any() and not (out["tc"] & ~out["wt"]).any()
+        labels = regions_to_labels(out)
+        assert all(np.array_equal(region_mask(labels, r), out[r]) for r in out)
+        assert not any(np.shares_memory(out[r], masks[s]) for r in out for s in masks)
+    assert all(np.array_equal(masks[r], copies[r]) for r in masks)
+    none = apply(masks, (1.0, 1.0, 1.0), NONE)
+    assert all(np.array_equal(none[r], nested_by_hand(masks)[r]) for r in masks)
+    relabelled = apply(masks, (1.0, 1.0, 1.0), PostProcess({}, 1e9))  # every ET voxel becomes necrotic core
+    assert not relabelled["et"].any() and np.array_equal(relabelled["tc"], masks["tc"] | masks["et"])
+
+
+def test_a_wt_only_dict_stays_wt_only():
+    wt = ball((24, 24, 16), 6) | block((0, 0, 0), 2)
+    out = apply({"wt": wt}, (1.0, 1.0, 1.0), PostProcess({"wt": 10, "tc": 10, "et": 10}, 100.0))
+    assert list(out) == ["wt"] and np.array_equal(out["wt"], ball((24, 24, 16), 6))
+    assert list(apply({"wt": wt}, (1.0, 1.0, 1.0), NONE)) == ["wt"]
+
+
+def test_a_dict_without_tc_still_nests_et_in_wt():
+    wt, et = ball((24, 24, 16), 6), block((40, 40, 20), 3)  # ET outside the predicted WT
+    out = apply({"wt": wt, "et": et}, (1.0, 1.0, 1.0), NONE)
+    assert list(out) == ["wt", "et"] and np.array_equal(out["wt"], wt | et) and np.array_equal(out["et"], et)
+    relabelled = apply({"wt": wt, "et": et}, (1.0, 1.0, 1.0), PostProcess({}, 100.0))  # 27 mm3 < 100 mm3
+    assert np.array_equal(relabelled["wt"], wt | et) and not relabelled["et"].any()
+
+
+def test_component_volume_is_in_mm3_with_the_spacing():
+    wt = ball((24, 24, 16), 8) | block((0, 0, 0), 2)  # an 8-voxel blob: 8 mm3 at 1 mm, 1 mm3 at 0.5 mm
+    pp = PostProcess({"wt": 4.0})
+    assert apply({"wt": wt}, (1.0, 1.0, 1.0), pp)["wt"][0, 0, 0]
+    assert not apply({"wt": wt}, (0.5, 0.5, 0.5), pp)["wt"][0, 0, 0]
+    assert apply({"wt": wt}, (0.5, 1.0, 2.0), PostProcess({"wt": 8.0}))["wt"][0, 0, 0]  # exactly 8 mm3 is kept
+
+
+def test_components_are_26_connected():
+    diagonal = np.zeros(SHAPE, dtype=bool)
+    diagonal[np.arange(8), np.arange(8), np.arange(8)] = True  # 8 voxels touching only at their corners
+    out = apply({"wt": diagonal | ball((30, 30, 20), 6)}, (1.0, 1.0, 1.0), PostProcess({"wt": 5.0}))
+    assert out["wt"][diagonal].all()  # one 8 mm3 component, not eight 1 mm3 ones
+
+
+def test_to_dict_from_dict_round_trip_and_describe():
+    pp = PostProcess({"et": 10, "wt": 50, "tc": 0}, 200)
+    back = PostProcess.from_dict(json.loads(json.dumps(pp.to_dict())))
+    assert back == pp and list(back.min_component_mm3) == ["wt", "tc", "et"]
+    assert pp.describe() == "WT >= 50 mm3, TC keeps all, ET >= 10 mm3; ET under 200 mm3 -> necrotic core"
+    assert PostProcess({}, 50).describe() == "ET under 50 mm3 -> necrotic core"
+    assert PostProcess({"wt": 25}).describe() == "WT >= 25 mm3"
+    assert NONE.describe() == "no post-processing" and PostProcess.from_dict({}) == NONE
+
+
+@pytest.mark.parametrize(("d", "named"), [
+    ({"min_component_mm3": {"wt": -1}}, "min_component_mm3.wt"),
+    ({"min_component_mm3": {"tc": math.nan}}, "min_component_mm3.tc"),
+    ({"min_component_mm3": {"wt": True}}, "min_component_mm3.wt"),
+    ({"min_component_mm3": {"ncr": 5}}, "'ncr'"),
+    ({"min_component_mm3": [5]}, "min_component_mm3"),
+    ({"et_min_mm3": math.inf}, "et_min_mm3"),
+    ({"et_min_mm3": "10"}, "et_min_mm3"),
+    ({"et_min": 10}, "'et_min'"),
+    ([("et_min_mm3", 10)], "list"),
+])
+def test_from_dict_refuses_bad_settings_in_one_sentence(d, named):
+    with pytest.raises(UserError) as err:
+        PostProcess.from_dict(d)
+    message = str(err.value)
+    assert named in message and message.endswith(".") and "\n" not in message and message.count(". ") == 0
+
+
+def test_bad_masks_and_cases_are_refused_with_one_sentence():
+    wt, tc = ball((24, 24, 16), 8), ball((24, 24, 16), 4)
+    with pytest.raises(ValueError, match="differ in shape"):
+        apply({"wt": wt, "tc": tc[:, :, :30]}, (1.0, 1.0, 1.0), NONE)
+    with pytest.raises(ValueError, match="unknown region 'ncr'"):
+        apply({"wt": wt, "ncr": tc}, (1.0, 1.0, 1.0), NONE)
+    with pytest.raises(ValueError, match="not boolean"):
+        apply({"wt": wt.astype(np.float32)}, (1.0, 1.0, 1.0), NONE)
+    with pytest.raises(ValueError, match="spacing"):
+        apply({"wt": wt}, (1.0, 1.0), NONE)
+    ref = labels_from(wt, tc)
+    with pytest.raises(ValueError, match="reference is"):
+        choose([({"wt": wt}, ref[:, :, :30], (1.0, 1.0, 1.0))], dice, regions=("wt",))
+    with pytest.raises(ValueError, match="no tc mask"):
+        choose([({"wt": wt}, ref, (1.0, 1.0, 1.0))], dice, regions=("wt", "tc"))
+    with pytest.raises(UserError, match="candidate"):
+        choose([({"wt": wt}, ref, (1.0, 1.0, 1.0))], dice, regions=("wt",), candidates_mm3=(0, -5))
+    with pytest.raises(UserError, match="got none"):
+        choose([], dice)
