@@ -92,7 +92,7 @@ bench: setup
 # CLEAN_CHECKPOINTS=1`, deletes them), downloaded archives (data/cache/downloads), the source manifest
 # (data/source.json) and the MLflow tracking store with every registered model version (see clean-tracking).
 CLEAN_PATHS := data/raw data/validated data/slices models/unet.pt reports/validation reports/validation.json \
-	reports/train.json reports/train_run.json reports/train_curve.csv reports/train_curve.png reports/eval.json reports/eval_cases.csv \
+	reports/train.json reports/train_run.json reports/train_curve.csv reports/train_curve.png reports/eval.json reports/eval_cases.csv reports/eval_lesions.csv \
 	reports/overlays reports/registered.json data/cache/extracted data/cache/raw-*
 CHECKPOINTS := data/cache/checkpoints
 TRACKING_STORE := mlflow/mlflow.db mlflow/artifacts

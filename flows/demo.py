@@ -36,6 +36,7 @@ def demo(workdir: str = ".") -> dict:
         if "model" in summary:  # after the promotion: the aliases as they are now
             summary["model"]["aliases"] = current_aliases(summary["model"])
         base = load_section(BaseParams, read_params("params.yaml"), "base")
+        summary["test_cases"] = pd.read_csv(base.eval_cases).to_dict("records")
         cases = pd.read_parquet(f"{base.slices_dir}/cases.parquet")
         case_id = cases[cases["split"] == "test"]["case_id"].iloc[0]
         has_champion = summary["promotion"]["promoted"] or "already" in summary["promotion"]["reason"]
@@ -47,6 +48,22 @@ def demo(workdir: str = ".") -> dict:
     return summary
 
 
+def patient_lines(rows: list[dict], means: dict) -> list[str]:
+    """Each test patient's Dice per region, legacy and lesion-wise (official BraTS rules), on its own grid; then
+    the means."""
+    if not rows:
+        return []
+    lines = ["test patients (own grid; Dice / lesion-wise Dice, HD95):"]
+    for case_id in dict.fromkeys(r["case_id"] for r in rows):
+        parts = [f"{r['region'].upper()} {r['dice']:.3f} / {r.get('lesion_dice', float('nan')):.3f}, "
+                 f"{r['hd95']:.1f} mm" for r in rows if r["case_id"] == case_id]
+        lines.append(f"  {case_id:<24} " + "; ".join(parts))
+    lines.append("  mean                     " + "; ".join(
+        f"{region.upper()} {s['dice_mean']:.3f} / {s.get('lesion_dice_mean', float('nan')):.3f}, median "
+        f"{s['hd95_median']:.1f} mm" for region, s in means.items()))
+    return lines
+
+
 def report(summary: dict) -> str:
     """What a person reads at the end of `make demo`."""
     lines = ["", "stages: " + ", ".join(f"{r['stage']} ({r['status']}, {r['seconds']:.0f} s)"
@@ -54,10 +71,7 @@ def report(summary: dict) -> str:
     model, promo = summary.get("model", {}), summary["promotion"]
     lines.append(f"model: {model.get('name')} v{model.get('version')} @{', @'.join(model.get('aliases', []))}; "
                  f"promotion: {'promoted to champion' if promo['promoted'] else 'not promoted'} ({promo['reason']})")
-    wt = summary.get("test", {}).get("wt", {})
-    if wt:
-        lines.append(f"test WT Dice per case (original grid): mean {wt['dice_mean']:.3f}, "
-                     f"HD95 median {wt['hd95_median']:.1f} mm")
+    lines.extend(patient_lines(summary.get("test_cases", []), summary.get("test", {})))
     p = summary["prediction"]
     written = p.get("label_map") or p["mask"]
     lines.append(f"predicted {p['case_id']} with {p['model']} ({p['cohort']}): {describe_case(p).split(': ', 1)[1]} "

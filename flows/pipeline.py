@@ -82,7 +82,8 @@ def summary_lines(summary: dict) -> str:
         model = summary["model"]
         lines.append(f"model:  {model['name']} v{model['version']} @{', @'.join(model['aliases'])}")
     for region, stats in summary.get("test", {}).items():
-        lines.append(f"test:   {region.upper()} Dice per case {stats['dice_mean']:.3f}, HD95 median "
+        lesion = f", lesion-wise Dice {stats['lesion_dice_mean']:.3f}" if "lesion_dice_mean" in stats else ""
+        lines.append(f"test:   {region.upper()} Dice per case {stats['dice_mean']:.3f}{lesion}, HD95 median "
                      f"{stats['hd95_median']:.1f} mm")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 
 from brats_seg.config import BaseParams, load_section, read_params
 from brats_seg.errors import exit_on_user_error
+from brats_seg.gate import label
 from brats_seg.orchestration import working_directory
 from brats_seg.promotion import PromoteParams, promote
 from brats_seg.runners.register import RegisterParams
@@ -41,12 +42,13 @@ def describe(name: str, record: dict) -> str:
         return "none" if value is None else f"{value:.4f}"
 
     patients = "unknown" if record["test_patients"] is None else record["test_patients"]
+    metric = label(record.get("metric", "wt_dice"))
     champion = "no champion before" if record["previous_champion"] is None else (
-        f"champion v{record['previous_champion']} WT Dice {score(record['champion_dice'])}"
+        f"champion v{record['previous_champion']} {metric} {score(record['champion_dice'])}"
         f"{' (re-scored)' if record['champion_rescored'] else ''}")
     return (f"{name} v{record['version']}: {'promoted to champion' if record['promoted'] else 'not promoted'} "
             f"({record['reason']}); test patients {patients}, split {str(record['test_split'])[:12]}, "
-            f"challenger WT Dice {score(record['challenger_dice'])}, {champion}")
+            f"challenger {metric} {score(record['challenger_dice'])}, {champion}")
 
 
 @exit_on_user_error

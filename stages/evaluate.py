@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.errors import exit_on_user_error
-from brats_seg.runners.evaluate import EvaluateParams, evaluate_stage
+from brats_seg.evaluate import EvaluateParams
+from brats_seg.runners.evaluate import evaluate_stage
 
 
 @exit_on_user_error

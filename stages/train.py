@@ -11,6 +11,7 @@ import sys
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.distributed import launch, launched
 from brats_seg.errors import exit_on_user_error
+from brats_seg.evaluate import EvaluateParams
 from brats_seg.runners.train import train_stage
 from brats_seg.train import TrainParams
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     train = load_section(TrainParams, params, "train")
     if train.nproc > 1 and not launched():
         sys.exit(launch("stages.train", train.nproc, sys.argv[1:] if argv is None else argv))
-    train_stage(train, load_section(BaseParams, params, "base"))
+    train_stage(train, load_section(BaseParams, params, "base"), load_section(EvaluateParams, params, "evaluate"))
 
 
 if __name__ == "__main__":

@@ -97,12 +97,14 @@ def test_dvc_params_are_the_fields_not_marked_runtime(name):
 
 
 def test_the_derivation_reads_the_stages_sections():
-    """The derivation is not vacuous: the train stage reads base and train, and its derived params hold the
-    settings known to shape a model and none of the runtime ones."""
-    assert _sections_read("stages.train") == {"base", "train"}
+    """The derivation is not vacuous: the train stage reads base, train and evaluate (the lesion-wise config its
+    post-processing maximises), and its derived params hold the settings known to shape a model and none of the
+    runtime ones."""
+    assert _sections_read("stages.train") == {"base", "train", "evaluate"}
     derived = derived_params("stages.train")
-    assert {"base.seed", "train.epochs", "train.lr", "train.threads", "train.amp"} <= derived
-    assert not {"train.resume", "train.memory_gb", "train.device"} & derived
+    assert {"base.seed", "train.epochs", "train.lr", "train.threads", "train.amp", "train.postprocess",
+            "evaluate.lesionwise"} <= derived
+    assert not {"train.resume", "train.memory_gb", "train.device", "evaluate.device"} & derived
 
 
 def test_lineage_and_the_fingerprint_use_the_same_mark():

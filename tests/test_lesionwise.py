@@ -328,6 +328,28 @@ def _official_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "empty_pred": (empty, seg[3]), "both_empty": (empty, empty)}
 
 
+def _predicted_by_a_model_of_regions(folder: Path) -> tuple[str, str]:
+    """``brats-seg predict``'s own label map file (BraTS 2023 ids, named ``<case_id>.nii.gz``) from a U-Net of WT,
+    TC and ET whose head is fixed (all three everywhere it looks: enhancing tumour), and the case's reference."""
+    import torch
+
+    from brats_seg.data.layouts import write_case
+    from brats_seg.inference import save_model
+    from brats_seg.models.unet import UNet, UNetConfig
+
+    net = UNet(UNetConfig(in_channels=4, out_channels=3, base=4, depth=2)).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([9.0, 9.0, 9.0]))
+    model = save_model(folder / "regions.pt", net, ("wt", "tc", "et"), {"size": 32, "margin": 2, "modalities": [
+        "flair", "t1", "t1ce", "t2"]}, extra={"cohort": {"source": "local", "label_convention": "brats2023"}})
+    case = make_case(6, 0, SHAPE)
+    write_case(folder / "in", case.case_id, case.images, None, case.affine)
+    main(["predict", str(folder / "in"), "--model", str(model), "--out", str(folder / "predicted"), "--device", "cpu"])
+    pred = folder / "predicted" / f"{case.case_id}.nii.gz"
+    return str(pred), _save(folder / "predicted_ref.nii.gz", from_canonical(case.seg, "brats2023"), case.affine)
+
+
 @pytest.fixture(scope="module")
 def official(official_python, tmp_path_factory) -> dict:
     """The official package's results for :func:`_official_cases` (and the hand case on a 1 x 2 x 3 mm grid),
@@ -339,6 +361,7 @@ def official(official_python, tmp_path_factory) -> dict:
         affine = np.diag([1.0, 2.0, 3.0, 1.0]) if name == "anisotropic" else lps_affine(SHAPE)
         files[name] = tuple(_save(folder / f"{name}_{role}.nii.gz", from_canonical(labels, "brats2023"), affine)
                             for role, labels in (("pred", pred), ("ref", ref)))
+    files["predicted"] = _predicted_by_a_model_of_regions(folder)
     job = {"configs": ["gli", "mets"], "folder": str(folder),
            "cases": [[name, pred, ref] for name, (pred, ref) in files.items()]}
     (folder / "job.json").write_text(json.dumps(job))
@@ -393,7 +416,7 @@ def test_equal_to_the_official_package(official, config):
                 column = parsed[f"{key}_{official_region}"]
                 assert _same(mine[key], column), (case, region, key, mine[key], column)
             compared += 1
-    assert compared == 9 * 3
+    assert compared == 10 * 3  # the nine cases above and the label map `brats-seg predict` wrote
 
 
 @pytest.mark.slow

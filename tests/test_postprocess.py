@@ -264,3 +264,25 @@ def test_bad_masks_and_cases_are_refused_with_one_sentence():
         choose([({"wt": wt}, ref, (1.0, 1.0, 1.0))], dice, regions=("wt",), candidates_mm3=(0, -5))
     with pytest.raises(UserError, match="got none"):
         choose([], dice)
+
+
+def test_with_the_gates_lesion_wise_dice_false_et_specks_are_removed_and_real_tc_parts_kept(et_specks):
+    """The score the train stage maximises (evaluate.lesion_score: the official lesion-wise Dice, an empty region
+    where the reference has none scoring 1): ET specks in ET-free cases score 0 until removed, so a size above 0
+    is chosen; TC's real satellites and the tumour are left alone."""
+    from brats_seg.evaluate import lesion_score
+
+    score = lesion_score("gli")
+    choice = choose(et_specks, score, candidates_mm3=SIZES, et_candidates_mm3=ETS)
+    assert choice.postprocess.min_component_mm3["et"] > 0 or choice.postprocess.et_min_mm3 > 0
+    assert choice.before["et"] == pytest.approx(2 / 5) and choice.after["et"] == 1.0
+    assert choice.postprocess.min_component_mm3["wt"] == 0.0 and choice.postprocess.min_component_mm3["tc"] == 0.0
+    out = apply(et_specks[0][0], (1.0, 1.0, 1.0), choice.postprocess)
+    assert not out["et"].any() and out["wt"][SPECKS].all()
+    satellites = block((16, 16, 12), 2) | block((30, 16, 20), 2)
+    ref = tumour(et=False)
+    ref[satellites] = NECROTIC
+    masks = masks_of(ref)
+    tc_choice = choose([(masks, ref, (1.0, 1.0, 1.0))] * 3, score, regions=("wt", "tc"), candidates_mm3=SIZES)
+    assert tc_choice.postprocess.min_component_mm3 == {"wt": 0.0, "tc": 0.0}
+    assert np.array_equal(apply(masks, (1.0, 1.0, 1.0), tc_choice.postprocess)["tc"], region_mask(ref, "tc"))

@@ -172,7 +172,8 @@ def test_every_mask_says_what_made_it(tmp_path, caplog, cohort, warning):
         assert warning in sidecar["warning"] and len(warnings) == 1 and warning in warnings[0]
 
 
-def _constant_regions_model(path, logits: tuple[float, float, float], convention: str = "brats2020"):
+def _constant_regions_model(path, logits: tuple[float, float, float], convention: str = "brats2020",
+                            postprocess: dict | None = None):
     """A WT/TC/ET U-Net whose head ignores its input: each region's probability is sigmoid(logit) everywhere."""
     import torch
 
@@ -180,8 +181,25 @@ def _constant_regions_model(path, logits: tuple[float, float, float], convention
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.copy_(torch.tensor(logits))
+    extra = {"cohort": {"source": "local", "train_patients": 300, "label_convention": convention}}
     return save_model(path, net, ("wt", "tc", "et"), SLICE,
-                      extra={"cohort": {"source": "local", "train_patients": 300, "label_convention": convention}})
+                      extra={**extra, **({"postprocess": postprocess} if postprocess else {})})
+
+
+@pytest.mark.parametrize(("postprocess", "inside"), [
+    (None, 4),  # none stored (an older model file): every voxel as the model says, enhancing
+    ({"min_component_mm3": {}, "et_min_mm3": 1e9}, 1),  # ET smaller than this: relabelled necrotic core
+    ({"min_component_mm3": {"wt": 1e9, "tc": 1e9, "et": 1e9}, "et_min_mm3": 0}, None),  # every component dropped
+])
+def test_the_post_processing_stored_with_the_model_is_applied_at_predict(tmp_path, postprocess, inside):
+    model = _constant_regions_model(tmp_path / "regions.pt", (9.0, 9.0, 9.0), postprocess=postprocess)
+    case = make_case(1, 0, (48, 48, 24))
+    write_case(tmp_path / "in", case.case_id, case.images, None, case.affine)
+    cli(["predict", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    data = np.asarray(nib.load(str(tmp_path / "out" / f"{case.case_id}.nii.gz")).dataobj)
+    assert set(np.unique(data).tolist()) == ({0} if inside is None else {0, inside})
+    sidecar = json.loads((tmp_path / "out" / f"{case.case_id}.json").read_text())
+    assert sidecar["postprocess"] == (postprocess or {"min_component_mm3": {}, "et_min_mm3": 0.0})
 
 
 @pytest.mark.parametrize(("logits", "convention", "labels", "inside"), [

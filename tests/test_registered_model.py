@@ -157,7 +157,8 @@ def test_the_readme_snippet_loads_it_without_brats_seg_or_unpickling_and_predict
     assert np.ptp(exact) > 0.1  # probabilities that vary: a wrong weight or layer would show
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-4)
     meta = info["metadata"]
-    assert meta["regions"] == ["wt", "tc"] and meta["threshold"] == 0.5
+    assert meta["regions"] == ["wt", "tc"] and meta["threshold"] == {"wt": 0.5, "tc": 0.5}
+    assert meta["label_convention"] == "brats2020" and set(meta["postprocess"]) == {"min_component_mm3", "et_min_mm3"}
     assert {k: meta["slice"][k] for k in SLICE} == SLICE
     assert "z-score each modality over the case's brain voxels" in meta["preprocessing"]
 

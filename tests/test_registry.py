@@ -4,6 +4,7 @@ slices made with the champion's preprocessing), the refusals, and the case-level
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from brats_seg.data.dataset import load_split
 from brats_seg.data.inspect import inspect_case
 from brats_seg.data.labels import region_mask
 from brats_seg.data.slicing import SliceParams, run_slice
-from brats_seg.errors import UserError
+from brats_seg.errors import ConfigError, UserError
 from brats_seg.evaluate import evaluate_cases
 from brats_seg.inference import save_model
 from brats_seg.lineage import case_lineage
@@ -46,12 +47,13 @@ def store(tmp_path, monkeypatch):
 
 def _register(dice: float, split: str = "split-a", slice_params: dict | None = None,
               splits: pd.DataFrame | None = None, model: UNet | None = None, content: str = "content-a",
-              eval_code: str | None = None) -> str:
+              eval_code: str | None = None, regions: tuple[str, ...] = ("wt",), tags: dict | None = None) -> str:
     """A new version of NAME: ``model`` (default: a tiny untrained U-Net for ``slice_params``), with its run's
     split tables when given, tested on split ``split`` whose images and labels have digest ``content`` by
     scoring code ``eval_code`` (default: this checkout's); its run records this checkout's code files."""
     slice_params = slice_params or TINY_SLICE
-    model = model or UNet(UNetConfig(in_channels=len(slice_params["modalities"]), base=4, depth=1)).eval()
+    model = model or UNet(UNetConfig(in_channels=len(slice_params["modalities"]), out_channels=len(regions), base=4,
+                                     depth=1)).eval()
     size = slice_params["size"]
     example = np.zeros((1, len(slice_params["modalities"]), size, size), np.float32)
     with tracking.start_run("registry-test") as run:
@@ -61,13 +63,14 @@ def _register(dice: float, split: str = "split-a", slice_params: dict | None = N
             run.log_split_tables(splits)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
-    model_file = save_model(Path(tempfile.mkdtemp(dir=".")) / "unet.pt", model, ("wt",), slice_params)
+    model_file = save_model(Path(tempfile.mkdtemp(dir=".")) / "unet.pt", model, regions, slice_params)
     graph = registered_model.export_onnx(model, example)
     record = tracking.register_model(run.run_id, graph, model_file, NAME, example, out,
-                                     {"regions": ["wt"], "slice": slice_params, "threshold": 0.5},
+                                     {"regions": list(regions), "slice": slice_params, "threshold": 0.5},
                                      {"test_wt_dice_mean": str(dice), "split_digest": split,
-                                      "test_content_digest": content,
-                                      "eval_code_digest": eval_code or eval_code_digest()}, "challenger")
+                                      "test_content_digest": content, "regions": ",".join(regions),
+                                      "eval_code_digest": eval_code or eval_code_digest(), **(tags or {})},
+                                     "challenger")
     return record["version"]
 
 
@@ -112,6 +115,48 @@ def test_first_champion_better_promoted_worse_refused_on_one_split(store):
     assert again["champion_dice"] == pytest.approx(0.80) and again["previous_champion"] == first
     assert _tags(better)["promotion_decision"] == "promoted" and _tags(better)["promotion_champion_dice"] == "0.800000"
     assert low and slightly  # every candidate was registered as its own version
+
+
+def _lesion_tags(wt: float, tc: float, et: float, config: str = "gli") -> dict:
+    return {"test_wt_lesion_dice_mean": str(wt), "test_tc_lesion_dice_mean": str(tc),
+            "test_et_lesion_dice_mean": str(et), "lesionwise_config": config}
+
+
+REGIONS3 = ("wt", "tc", "et")
+
+
+def test_the_gate_compares_the_metric_the_user_names_and_records_it(store):
+    first = _register(0.90, regions=REGIONS3, tags=_lesion_tags(0.8, 0.6, 0.4))
+    record = promote(NAME, PARAMS)  # auto: the mean lesion-wise Dice of WT, TC and ET, (0.8 + 0.6 + 0.4) / 3
+    assert record["promoted"] and record["challenger_dice"] == pytest.approx(0.6) and record["metric"] == "lesion_dice"
+    assert "mean lesion-wise Dice of WT, TC, ET 0.6000 >= floor 0.5" in record["reason"]
+    assert _tags(first)["promotion_metric"] == "lesion_dice"
+
+    better_wt = _register(0.95, regions=REGIONS3, tags=_lesion_tags(0.8, 0.5, 0.4))  # WT Dice up, lesion mean down
+    record = promote(NAME, PARAMS)
+    assert not record["promoted"] and record["champion_dice"] == pytest.approx(0.6) and _champion() == first
+    assert record["challenger_dice"] == pytest.approx(1.7 / 3)
+    record = promote(NAME, dataclasses.replace(PARAMS, metric="wt_dice"), version=better_wt)
+    assert record["promoted"] and record["metric"] == "wt_dice" and "test WT Dice 0.9500 beats" in record["reason"]
+    assert _tags(better_wt)["promotion_metric"] == "wt_dice" and _champion() == better_wt
+
+    other_rules = _register(0.95, regions=REGIONS3, tags=_lesion_tags(0.9, 0.9, 0.9, config="mets"))
+    with pytest.raises(UserError, match="the workspace has no slices"):  # other lesion rules: re-scored, not compared
+        promote(NAME, PARAMS, version=other_rules)
+    assert _champion() == better_wt
+
+
+def test_a_whole_tumour_champion_is_compared_on_what_both_segment_or_refused_by_name(store):
+    wt_only = _register(0.80)
+    assert promote(NAME, PARAMS)["promoted"] and _champion() == wt_only
+    regions = _register(0.85, regions=REGIONS3, tags=_lesion_tags(0.9, 0.9, 0.9))
+    record = promote(NAME, PARAMS)  # auto for a model of regions: a mean over TC and ET the champion lacks
+    assert not record["promoted"] and _champion() == wt_only
+    assert "does not segment TC, ET" in record["reason"] and "promote.metric" in record["reason"]
+    record = promote(NAME, dataclasses.replace(PARAMS, metric="wt_dice"), version=regions)
+    assert record["promoted"] and record["champion_dice"] == pytest.approx(0.80) and _champion() == regions
+    with pytest.raises(ConfigError, match="promote.metric"):
+        PromoteParams(metric="hd95")
 
 
 def test_another_split_without_a_workspace_is_one_sentence_and_force_still_promotes(store):

@@ -140,12 +140,12 @@ def test_promote_lineage_and_predict_use_the_registry_on_the_server(team_mlflow,
     assert registered["run_id"] in lineage and "workspace matches" in lineage, lineage
 
     predicted = client_commands[f"brats-seg predict data/raw/{CASE} --out predictions/"]
-    mask_path = team_project.path / "predictions" / f"{CASE}_mask.nii.gz"
-    assert f"-> predictions/{CASE}_mask.nii.gz" in predicted.stdout and mask_path.is_file(), predicted.stdout
+    mask_path = team_project.path / "predictions" / f"{CASE}.nii.gz"
+    assert f"-> predictions/{CASE}.nii.gz" in predicted.stdout and mask_path.is_file(), predicted.stdout
     # the champion from the server is the model file this run trained: the same mask, voxel for voxel
     run_cmd(["brats-seg", "predict", f"data/raw/{CASE}", "--model", "models/unet.pt", "--out", "local-model/"],
             team_project.path)
-    served, local = nib.load(mask_path), nib.load(team_project.path / "local-model" / f"{CASE}_mask.nii.gz")
+    served, local = nib.load(mask_path), nib.load(team_project.path / "local-model" / f"{CASE}.nii.gz")
     image = nib.load(team_project.path / "data" / "raw" / CASE / f"{CASE}_flair.nii.gz")
     assert served.shape == image.shape and np.allclose(served.affine, image.affine)
     assert np.array_equal(np.asarray(served.dataobj), np.asarray(local.dataobj))

@@ -19,7 +19,7 @@ from brats_seg.data.dataset import load_split
 from brats_seg.errors import DataError
 from brats_seg.train import TrainParams, fingerprint, train_model, validate
 
-PARAMS = TrainParams(epochs=2, batch_size=8, lr=3e-3, base=8, depth=2, threads=1, augment=True)
+PARAMS = TrainParams(epochs=2, batch_size=8, lr=3e-3, base=8, depth=2, threads=1, augment=True, target="wt")
 
 
 def _train(slices: Path, params: TrainParams, checkpoint: Path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import socket
 
-from brats_seg import tracking
+from brats_seg import gate, tracking
 
 
 def decision_kind(promoted: bool, reason: str) -> str:
@@ -52,12 +52,13 @@ def format_record(r: dict) -> str:
         f" vs champion v{r['compared_with']} {r.get('champion_dice', '?')}"
         f"{' (re-scored)' if r.get('champion_rescored') == 'true' else ''}")
     return (f"{r['time']}  {r['model']} v{r['version']}  {r['decision']:<8}  by {r['user']}@{r['host']}  "
-            f"test WT Dice {r.get('challenger_dice', '?')}{compared} on {r.get('test_patients', '?')} test "
-            f"patients: {r.get('reason', '')}")
+            f"test {gate.label(r.get('metric', 'wt_dice'))} {r.get('challenger_dice', '?')}{compared} on "
+            f"{r.get('test_patients', '?')} test patients: {r.get('reason', '')}")
 
 
 def format_versions(model_name: str, versions: list[dict]) -> str:
-    """One line per registered version: its aliases, test WT Dice, latest promotion decision and run."""
+    """One line per registered version: its aliases, regions, test WT Dice and mean lesion-wise Dice (where recorded),
+    latest promotion decision and run."""
     if not versions:
         return f"no registered version of {model_name} in {tracking.shown_uri()}; run the pipeline (dvc repro register)"
     lines = []
@@ -65,6 +66,9 @@ def format_versions(model_name: str, versions: list[dict]) -> str:
         tags = v["tags"]
         aliases = " ".join(f"@{a}" for a in sorted(v["aliases"])) or "-"
         dice, decision = tags.get("test_wt_dice_mean", "?"), tags.get("promotion_decision", "none")
-        lines.append(f"{v['name']} v{v['version']:<4} {aliases:<24} test WT Dice {dice:<9} latest decision "
-                     f"{decision:<9} run {v['run_id']}")
+        regions = gate.version_regions(tags)
+        lesion = gate.from_tags(tags, "lesion_dice", regions)
+        lesion_text = "?" if lesion != lesion else f"{lesion:.6f}"
+        lines.append(f"{v['name']} v{v['version']:<4} {aliases:<24} {','.join(regions):<9} test WT Dice {dice:<9} "
+                     f"lesion-wise Dice {lesion_text:<9} latest decision {decision:<9} run {v['run_id']}")
     return "\n".join(lines)

@@ -54,7 +54,7 @@ SECTIONS: dict[str, str] = {
     "validate": "brats_seg.data.validation:ValidateParams",
     "slice": "brats_seg.data.slicing:SliceParams",
     "train": "brats_seg.train:TrainParams",
-    "evaluate": "brats_seg.runners.evaluate:EvaluateParams",
+    "evaluate": "brats_seg.evaluate:EvaluateParams",
     "register": "brats_seg.runners.register:RegisterParams",
     "promote": "brats_seg.promotion:PromoteParams",
     "schedule": "brats_seg.config:ScheduleParams",
@@ -301,7 +301,7 @@ _ANYWHERE = ("cache_dir", "checkpoint_dir")
 _PATH_SUFFIX = {"source_manifest": ".json", "manifest": ".parquet", "validation_metrics": ".json", "model": ".pt",
                 "train_report": ".json", "train_run": ".json", "train_curve": ".csv", "train_curve_png": ".png",
                 "eval_report": ".json",
-                "eval_cases": ".csv", "registered_report": ".json", "report": ".html"}
+                "eval_cases": ".csv", "eval_lesions": ".csv", "registered_report": ".json", "report": ".html"}
 
 
 def check_project_path(key: str, value: str) -> None:
@@ -349,6 +349,7 @@ class BaseParams:
     train_curve_png: str = path_field("reports/train_curve.png")
     eval_report: str = path_field("reports/eval.json")
     eval_cases: str = path_field("reports/eval_cases.csv")
+    eval_lesions: str = path_field("reports/eval_lesions.csv")
     overlays_dir: str = path_field("reports/overlays")
     registered_report: str = path_field("reports/registered.json")
     report: str = path_field("reports/index.html")

@@ -1,50 +1,119 @@
-"""Per-patient evaluation in the original grid.
+"""Per-patient evaluation in the original grid, by the legacy and the lesion-wise BraTS rules.
 
-Each test case's brain slices are predicted, the probabilities are mapped back to the case's own grid
-(undoing resize, crop and reorientation), thresholded, and scored against the case's label map with the
-metrics of :mod:`brats_seg.metrics`. Slice-level means in slice space are reported too, labelled as such:
-they are what a Keras-style loop prints and are not comparable with BraTS results.
+Each case's brain slices are segmented by the one predict step (:mod:`brats_seg.segment`: probabilities mapped
+back to the case's own grid, thresholded, post-processed as the model says, nested as a label map) and scored
+per region against the case's label map: the legacy metrics of :mod:`brats_seg.metrics` (``eval_cases.csv``)
+and the official lesion-wise ones of :mod:`brats_seg.lesionwise` (``eval_lesions.csv``, named as the official
+package names them). Slice-level means in slice space are reported too, labelled as such: they are what a
+Keras-style loop prints and are not comparable with BraTS results.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from brats_seg import lesionwise
+from brats_seg.config import runtime_field
 from brats_seg.data.dataset import empty_split_error
-from brats_seg.data.labels import region_mask
+from brats_seg.data.labels import region_mask, regions_to_labels
 from brats_seg.data.layouts import canonical_files
-from brats_seg.data.preprocess import CaseGeometry, restore_volume
-from brats_seg.inference import ModelBundle, predict_slices
+from brats_seg.data.preprocess import CaseGeometry
+from brats_seg.errors import DataError
+from brats_seg.inference import ModelBundle
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
 from brats_seg.metrics import METRICS, case_metrics, empty_rule, scores_from_counts, summarise
-from brats_seg.plots import plot_overlay
+from brats_seg.postprocess import Choice, choose
 from brats_seg.progress import progress
+from brats_seg.segment import segment_case
+
+# The lesion-wise numbers beside the legacy ones in eval_cases.csv and the promotion gate (all of them, under
+# the official names and with the official NaN and inf, in eval_lesions.csv).
+LESION_COLUMNS = {"lesion_dice": lesionwise.LESION_DICE, "lesion_hd95": "lesionwise_hd95_mean", "lesion_pq": "pq_dsc"}
+
+
+def lesion_columns(official: dict[str, float]) -> dict[str, float]:
+    """``lesion_dice``, ``lesion_hd95`` and ``lesion_pq`` (panoptic quality: the matched lesions' mean Dice times
+    the F1 of the lesion counts, so that false and missed lesions count, which ``lesion_dice`` ignores once one
+    lesion is matched) of one case and region, by the BraTS ranking's rules for the official values: a region empty
+    in both reference and prediction (NaN officially) scores 1 and HD95 0 mm, as an empty ET where the reference
+    has none is perfect; an infinite HD95 (no lesion matched) counts as
+    :data:`brats_seg.lesionwise.HD95_PENALTY_MM`, as brats-parse-metrics writes it."""
+    if official["n_ref_instances"] == 0 and official["n_pred_instances"] == 0:
+        return {"lesion_dice": 1.0, "lesion_hd95": 0.0, "lesion_pq": 1.0}
+    hd95 = official[LESION_COLUMNS["lesion_hd95"]]
+    return {"lesion_dice": official[lesionwise.LESION_DICE], "lesion_pq": official["pq_dsc"],
+            "lesion_hd95": lesionwise.HD95_PENALTY_MM if math.isinf(hd95) else hd95}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """params.yaml ``evaluate`` section."""
+
+    device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")  # where it runs
+    lesionwise: str = "gli"  # the official BraTS configuration of the lesion-wise metrics
+
+    def __post_init__(self) -> None:
+        from brats_seg.config import require
+
+        require("evaluate.lesionwise", self.lesionwise, self.lesionwise in lesionwise.CONFIGS,
+                f"one of the official BraTS configurations: {', '.join(lesionwise.CONFIGS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CasePrediction:
+    """One sliced case segmented: its record in cases.parquet, its shard, its canonical label map and spacing,
+    and the slice probabilities and region masks on its grid."""
+
+    record: dict
+    shard: dict
+    seg: np.ndarray
+    spacing: tuple[float, ...]
+    probabilities: np.ndarray
+    masks: dict[str, np.ndarray]
+
+
+def split_cases(slices_dir: str | Path, split: str) -> pd.DataFrame:
+    """The cases of ``split`` that have slices (cases.parquet rows); refused with one sentence when none has."""
+    cases = pd.read_parquet(Path(slices_dir) / "cases.parquet")
+    cases = cases[(cases["split"] == split) & (cases["n_slices"] > 0)]
+    if cases.empty:
+        raise empty_split_error(Path(slices_dir), split)
+    return cases
+
+
+def predicted_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path, split: str = "test",
+                    batch_size: int | None = None, postprocess: bool = True) -> Iterator[CasePrediction]:
+    """Every sliced case of ``split`` segmented from its shard, with a progress bar."""
+    for rec in progress(split_cases(slices_dir, split).to_dict("records"), desc=f"segment {split}", unit="case"):
+        shard = read_shard(Path(slices_dir) / rec["shard"])
+        seg_file = canonical_files(Path(raw_dir) / rec["case_id"]).get("seg")
+        if seg_file is None:
+            raise DataError(f"case {rec['case_id']} of the {split} split has no label file in {raw_dir}; the raw data "
+                            f"does not match the slices: run `dvc checkout` (or `dvc repro download`), then retry.")
+        seg, meta = read_nifti(seg_file)
+        done = segment_case(bundle, shard["images"], shard["z"], CaseGeometry.from_record(rec), meta.spacing,
+                            batch_size, postprocess)
+        yield CasePrediction(rec, shard, seg, meta.spacing, done.probabilities, done.masks)
 
 
 def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path, split: str = "test",
-                   batch_size: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """Score every case of ``split``; returns (one row per case and region, slice-level means)."""
-    slices_dir = Path(slices_dir)
-    cases = pd.read_parquet(slices_dir / "cases.parquet")
-    cases = cases[(cases["split"] == split) & (cases["n_slices"] > 0)]
-    if cases.empty:
-        raise empty_split_error(slices_dir, split)
+                   batch_size: int | None = None, lesion_config: str = "gli") -> tuple[pd.DataFrame, dict]:
+    """Score every case of ``split``; returns (one row per case and region, slice-level means). Each row holds
+    the legacy metrics, ``lesion_dice`` and ``lesion_hd95``, and under ``official`` every lesion-wise metric."""
     rows, slice_counts = [], {r: np.zeros(3) for r in bundle.regions}
     slice_scores: dict[str, list[float]] = {r: [] for r in bundle.regions}
-    for rec in progress(cases.to_dict("records"), desc=f"evaluate {split}", unit="case"):
-        shard = read_shard(slices_dir / rec["shard"])
-        probs = predict_slices(bundle.model, shard["images"], batch_size).float().cpu().numpy()
-        seg, meta = read_nifti(canonical_files(Path(raw_dir) / rec["case_id"])["seg"])
-        geometry = CaseGeometry.from_record(rec)
-        predicted = {region: restore_volume(probs[:, r], shard["z"], geometry) > bundle.threshold
-                     for r, region in enumerate(bundle.regions)}
-        rows.extend(score_case(rec["case_id"], predicted, seg, meta.spacing))
+    for case in predicted_cases(bundle, slices_dir, raw_dir, split, batch_size):
+        rows.extend(score_case(case.record["case_id"], case.masks, case.seg, case.spacing, lesion_config))
         for r, region in enumerate(bundle.regions):
-            _slice_level(probs[:, r] > bundle.threshold, region_mask(shard["labels"], region),
+            _slice_level(case.probabilities[:, r] > bundle.threshold, region_mask(case.shard["labels"], region),
                          slice_counts[region], slice_scores[region])
     frame = pd.DataFrame(rows)
     slice_level = {region: {"dice_mean": float(np.mean(slice_scores[region])),
@@ -53,17 +122,29 @@ def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | P
     return frame, slice_level
 
 
-def score_case(case_id: str, predicted: dict[str, np.ndarray], seg: np.ndarray,
-               spacing: tuple[float, ...]) -> list[dict]:
+def score_case(case_id: str, predicted: dict[str, np.ndarray], seg: np.ndarray, spacing: tuple[float, ...],
+               lesion_config: str | None = "gli") -> list[dict]:
     """One row per region: docs/design.md's metrics of the boolean masks ``predicted[region]`` against the
-    canonical label map ``seg`` (both on the case's own grid), with voxel counts and the empty-mask rule hit."""
+    canonical label map ``seg`` (both on the case's own grid), with voxel counts and the empty-mask rule hit; and
+    with a ``lesion_config`` the official lesion-wise metrics of the label map the masks make (``official``)."""
+    official = {} if lesion_config is None else lesionwise.score_canonical(
+        regions_to_labels(predicted), seg, spacing, lesion_config)
     rows = []
     for region, pred in predicted.items():
         ref = region_mask(seg, region)
         n_ref, n_pred = int(ref.sum()), int(pred.sum())
-        rows.append({"case_id": case_id, "region": region, "ref_voxels": n_ref, "pred_voxels": n_pred,
-                     "empty_rule": empty_rule(n_pred, n_ref), **case_metrics(pred, ref, spacing)})
+        row = {"case_id": case_id, "region": region, "ref_voxels": n_ref, "pred_voxels": n_pred,
+               "empty_rule": empty_rule(n_pred, n_ref), **case_metrics(pred, ref, spacing)}
+        if region in official:
+            row.update(lesion_columns(official[region]), official=official[region])
+        rows.append(row)
     return rows
+
+
+def lesion_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """eval_lesions.csv: one row per case and region, every official lesion-wise metric under its own name."""
+    return pd.DataFrame([{"case_id": row["case_id"], "region": row["region"], **row["official"]}
+                         for row in frame.to_dict("records") if isinstance(row.get("official"), dict)])
 
 
 def _slice_level(pred: np.ndarray, ref: np.ndarray, counts: np.ndarray, scores: list[float]) -> None:
@@ -75,11 +156,14 @@ def _slice_level(pred: np.ndarray, ref: np.ndarray, counts: np.ndarray, scores: 
 
 
 def summarise_cases(frame: pd.DataFrame, slice_level: dict) -> dict:
-    """eval.json: per region, mean / median / std over cases of every metric, how many cases hit each
-    empty-mask rule (both empty: HD95 0 mm; one empty: HD95 373.13 mm), and the slice-level means."""
+    """eval.json: per region, mean / median / std over cases of every legacy metric, mean and median of the
+    lesion-wise Dice and HD95, how many cases hit each empty-mask rule (both empty: HD95 0 mm; one empty: HD95
+    373.13 mm), and the slice-level means."""
     out: dict = {"n_cases": int(frame["case_id"].nunique())}
     for region, group in frame.groupby("region", sort=False):
         stats = {m: summarise(group[m].tolist()) for m in METRICS}
+        stats.update({m: {k: v for k, v in summarise(group[m].tolist()).items() if k in ("mean", "median")}
+                      for m in LESION_COLUMNS if m in group})
         rules = group["empty_rule"].fillna("")
         out[region] = {**{f"{m}_{k}": v for m, s in stats.items() for k, v in s.items() if k != "n_nan"},
                        "cases_both_empty": int((rules == "both_empty").sum()),
@@ -89,23 +173,26 @@ def summarise_cases(frame: pd.DataFrame, slice_level: dict) -> dict:
     return out
 
 
-def write_overlays(bundle: ModelBundle, frame: pd.DataFrame, slices_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """PNG overlays of the best, median and worst case by Dice (first region) among the cases with tumour
-    (all cases when none has), each at its slice with the most tumour: agreement, false negatives and false
-    positives in distinct colours."""
-    region = bundle.regions[0]
-    scored = frame[frame["region"] == region]
-    with_tumour = scored[scored["ref_voxels"] > 0]
-    ranked = (with_tumour if len(with_tumour) else scored).sort_values(["dice", "case_id"]).reset_index(drop=True)
-    picks = {"worst": ranked.iloc[0], "median": ranked.iloc[len(ranked) // 2], "best": ranked.iloc[-1]}
-    cases = pd.read_parquet(Path(slices_dir) / "cases.parquet").set_index("case_id")
-    paths = []
-    for name, row in picks.items():
-        shard = read_shard(Path(slices_dir) / cases.loc[row["case_id"], "shard"])
-        ref = region_mask(shard["labels"], region)
-        k = int(ref.sum(axis=(1, 2)).argmax())
-        probs = predict_slices(bundle.model, shard["images"][k:k + 1]).float().cpu().numpy()[0, 0]
-        title = f"{name}: {row['case_id']} z={int(shard['z'][k])} {region.upper()} Dice {row['dice']:.3f}"
-        paths.append(plot_overlay(shard["images"][k, 0].astype(np.float32), ref[k], probs > bundle.threshold,
-                                  title, Path(out_dir) / f"{name}.png"))
-    return paths
+
+
+def choose_postprocessing(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path,
+                          lesion_config: str = "gli", split: str = "val") -> Choice:
+    """Post-processing for ``bundle`` chosen on the patients of ``split`` (the validation split: never the test
+    patients) to maximise each region's lesion-wise Dice (:data:`brats_seg.lesionwise.LESION_DICE`, the number
+    the promotion gate averages), on the raw masks of the one predict step."""
+    cases = [(case.masks, case.seg, case.spacing)
+             for case in predicted_cases(bundle, slices_dir, raw_dir, split, postprocess=False)]
+    return choose(cases, lesion_score(lesion_config), bundle.regions)
+
+
+def lesion_score(lesion_config: str = "gli") -> Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float]:
+    """One region's ``lesion_dice`` (:func:`lesion_columns`) of two boolean masks: what post-processing maximises.
+    Distances are skipped: Dice alone is about twice as fast."""
+    config = lesionwise.get_config(lesion_config)
+
+    def score(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float:
+        if not pred.any() and not ref.any():
+            return 1.0  # as lesion_columns: an empty region where the reference has none is perfect
+        return float(lesionwise.region_metrics(pred, ref, spacing, config, distances=False)[lesionwise.LESION_DICE])
+
+    return score

@@ -13,13 +13,15 @@ import torch
 from brats_seg.data.labels import REGIONS
 from brats_seg.errors import UserError
 from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.postprocess import NONE, PostProcess
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelBundle:
-    """A trained model and what is needed to use it: target regions, slice preprocessing, threshold."""
+    """A trained model and what is needed to use it: target regions, slice preprocessing, threshold and the
+    post-processing chosen on its validation patients."""
 
     model: UNet
     regions: tuple[str, ...]
@@ -28,6 +30,7 @@ class ModelBundle:
     origin: str = ""  # the file or registry version it was loaded from
     fingerprint: str = ""  # the training fingerprint: settings, data and code that made the weights
     cohort: dict = dataclasses.field(default_factory=dict)  # source kind, train/val cases and patients
+    postprocess: PostProcess = NONE  # chosen on the validation split by the train stage (none in older files)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -87,7 +90,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
     model.to(device, memory_format=torch.channels_last).eval()
     cohort = data.get("cohort") if isinstance(data.get("cohort"), dict) else {}
     return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)),
-                       str(path), str(data.get("fingerprint", "")), cohort)
+                       str(path), str(data.get("fingerprint", "")), cohort, _postprocess(data))
+
+
+def _postprocess(data: dict) -> PostProcess:
+    """The model file's post-processing (checked by :func:`field_problem`); none in files written before it."""
+    return NONE if data.get("postprocess") is None else PostProcess.from_dict(data["postprocess"])
 
 
 def field_problem(data: dict, config: UNetConfig) -> str | None:
@@ -111,7 +119,19 @@ def field_problem(data: dict, config: UNetConfig) -> str | None:
         return f"invalid modalities {modalities!r} (distinct names, one per input channel: {config.in_channels})"
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
         return f"an invalid threshold {threshold!r} (a number between 0 and 1)"
-    return _cohort_problem(data.get("cohort", {}))
+    return _cohort_problem(data.get("cohort", {})) or _postprocess_problem(data.get("postprocess"), regions)
+
+
+def _postprocess_problem(postprocess: object, regions: list[str]) -> str | None:
+    """What is wrong with a model file's post-processing, as a clause; None when it is absent or usable."""
+    if postprocess is None:
+        return None
+    try:
+        chosen = PostProcess.from_dict(postprocess)
+    except (UserError, ValueError, TypeError) as exc:
+        return f"invalid post-processing {postprocess!r} ({str(exc).rstrip('.')[:120]})"
+    extra = sorted(set(chosen.min_component_mm3) - set(regions))
+    return f"post-processing for regions it does not predict ({', '.join(extra)})" if extra else None
 
 
 def _cohort_problem(cohort: object) -> str | None:

@@ -54,3 +54,50 @@ def plot_overlay(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, title: st
     fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+# BraTS's usual colours: necrotic core red, oedema green, enhancing tumour yellow.
+LABEL_COLOURS = {"NCR": (0.9, 0.1, 0.1), "ED": (0.1, 0.8, 0.2), "ET": (1.0, 0.85, 0.0)}
+
+
+def plot_case_overlay(image: np.ndarray, ref: dict[str, np.ndarray], pred: dict[str, np.ndarray], title: str,
+                      path: str | Path) -> Path:
+    """One axial slice ``[H, W]``: the reference and the prediction as label maps in three colours (NCR, ED, ET;
+    one colour for a WT-only model), then one panel per region with agreement, false negatives and false
+    positives. ``ref`` and ``pred`` map region names (wt, tc, et) to nested boolean masks of the slice."""
+    regions = list(pred)
+    fig, axes = plt.subplots(1, 2 + len(regions), figsize=(3.2 * (2 + len(regions)), 3.8))
+    for ax, masks, name in ((axes[0], ref, "reference"), (axes[1], pred, "prediction")):
+        ax.imshow(image, cmap="gray")
+        ax.imshow(_label_rgba(masks, image.shape), interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    for ax, region in zip(axes[2:], regions):
+        r, p = ref[region].astype(bool), pred[region].astype(bool)
+        rgba = np.zeros((*image.shape, 4), dtype=np.float32)
+        for mask, colour in ((r & p, "agree"), (r & ~p, "missed"), (p & ~r, "false_positive")):
+            rgba[mask] = (*OVERLAY_COLOURS[colour], 0.6)
+        ax.imshow(image, cmap="gray")
+        ax.imshow(rgba, interpolation="nearest")
+        ax.set_title(f"{region.upper()}: FN {int((r & ~p).sum())} / FP {int((p & ~r).sum())} px", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    shown = {**({k: v for k, v in LABEL_COLOURS.items()} if len(regions) > 1 else {"tumour": LABEL_COLOURS["ED"]}),
+             "agree": OVERLAY_COLOURS["agree"], "missed (FN)": OVERLAY_COLOURS["missed"],
+             "false positive (FP)": OVERLAY_COLOURS["false_positive"]}
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in shown.values()], list(shown), loc="lower center",
+               ncol=len(shown), fontsize=7, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _label_rgba(masks: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Nested region masks as a label map's colours: WT oedema, then TC necrotic core, then ET enhancing."""
+    rgba = np.zeros((*shape, 4), dtype=np.float32)
+    for region, colour in (("wt", "ED"), ("tc", "NCR"), ("et", "ET")):
+        if region in masks:
+            rgba[masks[region].astype(bool)] = (*LABEL_COLOURS[colour], 0.55)
+    return rgba

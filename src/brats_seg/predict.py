@@ -1,7 +1,8 @@
-"""Segment new cases: binary whole-tumour masks on each input's own grid.
+"""Segment new cases: label maps (a model of regions) or binary whole-tumour masks on each input's own grid.
 
 Cases may use any naming the download stage recognises. Preprocessing is the slice stage's own
-(:func:`brats_seg.data.preprocess.preprocess_case`) with the parameters stored with the model. Inputs are
+(:func:`brats_seg.data.preprocess.preprocess_case`) with the parameters stored with the model, then the one
+predict step that evaluation uses too (:mod:`brats_seg.segment`: post-processing included). Inputs are
 checked before anything is written: each modality decodes, is 3D and lies on the case's one grid.
 """
 
@@ -19,11 +20,12 @@ import torch
 from brats_seg import __version__
 from brats_seg.data.labels import from_canonical, regions_to_labels
 from brats_seg.data.layouts import MODALITIES, CaseSource, discover_cases
-from brats_seg.data.preprocess import preprocess_case, restore_volume
+from brats_seg.data.preprocess import preprocess_case
 from brats_seg.errors import DataError, UserError
-from brats_seg.inference import ModelBundle, load_model, pick_device, predict_slices
+from brats_seg.inference import ModelBundle, load_model, pick_device
 from brats_seg.io.nifti import Meta, read_header, read_volume, write_like
 from brats_seg.io.tables import write_json
+from brats_seg.segment import segment_case
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,7 @@ def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, bat
     reference = case.images[modalities[0]][0]
     pre = preprocess_case(np.stack(volumes).astype(np.float32), grid.affine, int(bundle.slice_params["size"]),
                           int(bundle.slice_params["margin"]))
-    probs = predict_slices(bundle.model, pre.images, batch_size).float().cpu().numpy()
-    masks = {region: restore_volume(probs[:, r], pre.z, pre.geometry) > bundle.threshold
-             for r, region in enumerate(bundle.regions)}
+    masks = segment_case(bundle, pre.images, pre.z, pre.geometry, grid.spacing[:3], batch_size).masks
     ml = float(np.prod(grid.spacing)) / 1000.0
     result = {"case_id": case.case_id, "volumes_ml": {r: round(float(m.sum()) * ml, 2) for r, m in masks.items()},
               "voxels": int(masks["wt"].sum())}
@@ -146,7 +146,8 @@ def provenance(bundle: ModelBundle) -> dict:
     """What made a mask, for its JSON sidecar: the model, its fingerprint (training settings, data and code), what
     it learnt from, the threshold, the date and brats-seg's version."""
     return {"model": bundle.origin, "fingerprint": bundle.fingerprint, "cohort": bundle.cohort,
-            "threshold": bundle.threshold, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "threshold": bundle.threshold, "postprocess": bundle.postprocess.to_dict(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "brats_seg_version": __version__, "warning": cohort_warning(bundle)}
 
 

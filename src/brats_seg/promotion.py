@@ -1,14 +1,16 @@
 """The promotion gate: the challenger becomes champion only when it is better on the same test patients.
 
-When both versions were tested on one split (equal ``split_digest`` tags) their recorded test WT Dice are
-compared. When the challenger was tested on another split (new data arrived), the champion is re-scored on
-the challenger's test patients, from the workspace's raw data, with the preprocessing stored with the
-champion and the evaluate stage's metric code (:mod:`brats_seg.rescore`), and those two numbers are compared.
-That comparison is refused only when the champion cannot be loaded, or was trained or validated on any of
-those patients (or its run recorded no split tables, so that this cannot be checked).
+The gate compares one metric, ``promote.metric`` (:mod:`brats_seg.gate`; by default the mean lesion-wise Dice of
+the model's regions, the WT Dice of a whole-tumour model). When both versions were tested on one split, with the
+same images, labels and scoring code, their recorded numbers are compared. When the challenger was tested on
+another split (new data arrived), the champion is re-scored on the challenger's test patients, from the
+workspace's raw data, with the preprocessing stored with the champion and the evaluate stage's metric code
+(:mod:`brats_seg.rescore`), and those two numbers are compared. That comparison is refused only when the champion
+cannot be loaded, or was trained or validated on any of those patients (or its run recorded no split tables, so
+that this cannot be checked), or does not segment the regions the metric needs.
 
-The decision is recorded as tags on the challenger's version: the decision and its reason, the version it
-was compared with, the number of test patients, the test split's digest and both scores.
+The decision is recorded as tags on the challenger's version: the decision and its reason, the metric, the
+version it was compared with, the number of test patients, the test split's digest and both scores.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from typing import TYPE_CHECKING
 
-from brats_seg import tracking
+from brats_seg import gate, tracking
 from brats_seg.audit import record_decision
 from brats_seg.config import BaseParams
 from brats_seg.errors import DataError, UserError
@@ -32,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRIC_TAG = "test_wt_dice_mean"
 TRAINED_ON = ("train", "val")
 
 
@@ -42,17 +44,19 @@ class PromoteParams:
 
     min_improvement: float = 0.0
     min_dice: float = 0.7
+    metric: str = gate.AUTO
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require_fraction
+        from brats_seg.config import require, require_fraction
 
         require_fraction("promote.min_improvement", self.min_improvement)
         require_fraction("promote.min_dice", self.min_dice)
+        require("promote.metric", self.metric, self.metric in gate.METRICS, f"one of {', '.join(gate.METRICS)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """The champion's test WT Dice on the challenger's test patients, and which patients those are; the
+    """The champion's gate metric on the challenger's test patients, and which patients those are; the
     challenger's own score when it had to be scored again too (its recorded one was made by other code)."""
 
     champion_dice: float
@@ -72,49 +76,64 @@ class Decision:
     test_patients: int | None = None
     test_split: str | None = None
     champion_rescored: bool = False
+    metric: str = "wt_dice"
 
 
 class Refusal(Exception):
     """The two versions cannot be compared fairly; the message says why."""
 
 
-def judge(dice: float, champion: dict | None, comparison: Comparison | None, params: PromoteParams) -> Decision:
-    """The gate on numbers: the challenger's test WT Dice must reach ``min_dice`` and, when there is a
-    champion, be higher than the champion's (on the same test patients) by at least ``min_improvement``."""
+def judge(dice: float, champion: dict | None, comparison: Comparison | None, params: PromoteParams,
+          name: str = "WT Dice", metric: str = "wt_dice") -> Decision:
+    """The gate on numbers: the challenger's test metric (``name``, e.g. "WT Dice") must reach ``min_dice`` and,
+    when there is a champion, be higher than the champion's (on the same test patients) by at least
+    ``min_improvement``."""
     if champion is None or comparison is None:
         if dice >= params.min_dice:
-            return Decision(True, f"no champion yet and test WT Dice {dice:.4f} >= floor {params.min_dice}", dice)
-        return Decision(False, f"test WT Dice {dice:.4f} is below the floor promote.min_dice={params.min_dice}", dice)
+            return Decision(True, f"no champion yet and test {name} {dice:.4f} >= floor {params.min_dice}", dice,
+                            metric=metric)
+        return Decision(False, f"test {name} {dice:.4f} is below the floor promote.min_dice={params.min_dice}", dice,
+                        metric=metric)
     c = comparison
     same = dict(champion_dice=c.champion_dice, champion_version=champion["version"], test_patients=c.test_patients,
-                test_split=c.test_split, champion_rescored=c.rescored)
+                test_split=c.test_split, champion_rescored=c.rescored, metric=metric)
     who = "test split" if c.test_patients is None else f"{c.test_patients} test patients"
     where = f" on the same {who} (split {str(c.test_split)[:12]}{', champion re-scored' if c.rescored else ''})"
     if dice < params.min_dice:
-        return Decision(False, f"test WT Dice {dice:.4f} is below the floor {params.min_dice}", dice, **same)
+        return Decision(False, f"test {name} {dice:.4f} is below the floor {params.min_dice}", dice, **same)
     improvement = dice - c.champion_dice
     if not (improvement > 0 and improvement >= params.min_improvement):  # "higher by at least min_improvement"
-        return Decision(False, f"test WT Dice {dice:.4f} does not beat champion v{champion['version']} "
+        return Decision(False, f"test {name} {dice:.4f} does not beat champion v{champion['version']} "
                         f"({c.champion_dice:.4f}) by promote.min_improvement={params.min_improvement}{where}",
                         dice, **same)
-    return Decision(True, f"test WT Dice {dice:.4f} beats champion v{champion['version']} ({c.champion_dice:.4f})"
+    return Decision(True, f"test {name} {dice:.4f} beats champion v{champion['version']} ({c.champion_dice:.4f})"
                     f"{where}", dice, **same)
 
 
 # Tags that make two recorded test scores comparable: the same test case ids, the same images and labels under
-# them, the same scoring code (written by the evaluate stage, copied to the version by register).
+# them, the same scoring code (written by the evaluate stage, copied to the version by register); for a lesion-wise
+# metric, the same official configuration too.
 SAME_TEST = ("split_digest", "test_content_digest", "eval_code_digest")
+SAME_LESION_RULES = ("lesionwise_config",)
 
 
-def compare(challenger: dict, champion: dict, base: BaseParams) -> Comparison:
+def compare(challenger: dict, champion: dict, base: BaseParams, metric: str) -> Comparison:
     """Both versions on one set of test cases: the recorded scores when they were made on the same cases, images,
     labels and scoring code (:data:`SAME_TEST`), else the champion re-scored on the challenger's test patients in
     the workspace (and the challenger too when its score was made by other scoring code). Raises Refusal when
-    that cannot be done fairly, UserError when the workspace does not hold the challenger's test cases."""
-    split = challenger["tags"].get("split_digest")
-    if all(challenger["tags"].get(k) is not None and challenger["tags"].get(k) == champion["tags"].get(k)
-           for k in SAME_TEST):
-        return Comparison(float(champion["tags"].get(METRIC_TAG, "nan")), _test_patients(challenger), split, False)
+    that cannot be done fairly, UserError when the workspace does not hold the challenger's test cases.
+    ``metric`` is the gate metric resolved for the challenger's regions."""
+    split, regions = challenger["tags"].get("split_digest"), gate.version_regions(challenger["tags"])
+    lacking = gate.missing(metric, regions, gate.version_regions(champion["tags"]))
+    if lacking:
+        raise Refusal(f"champion v{champion['version']} does not segment {', '.join(r.upper() for r in lacking)}, so "
+                      f"the {gate.describe(metric, regions)} of the two cannot be compared; set promote.metric to a "
+                      f"metric of the regions both segment (e.g. wt_dice or wt_lesion_dice), or promote with --force")
+    recorded = gate.from_tags(champion["tags"], metric, regions)
+    same = SAME_TEST + (SAME_LESION_RULES if any(kind != "dice" for _, kind in gate.parts(metric, regions)) else ())
+    if not math.isnan(recorded) and all(challenger["tags"].get(k) is not None
+                                        and challenger["tags"].get(k) == champion["tags"].get(k) for k in same):
+        return Comparison(recorded, _test_patients(challenger), split, False)
     from brats_seg import rescore
 
     workspace = rescore.workspace_split(base.slices_dir)
@@ -122,15 +141,19 @@ def compare(challenger: dict, champion: dict, base: BaseParams) -> Comparison:
     tests = workspace.cases
     _refuse_if_seen(champion, tests)
     _refuse_if_preprocessed_otherwise(champion)
-    frame = rescore.score_model(_load(champion), base.raw_dir, tests["case_id"].tolist())
-    dice = rescore.mean_dice(frame)
-    log.info("champion v%s re-scored on %d test patients of split %s: WT Dice %.4f", champion["version"],
-             tests["patient_id"].nunique(), workspace.digest[:12], dice)
+    config = challenger["tags"].get("lesionwise_config", "gli")
+    frame = rescore.score_model(_load(champion), base.raw_dir, tests["case_id"].tolist(), config)
+    dice = gate.from_frame(frame, metric, regions)
+    name = gate.describe(metric, regions)
+    log.info("champion v%s re-scored on %d test patients of split %s: %s %.4f", champion["version"],
+             tests["patient_id"].nunique(), workspace.digest[:12], name, dice)
     own = None
-    if challenger["tags"].get("eval_code_digest") != eval_code_digest():
-        own = rescore.mean_dice(rescore.score_model(_load(challenger), base.raw_dir, tests["case_id"].tolist()))
-        log.info("challenger v%s was scored by other evaluation code than this workspace's: re-scored, WT Dice %.4f",
-                 challenger["version"], own)
+    if challenger["tags"].get("eval_code_digest") != eval_code_digest() or math.isnan(
+            gate.from_tags(challenger["tags"], metric, regions)):
+        own = gate.from_frame(rescore.score_model(_load(challenger), base.raw_dir, tests["case_id"].tolist(), config),
+                              metric, regions)
+        log.info("challenger v%s was scored by other evaluation code than this workspace's: re-scored, %s %.4f",
+                 challenger["version"], name, own)
     return Comparison(dice, int(tests["patient_id"].nunique()), workspace.digest, True, own)
 
 
@@ -211,19 +234,30 @@ def _load(version: dict) -> ModelBundle:
 def decide(challenger: dict, champion: dict | None, params: PromoteParams, base: BaseParams,
            force: bool = False) -> Decision:
     """The whole gate for two versions (dicts from :func:`tracking.model_version`)."""
-    dice = float(challenger["tags"].get(METRIC_TAG, "nan"))
+    regions = gate.version_regions(challenger["tags"])
+    metric = gate.resolve(params.metric, regions)
+    name = gate.describe(metric, regions)
+    dice = gate.from_tags(challenger["tags"], metric, regions)
     if force:
-        champ_dice = None if champion is None else float(champion["tags"].get(METRIC_TAG, "nan"))
-        return Decision(True, "forced", dice, champ_dice, None if champion is None else champion["version"])
+        champ_dice = None if champion is None else gate.from_tags(champion["tags"], metric, regions)
+        return Decision(True, "forced", dice, champ_dice, None if champion is None else champion["version"],
+                        metric=metric)
+    lacking = gate.missing(metric, regions, regions)
+    if lacking:
+        return Decision(False, f"refused to compare: promote.metric={params.metric} needs "
+                        f"{', '.join(r.upper() for r in lacking)}, which v{challenger['version']} does not segment; "
+                        f"set promote.metric to auto or to a metric of its regions", dice, metric=metric)
     if champion is None:
-        return dataclasses.replace(judge(dice, None, None, params), test_patients=_test_patients(challenger),
+        return dataclasses.replace(judge(dice, None, None, params, name, metric),
+                                   test_patients=_test_patients(challenger),
                                    test_split=challenger["tags"].get("split_digest"))
     try:
-        comparison = compare(challenger, champion, base)
+        comparison = compare(challenger, champion, base, metric)
     except Refusal as exc:
-        return Decision(False, f"refused to compare: {exc}", dice, champion_version=champion["version"])
+        return Decision(False, f"refused to compare: {exc}", dice, champion_version=champion["version"],
+                        metric=metric)
     return judge(dice if comparison.challenger_dice is None else comparison.challenger_dice, champion, comparison,
-                 params)
+                 params, name, metric)
 
 
 def promote(model_name: str, params: PromoteParams, version: str | None = None, force: bool = False,
@@ -260,7 +294,8 @@ def _record(model_name: str, version: str, decision: Decision) -> dict:
     return {"model": model_name, "version": version, "promoted": decision.promote, "reason": decision.reason,
             "challenger_dice": decision.challenger_dice, "champion_dice": decision.champion_dice,
             "previous_champion": decision.champion_version, "test_patients": decision.test_patients,
-            "test_split": decision.test_split, "champion_rescored": decision.champion_rescored}
+            "test_split": decision.test_split, "champion_rescored": decision.champion_rescored,
+            "metric": decision.metric}
 
 
 def _already_champion(model_name: str, version: dict) -> dict:
@@ -271,10 +306,12 @@ def _already_champion(model_name: str, version: dict) -> dict:
         return None if tags.get(key, "none") in ("none", "unknown") else tags[key]
 
     dice, patients = recorded("promotion_champion_dice"), recorded("promotion_test_patients")
-    decision = Decision(False, f"version {version['version']} is already the champion",
-                        float(tags.get(METRIC_TAG, "nan")), None if dice is None else float(dice),
+    score = tags.get("promotion_challenger_dice", tags.get("test_wt_dice_mean", "nan"))
+    decision = Decision(False, f"version {version['version']} is already the champion", float(score),
+                        None if dice is None else float(dice),
                         recorded("promotion_compared_with"), None if patients is None else int(patients),
-                        recorded("promotion_test_split"), tags.get("promotion_champion_rescored") == "true")
+                        recorded("promotion_test_split"), tags.get("promotion_champion_rescored") == "true",
+                        tags.get("promotion_metric", "wt_dice"))
     return _record(model_name, version["version"], decision)
 
 
@@ -284,6 +321,7 @@ def decision_tags(decision: Decision) -> dict[str, str]:
         return "none" if value is None else f"{value:.6f}"
 
     return {"promotion_decision": "promoted" if decision.promote else "kept", "promotion_reason": decision.reason,
+            "promotion_metric": decision.metric,
             "promotion_compared_with": decision.champion_version or "none",
             "promotion_test_patients": "unknown" if decision.test_patients is None else str(decision.test_patients),
             "promotion_test_split": decision.test_split or "unknown",

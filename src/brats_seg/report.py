@@ -104,6 +104,22 @@ def validation_section(metrics: dict, quarantine: pd.DataFrame) -> str:
             f"{table(quarantine.rename(columns={'case_id': 'case', 'reasons': 'reasons'}))}")
 
 
+def region_table(summary: dict) -> pd.DataFrame:
+    """One row per region of eval.json: per-patient means (medians for HD95) of the legacy and lesion-wise
+    metrics, and how many cases had exactly one of prediction and reference empty."""
+    rows = []
+    for region, stats in summary.items():
+        if isinstance(stats, dict):
+            rows.append({"region": region.upper(), "Dice": stats.get("dice_mean", math.nan),
+                         "lesion-wise Dice": stats.get("lesion_dice_mean", math.nan),
+                         "precision": stats.get("precision_mean", math.nan),
+                         "recall": stats.get("recall_mean", math.nan),
+                         "HD95 median (mm)": stats.get("hd95_median", math.nan),
+                         "lesion-wise HD95 median (mm)": stats.get("lesion_hd95_median", math.nan),
+                         "one empty": stats.get("cases_one_empty", 0), "both empty": stats.get("cases_both_empty", 0)})
+    return pd.DataFrame(rows)
+
+
 def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
     wt = summary.get("wt", {})
     top = cards({"test cases": summary.get("n_cases"),
@@ -111,8 +127,9 @@ def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
                  "WT HD95 median (mm)": f"{wt.get('hd95_median', math.nan):.1f}",
                  "missed or spurious tumour": wt.get("cases_one_empty", 0),
                  "no tumour, none predicted": wt.get("cases_both_empty", 0)})
-    columns = [c for c in ("case_id", "region", "dice", "iou", "precision", "recall", "hd95", "ref_voxels",
-                           "pred_voxels", "empty_rule") if c in cases.columns]
+    top += f"<h3>Per region</h3>{table(region_table(summary).round(3))}"
+    columns = [c for c in ("case_id", "region", "dice", "lesion_dice", "iou", "precision", "recall", "hd95",
+                           "lesion_hd95", "ref_voxels", "pred_voxels", "empty_rule") if c in cases.columns]
     shown = cases[columns].fillna({"empty_rule": ""}).sort_values(["region", "dice"]) if len(cases) else cases
     note = ('<p class="note">Per patient on its own grid (docs/design.md). Click a header to sort. Rows in orange: '
             "exactly one of prediction and reference is empty (HD95 = 373.13 mm by the BraTS rule).</p>")
@@ -122,7 +139,9 @@ def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
 def overlay_section(overlays_dir: str | Path) -> str:
     figures = []
     for name in ("best", "median", "worst"):
-        caption = f"{name} case with tumour (green: agree, blue: missed, red: false positive)"
+        caption = (f"{name} case with tumour: reference and prediction as label maps (red: necrotic core, green: "
+                   f"oedema, yellow: enhancing), then each region's errors (green: agree, blue: missed, red: false "
+                   f"positive)")
         figures.append(f"<figure>{image_tag(Path(overlays_dir) / f'{name}.png', caption)}"
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     return "<h2>Overlays</h2>" + "".join(figures)

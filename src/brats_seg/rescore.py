@@ -17,13 +17,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from brats_seg.data.layouts import canonical_files
-from brats_seg.data.preprocess import preprocess_case, restore_volume
+from brats_seg.data.preprocess import preprocess_case
 from brats_seg.errors import DataError
 from brats_seg.evaluate import score_case
-from brats_seg.inference import ModelBundle, predict_slices
+from brats_seg.inference import ModelBundle
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.tables import read_json
-from brats_seg.metrics import summarise
+from brats_seg.segment import segment_case
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,18 +52,20 @@ def workspace_split(slices_dir: str | Path, split: str = "test") -> WorkspaceSpl
                           cases[["case_id", "patient_id", "image_sha256"]].reset_index(drop=True))
 
 
-def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str],
+def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str], lesion_config: str = "gli",
                 batch_size: int | None = None) -> pd.DataFrame:
     """One row per case and region of ``bundle.regions`` (the columns of :func:`score_case`)."""
     rows = []
     for case_id in tqdm(case_ids, desc="re-score", unit="case", leave=False):
-        rows.extend(score_raw_case(bundle, Path(raw_dir) / case_id, batch_size))
+        rows.extend(score_raw_case(bundle, Path(raw_dir) / case_id, lesion_config, batch_size))
     return pd.DataFrame(rows)
 
 
-def score_raw_case(bundle: ModelBundle, case_dir: Path, batch_size: int | None = None) -> list[dict]:
-    """Preprocess one canonical case with the model's slice parameters, predict its brain slices, map the
-    probabilities back to the case's grid, threshold them and score every region against its label map."""
+def score_raw_case(bundle: ModelBundle, case_dir: Path, lesion_config: str = "gli",
+                   batch_size: int | None = None) -> list[dict]:
+    """Preprocess one canonical case with the model's slice parameters and segment its brain slices by the one
+    predict step (:func:`~brats_seg.segment.segment_case`, the model's own post-processing included); score every
+    region against its label map."""
     files = canonical_files(case_dir)
     params = bundle.slice_params
     missing = [kind for kind in (*params["modalities"], "seg") if files.get(kind) is None]
@@ -77,13 +79,7 @@ def score_raw_case(bundle: ModelBundle, case_dir: Path, batch_size: int | None =
         affine = meta.affine
     pre = preprocess_case(np.stack(volumes), affine, int(params["size"]), int(params["margin"]))
     keep = pre.brain_pixels > 0  # every brain slice, as the slice stage keeps for val and test cases
-    probs = predict_slices(bundle.model, pre.images[keep], batch_size).float().cpu().numpy()
     seg, seg_meta = read_nifti(files["seg"])
-    predicted = {region: restore_volume(probs[:, r], pre.z[keep], pre.geometry) > bundle.threshold
-                 for r, region in enumerate(bundle.regions)}
-    return score_case(case_dir.name, predicted, seg, seg_meta.spacing)
-
-
-def mean_dice(frame: pd.DataFrame, region: str = "wt") -> float:
-    """Mean Dice over cases of ``region`` (NaN ignored), as eval.json's ``dice_mean``."""
-    return float(summarise(frame.loc[frame["region"] == region, "dice"].tolist())["mean"])
+    masks = segment_case(bundle, pre.images[keep], pre.z[keep], pre.geometry, seg_meta.spacing, batch_size).masks
+    return [{k: v for k, v in row.items() if k != "official"}
+            for row in score_case(case_dir.name, masks, seg, seg_meta.spacing, lesion_config)]

@@ -55,7 +55,7 @@ class TrainParams:
     batch_size: int = 32
     lr: float = 1e-4
     bce_weight: float = 0.0
-    target: Literal["wt", "regions"] = "wt"
+    target: Literal["wt", "regions"] = "regions"
     base: int = 32
     depth: int = 4
     norm: Literal["batch", "instance", "group", "none"] = "batch"
@@ -69,6 +69,7 @@ class TrainParams:
     threads: int = 0  # shapes the result: CPU kernels sum in per-thread order (see fingerprint)
     nproc: int = 1
     memory_gb: float | Literal["auto"] = runtime_field("auto")  # same rows, same order in memory or streamed
+    postprocess: bool = True  # choose post-processing on the validation patients (brats_seg.postprocess)
 
     def __post_init__(self) -> None:
         from brats_seg.config import require, require_at_least, require_positive

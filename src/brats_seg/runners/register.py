@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from brats_seg import registered_model, tracking
+from brats_seg import gate, registered_model, tracking
 from brats_seg.config import BaseParams
 from brats_seg.inference import ModelBundle, load_model, predict_slices
 from brats_seg.io.tables import read_json, write_json
@@ -42,7 +42,12 @@ class RegisterParams:
 MODEL_CONTRACT = {
     "input": "float32 [N, C, H, W]: preprocessed axial slices, C channels in the order of slice.modalities",
     "output": "float32 [N, R, H, W]: sigmoid probabilities, R channels in the order of regions; "
-              "mask = probability > threshold; the ONNX graph's input is 'slices', its output 'probabilities'",
+              "mask = probability > threshold of its region, mapped back to the case's grid; the ONNX graph's input "
+              "is 'slices', its output 'probabilities'",
+    "postprocessing": "per case, on its own grid: per region, drop connected components (26-connectivity) under "
+                      "postprocess.min_component_mm3; then, when the ET volume is under postprocess.et_min_mm3, ET "
+                      "becomes necrotic core; then nest the regions as a label map does (ET in TC in WT); label map: "
+                      "WT -> oedema, TC -> necrotic core, ET -> enhancing tumour, in label_convention's ids",
     "preprocessing": "per case (modalities on one grid): reorient to LPS; brain = voxels non-zero in any "
                      "modality; keep the axial slices from the first to the last that hold brain; crop them all to "
                      "one square box around the brain widened by slice.margin voxels (rows anterior to posterior, "
@@ -52,9 +57,11 @@ MODEL_CONTRACT = {
 
 
 def model_metadata(bundle: ModelBundle) -> dict:
-    """The registered model's metadata: target regions, slice preprocessing, threshold, and its contract."""
-    return {"regions": list(bundle.regions), "slice": bundle.slice_params, "threshold": bundle.threshold,
-            **MODEL_CONTRACT}
+    """The registered model's metadata: target regions, the label convention of its label maps, slice
+    preprocessing, threshold per region, the post-processing chosen on validation, and its contract."""
+    return {"regions": list(bundle.regions), "label_convention": bundle.cohort.get("label_convention", "brats2020"),
+            "slice": bundle.slice_params, "threshold": {r: bundle.threshold for r in bundle.regions},
+            "postprocess": bundle.postprocess.to_dict(), **MODEL_CONTRACT}
 
 
 def synthetic_example(slice_params: dict, batch: int = 2) -> np.ndarray:
@@ -75,12 +82,14 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
     output = predict_slices(bundle.model, example, amp=False, sigmoid=False).sigmoid().numpy()
     tags = {key: run["tags"][key] for key in ("git_commit", "git_dirty", "dvc_raw_md5", "dvc_slices_md5",
                                               "split_digest", "slice_index_digest", "test_content_digest",
-                                              "eval_code_digest") if key in run["tags"]}
+                                              "eval_code_digest", "lesionwise_config") if key in run["tags"]}
     for region, stats in evaluation.items():
         if isinstance(stats, dict):
-            tags[f"test_{region}_dice_mean"] = f"{stats['dice_mean']:.6f}"
+            for kind in gate.KINDS:
+                if f"{kind}_mean" in stats:
+                    tags[gate.tag(region, kind)] = f"{stats[f'{kind}_mean']:.6f}"
             tags[f"test_{region}_hd95_median"] = f"{stats['hd95_median']}"
-    tags["run_id"] = train["run_id"]
+    tags.update(run_id=train["run_id"], regions=",".join(bundle.regions), postprocess=bundle.postprocess.describe())
     graph = registered_model.export_onnx(bundle.model, example)
     record = tracking.register_model(train["run_id"], graph, base.model, params.model_name, example, output,
                                      model_metadata(bundle), tags, params.alias)

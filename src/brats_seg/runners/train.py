@@ -17,9 +17,11 @@ from brats_seg.checkpoint import prune_checkpoints
 from brats_seg.config import BaseParams
 from brats_seg.data.dataset import ShardedSplit, SliceSet, index_digest, open_split, read_index
 from brats_seg.distributed import Ranks, process_group
-from brats_seg.inference import save_model
+from brats_seg.evaluate import EvaluateParams, choose_postprocessing
+from brats_seg.inference import ModelBundle, save_model
 from brats_seg.io.tables import read_json, write_json
 from brats_seg.plots import plot_training_curve
+from brats_seg.postprocess import NONE
 from brats_seg.provenance import code_digest, code_manifest, dvc_lock_hashes, git_state
 from brats_seg.train import TrainParams, computation, fingerprint, train_model
 
@@ -124,7 +126,21 @@ def _size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def train_stage(params: TrainParams, base: BaseParams) -> dict:
+def postprocessing(params: TrainParams, base: BaseParams, evaluate: EvaluateParams, bundle: ModelBundle,
+                   run: tracking.Run) -> dict:
+    """The post-processing of a trained model, chosen on its validation patients (``train.postprocess``), logged
+    to its run; the model file's ``postprocess`` field (none when ``train.postprocess`` is false)."""
+    if not params.postprocess:
+        return NONE.to_dict()
+    choice = choose_postprocessing(bundle, base.slices_dir, base.raw_dir, evaluate.lesionwise)
+    run.log_dict(choice.to_dict(), "postprocess.json")
+    run.log_metrics({f"val_{r}_lesion_dice_{when}": value for when, scores in (("raw", choice.before),
+                     ("postprocessed", choice.after)) for r, value in scores.items()})
+    run.set_tags({"postprocess": choice.postprocess.describe()})
+    return choice.postprocess.to_dict()
+
+
+def train_stage(params: TrainParams, base: BaseParams, evaluate: EvaluateParams | None = None) -> dict:
     """Train on the slice stage's train split, track it in MLflow, write the model and reports.
 
     An interrupted run (same fingerprint: settings, data, code) resumes from its checkpoint in its own MLflow
@@ -141,11 +157,13 @@ def train_stage(params: TrainParams, base: BaseParams) -> dict:
             train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1], key=key, ranks=ranks)
             ranks.max(peak_rss())
             return {}
-        return _track_and_train(params, base, index, train_set, val_set, key, checkpoint, ranks)
+        return _track_and_train(params, base, evaluate or EvaluateParams(), index, train_set, val_set, key,
+                                checkpoint, ranks)
 
 
-def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame, train_set: SliceSet | ShardedSplit,
-                     val_set: SliceSet | ShardedSplit, key: str, checkpoint: Path, ranks: Ranks) -> dict:
+def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluateParams, index: pd.DataFrame,
+                     train_set: SliceSet | ShardedSplit, val_set: SliceSet | ShardedSplit, key: str, checkpoint: Path,
+                     ranks: Ranks) -> dict:
     meta = read_json(Path(base.slices_dir) / "meta.json")
     run_file = checkpoint.with_suffix(".run.json")
     previous = read_json(run_file)["run_id"] if params.resume and run_file.is_file() and checkpoint.is_file() else None
@@ -167,8 +185,12 @@ def _track_and_train(params: TrainParams, base: BaseParams, index: pd.DataFrame,
                              on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch), key=key,
                              ranks=ranks)
         peak = ranks.max(peak_rss())
+        cohort = training_cohort(meta)
+        chosen = postprocessing(params, base, evaluate, ModelBundle(result.model, result.regions, meta["params"],
+                                                                    cohort=cohort), run)
         save_model(base.model, result.model, result.regions, meta["params"],
-                   extra={"split_digest": meta["split_digest"], "fingerprint": key, "cohort": training_cohort(meta)})
+                   extra={"split_digest": meta["split_digest"], "fingerprint": key, "cohort": cohort,
+                          "postprocess": chosen})
         curve = pd.DataFrame(result.history)
         Path(base.train_curve).parent.mkdir(parents=True, exist_ok=True)
         curve.to_csv(base.train_curve, index=False)
