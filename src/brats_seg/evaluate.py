@@ -108,6 +108,7 @@ def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | P
                    batch_size: int | None = None, lesion_config: str = "gli") -> tuple[pd.DataFrame, dict]:
     """Score every case of ``split``; returns (one row per case and region, slice-level means). Each row holds
     the legacy metrics, ``lesion_dice`` and ``lesion_hd95``, and under ``official`` every lesion-wise metric."""
+    split_cases(slices_dir, split)  # an empty split is one sentence before anything else
     rows, slice_counts = [], {r: np.zeros(3) for r in bundle.regions}
     slice_scores: dict[str, list[float]] = {r: [] for r in bundle.regions}
     for case in predicted_cases(bundle, slices_dir, raw_dir, split, batch_size):

@@ -29,7 +29,7 @@ from brats_seg.data.slicing import (
 )
 from brats_seg.data.synthetic import case_id_for, make_case, tumour_free_indices
 from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
-from brats_seg.errors import DataError
+from brats_seg.errors import ConfigError, DataError
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import ShardError, list_shards, read_shard
 from tests.conftest import COHORT_SEED, TINY_SHAPE, write_synthetic_cohort
@@ -285,3 +285,29 @@ def test_a_writer_killed_midway_leaves_no_shard_that_reads_as_whole(tmp_path):
     for partial in leftovers:
         with pytest.raises(ShardError):
             read_shard(partial)
+
+
+def test_k_fold_tests_every_patient_once_validates_on_the_next_fold_and_never_moves_anyone():
+    ids = _ids(1, 41)
+    folds = [split_cases(ids, FRACTIONS, seed=3, folds=4, fold=k) for k in range(4)]
+    position = {c: int(patient_position(c, 3) * 4) for c in ids}
+    for k, splits in enumerate(folds):
+        assert {c for c, s in splits.items() if s == "test"} == {c for c in ids if position[c] == k}
+        assert {c for c, s in splits.items() if s == "val"} == {c for c in ids if position[c] == (k + 1) % 4}
+    tested = collections.Counter(c for splits in folds for c, s in splits.items() if s == "test")
+    assert set(tested) == set(ids) and set(tested.values()) == {1}  # every patient tested exactly once
+    more = split_cases(_ids(1, 61), FRACTIONS, seed=3, folds=4, fold=2)  # new cases move nobody already there
+    assert {c: more[c] for c in ids} == folds[2]
+    assert split_cases(ids, FRACTIONS, seed=3) == _hash_split(ids, 3)  # folds=0: the fraction split as before
+
+
+def test_a_fold_that_draws_nobody_is_one_sentence_naming_seeds_that_fill_every_fold():
+    ids = _ids(1, 7)
+    seed = next(s for s in range(100) if len({int(patient_position(c, s) * 5) for c in ids}) < 5)
+    with pytest.raises(DataError, match=r"slice.folds=5 drew none of the 6 patient\(s\) under base.seed "
+                                        rf"{seed} .*set base.seed to \d+"):
+        split_cases(ids, FRACTIONS, seed, folds=5, fold=0)
+    with pytest.raises(ConfigError, match="slice.fold"):
+        SliceParams(folds=4, fold=4)
+    with pytest.raises(ConfigError, match="slice.folds"):
+        SliceParams(folds=2)

@@ -48,6 +48,8 @@ class SliceParams:
     modalities: tuple[str, ...] = MODALITIES
     margin: int = 4
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    folds: int = 0  # 0: split by slice.split; k >= 3: k-fold cross-validation by the same hash (slice.fold tests)
+    fold: int = 0
     keep_empty_fraction: float = 0.1
     workers: int = runtime_field(0)
 
@@ -64,6 +66,10 @@ class SliceParams:
         require("slice.size", self.size, 8 <= self.size <= 1024, "an integer from 8 to 1024 (BraTS slices are "
                 "240 x 240 voxels; slices are resized to slice.size x slice.size)")
         require_at_least("slice.margin", self.margin, 0)
+        require("slice.folds", self.folds, self.folds == 0 or 3 <= self.folds <= 100,
+                "0 (split by slice.split) or a number of folds from 3 to 100 (one tests, the next validates)")
+        require("slice.fold", self.fold, 0 <= self.fold < max(self.folds, 1),
+                f"the fold to test, from 0 to slice.folds - 1 ({max(self.folds - 1, 0)})")
         require_fraction("slice.keep_empty_fraction", self.keep_empty_fraction)
         require_at_least("slice.workers", self.workers, 0)
 
@@ -85,13 +91,22 @@ def patient_position(patient: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_patients(patients: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+def split_patients(patients: list[str], fractions: tuple[float, float, float], seed: int, folds: int = 0,
+                   fold: int = 0) -> dict[str, str]:
     """Assign each patient to train / val / test by its hash position alone (see :func:`split_cases`)."""
+    if folds:
+        return {p: _fold_split(int(patient_position(p, seed) * folds), folds, fold) for p in sorted(set(patients))}
     bounds = _split_bounds(fractions)
     return {p: _split_at(patient_position(p, seed), bounds) for p in sorted(set(patients))}
 
 
-def split_cases(case_ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+def _fold_split(k: int, folds: int, fold: int) -> str:
+    """Fold ``k`` of ``folds`` when fold ``fold`` is tested: test, the next fold validates, the others train."""
+    return "test" if k == fold else "val" if k == (fold + 1) % folds else "train"
+
+
+def split_cases(case_ids: list[str], fractions: tuple[float, float, float], seed: int, folds: int = 0,
+                fold: int = 0) -> dict[str, str]:
     """Assign each case to train / val / test by its patient: a pure function of patient id and seed.
 
     The rule: a patient's position ``u`` = sha256(f"{seed}:{patient}") mapped to [0, 1) falls in one of the
@@ -103,31 +118,42 @@ def split_cases(case_ids: list[str], fractions: tuple[float, float, float], seed
     No patient is ever moved to fill a split: when a split with a non-zero fraction draws nobody (the chance is
     ``(1 - f)**n``, under 1% from 30 patients on at f = 0.15), this raises a DataError that names the empty
     split and a few values of ``base.seed`` under which this cohort fills every split.
+
+    With ``folds`` (k-fold cross-validation, ``slice.folds``) the same position picks a fold, ``floor(u x folds)``:
+    fold ``fold`` is the test split, the next one (cyclically) the validation split, the rest train; over the folds
+    every patient is tested exactly once, and a patient's fold never changes as cases come and go.
     """
     patients = {c: patient_id(c) for c in case_ids}
-    by_patient = split_patients(list(patients.values()), fractions, seed)
-    _require_every_split(by_patient, fractions, seed)
+    by_patient = split_patients(list(patients.values()), fractions, seed, folds, fold)
+    _require_every_split(by_patient, fractions, seed, folds)
     return {c: by_patient[p] for c, p in sorted(patients.items())}
 
 
 def fitting_seeds(patients: list[str], fractions: tuple[float, float, float], count: int = 3,
-                  tries: int = 1000) -> list[int]:
-    """The first ``count`` seeds below ``tries`` under which every split with a non-zero fraction gets a patient
-    of ``patients``; fewer (none) when the cohort has fewer patients than such splits or no seed fits."""
-    wanted = {s for s, f in zip(SPLITS, fractions) if f > 0}
+                  tries: int = 1000, folds: int = 0) -> list[int]:
+    """The first ``count`` seeds below ``tries`` under which every split with a non-zero fraction (with ``folds``:
+    every fold) gets a patient of ``patients``; fewer (none) when the cohort has fewer patients than that or no
+    seed fits."""
+    wanted = set(SPLITS) if folds else {s for s, f in zip(SPLITS, fractions) if f > 0}
     found: list[int] = []
-    if len(set(patients)) < len(wanted):
+    if len(set(patients)) < max(len(wanted), folds):
         return found
     for seed in range(tries):
-        if wanted <= set(split_patients(patients, fractions, seed).values()):
+        taken = {int(patient_position(p, seed) * folds) for p in patients} if folds else \
+            set(split_patients(patients, fractions, seed).values())
+        if (len(taken) == folds) if folds else wanted <= taken:
             found.append(seed)
             if len(found) == count:
                 break
     return found
 
 
-def _require_every_split(assigned: dict[str, str], fractions: tuple[float, float, float], seed: int) -> None:
-    """Refuse a split in which a split with a non-zero fraction holds nobody, in one sentence."""
+def _require_every_split(assigned: dict[str, str], fractions: tuple[float, float, float], seed: int,
+                         folds: int = 0) -> None:
+    """Refuse a split in which a split with a non-zero fraction (with ``folds``: any fold) holds nobody, in one
+    sentence."""
+    if folds:
+        _require_every_fold(list(assigned), seed, folds)
     empty = [s for s, f in zip(SPLITS, fractions) if f > 0 and s not in assigned.values()]
     if not empty:
         return
@@ -140,6 +166,19 @@ def _require_every_split(assigned: dict[str, str], fractions: tuple[float, float
     raise DataError(f"the {names} split{'s' if len(empty) > 1 else ''} of slice.split {list(fractions)} drew none "
                     f"of the {len(assigned)} patient(s) under base.seed {seed} (a patient's split is its hash "
                     f"alone and nobody is moved to fill one); {advice}.")
+
+
+def _require_every_fold(patients: list[str], seed: int, folds: int) -> None:
+    """Refuse folds of which one holds nobody (any fold is tested in turn), in one sentence."""
+    empty = sorted(set(range(folds)) - {int(patient_position(p, seed) * folds) for p in patients})
+    if not empty:
+        return
+    seeds = fitting_seeds(patients, (1.0, 0.0, 0.0), folds=folds)
+    advice = (f"set base.seed to {' or '.join(map(str, seeds))} (under which every fold gets a patient of this "
+              f"cohort), lower slice.folds, or add cases") if seeds else "lower slice.folds or add cases"
+    raise DataError(f"fold{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} of slice.folds={folds} drew "
+                    f"none of the {len(patients)} patient(s) under base.seed {seed} (a patient's fold is its hash "
+                    f"alone); {advice}.")
 
 
 def _split_bounds(fractions: tuple[float, float, float]) -> list[tuple[float, float]]:
@@ -227,7 +266,7 @@ def run_slice(params: SliceParams, raw_dir: str | Path, manifest: pd.DataFrame, 
         raise DataError("no validated cases to slice; every case was quarantined or the cohort is empty "
                         "(see reports/validation/quarantine.csv).")
     patients = {c: patient_id(c) for c in manifest["case_id"]}
-    splits = split_cases(list(patients), params.split, seed)
+    splits = split_cases(list(patients), params.split, seed, params.folds, params.fold)
     remove_output_dir(out_dir, "base.slices_dir")
     mark_output_dir(out_dir)
     shard_dir = out_dir / "shards"
