@@ -69,3 +69,26 @@ def test_summary_counts_the_empty_mask_rules_and_keeps_missed_tumours_in_the_mea
     assert wt["dice_mean"] == pytest.approx(2 / 3)
     assert wt["hd95_mean"] == pytest.approx(HD95_ONE_EMPTY_MM / 3)
     assert wt["hd95_median"] == 0.0
+
+
+def test_each_row_holds_the_lesion_wise_scores_of_the_label_map_and_the_summary_their_means(case):
+    """A far false-positive lesion: legacy Dice and lesion-wise PQ drop, the official lesion-wise Dice (matched
+    lesions only) stays 1; a region empty in both scores 1 and 0 mm (NaN officially, kept so in ``official``)."""
+    ref = case.seg.copy()
+    ref[ref == 4] = 1  # no enhancing tumour in this patient
+    predicted = {r: region_mask(ref, r) for r in REGIONS}
+    blob = np.zeros(ref.shape, dtype=bool)
+    blob[2:6, 2:6, 2:6] = True  # 64 voxels away from the tumour
+    assert not (blob & (ref > 0)).any()
+    predicted["wt"] = predicted["wt"] | blob
+    rows = {r["region"]: r for r in score_case("c", predicted, ref, (1.0, 1.0, 1.0))}
+    wt = rows["wt"]
+    assert wt["official"]["tp"] == 1 and wt["official"]["fp"] == 1 and wt["official"]["fn"] == 0
+    assert wt["lesion_dice"] == 1.0 and wt["lesion_pq"] == pytest.approx(1.0 * 1 / (1 + 0.5)) and wt["dice"] < 1.0
+    assert wt["lesion_hd95"] == 0.0
+    et = rows["et"]
+    assert np.isnan(et["official"]["lesionwise_dsc_mean"]) and (et["lesion_dice"], et["lesion_hd95"]) == (1.0, 0.0)
+    summary = summarise_cases(pd.DataFrame(list(rows.values())), {r: {"dice_mean": 1.0, "dice_pooled": 1.0}
+                                                                   for r in REGIONS})
+    assert summary["wt"]["lesion_dice_mean"] == 1.0 and summary["wt"]["lesion_pq_mean"] == pytest.approx(2 / 3)
+    assert "lesion_hd95_median" in summary["wt"] and "lesion_dice_median" not in summary["wt"]
