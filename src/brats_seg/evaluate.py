@@ -163,8 +163,8 @@ def _slice_level(pred: np.ndarray, ref: np.ndarray, counts: np.ndarray, scores: 
 
 def summarise_cases(frame: pd.DataFrame, slice_level: dict) -> dict:
     """eval.json: per region, mean / median / std over cases of every legacy metric, the mean lesion-wise Dice and
-    panoptic quality and the median lesion-wise HD95, how many cases hit each empty-mask rule (both empty: HD95 0 mm; one empty: HD95
-    373.13 mm), and the slice-level means."""
+    panoptic quality and the median lesion-wise HD95, how many cases hit each empty-mask rule (both empty: HD95
+    0 mm; one empty: HD95 373.13 mm), and the slice-level means."""
     out: dict = {"n_cases": int(frame["case_id"].nunique())}
     for region, group in frame.groupby("region", sort=False):
         stats = {m: summarise(group[m].tolist()) for m in METRICS}
