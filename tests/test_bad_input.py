@@ -223,6 +223,8 @@ PREDICT_ROWS = [
     ("predict-model-regions-5", _model_with(regions=5), "odd.pt holds invalid regions 5 (distinct names among wt, "),
     ("predict-model-cohort-odd", _model_with(cohort={"train_patients": "many", "label_convention": "brats2099"}),
      "odd.pt holds an invalid training cohort {'train_patients': 'many', 'label_convention': 'brats2099'}"),
+    ("predict-model-postprocess-odd", _model_with(postprocess={"min_component_mm3": {"wt": -5}, "et_min_mm3": 0}),
+     "odd.pt holds invalid post-processing {'min_component_mm3': {'wt': -5}, 'et_min_mm3': 0} ("),
     ("predict-model-size-unfit", _model_with(slice={**SLICE, "size": 30}),
      "odd.pt holds an invalid slice size 30 (an integer from 8 to 1024, a multiple of 2**depth = 4)"),
     ("predict-case-not-a-folder", lambda t, m: ["-m", "brats_seg.cli", "predict", str(t / "nothing"), "--model",
