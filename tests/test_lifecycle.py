@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -97,8 +98,10 @@ def test_new_cases_retrain_keep_every_split_and_promote_like_with_like(lifecycle
     test_patients = sorted(p for p, s in v2_splits.items() if s == "test")
     champion = resolve_model("models:/brats-unet/1", "cpu")
     frame, _ = evaluate_cases(champion, repo / "data" / "slices", repo / "data" / "raw", "test")
-    expected = float(frame.loc[frame["region"] == "wt", "dice"].mean())
-    challenger = read_json(repo / "reports" / "eval.json")["wt"]["dice_mean"]
+    assert record["metric"] == "lesion_dice" and champion.regions == ("wt", "tc", "et")  # the default gate
+    expected = float(np.mean([frame.loc[frame["region"] == r, "lesion_dice"].mean() for r in champion.regions]))
+    summary = read_json(repo / "reports" / "eval.json")
+    challenger = float(np.mean([summary[r]["lesion_dice_mean"] for r in champion.regions]))
     assert record["champion_rescored"] and record["previous_champion"] == "1"
     assert record["test_patients"] == len(test_patients) and record["test_split"] == meta["split_digest"]
     assert record["champion_dice"] == pytest.approx(expected, abs=1e-6)

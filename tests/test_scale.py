@@ -50,7 +50,8 @@ def _prediction_gap(slices: Path, a: dict[str, torch.Tensor], b: dict[str, torch
     images = torch.from_numpy(load_split(slices, "val").images.astype("float32"))
     probs = []
     for weights in (a, b):
-        model = UNet(UNetConfig(in_channels=4, out_channels=1, base=8, depth=2, norm="instance"))
+        regions = int(weights["head.bias"].shape[0])  # 3 with the default train.target (regions)
+        model = UNet(UNetConfig(in_channels=4, out_channels=regions, base=8, depth=2, norm="instance"))
         model.load_state_dict(weights)
         with torch.no_grad():
             probs.append(torch.sigmoid(model.eval()(images)))
