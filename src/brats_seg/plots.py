@@ -56,8 +56,10 @@ def plot_overlay(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, title: st
     return path
 
 
-# BraTS's usual colours: necrotic core red, oedema green, enhancing tumour yellow.
+# BraTS's usual colours: necrotic core red, oedema green, enhancing tumour yellow; the errors of each region in
+# colours none of them uses.
 LABEL_COLOURS = {"NCR": (0.9, 0.1, 0.1), "ED": (0.1, 0.8, 0.2), "ET": (1.0, 0.85, 0.0)}
+ERROR_COLOURS = {"agree": (0.0, 0.75, 0.8), "missed": (1.0, 0.0, 1.0), "false_positive": (1.0, 0.5, 0.0)}
 
 
 def plot_case_overlay(image: np.ndarray, ref: dict[str, np.ndarray], pred: dict[str, np.ndarray], title: str,
@@ -75,16 +77,16 @@ def plot_case_overlay(image: np.ndarray, ref: dict[str, np.ndarray], pred: dict[
         r, p = ref[region].astype(bool), pred[region].astype(bool)
         rgba = np.zeros((*image.shape, 4), dtype=np.float32)
         for mask, colour in ((r & p, "agree"), (r & ~p, "missed"), (p & ~r, "false_positive")):
-            rgba[mask] = (*OVERLAY_COLOURS[colour], 0.6)
+            rgba[mask] = (*ERROR_COLOURS[colour], 0.6)
         ax.imshow(image, cmap="gray")
         ax.imshow(rgba, interpolation="nearest")
         ax.set_title(f"{region.upper()}: FN {int((r & ~p).sum())} / FP {int((p & ~r).sum())} px", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    shown = {**({k: v for k, v in LABEL_COLOURS.items()} if len(regions) > 1 else {"tumour": LABEL_COLOURS["ED"]}),
-             "agree": OVERLAY_COLOURS["agree"], "missed (FN)": OVERLAY_COLOURS["missed"],
-             "false positive (FP)": OVERLAY_COLOURS["false_positive"]}
+    shown = {**(dict(LABEL_COLOURS) if len(regions) > 1 else {"tumour": LABEL_COLOURS["ED"]}),
+             "agree": ERROR_COLOURS["agree"], "missed (FN)": ERROR_COLOURS["missed"],
+             "false positive (FP)": ERROR_COLOURS["false_positive"]}
     fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in shown.values()], list(shown), loc="lower center",
                ncol=len(shown), fontsize=7, frameon=False)
     path = Path(path)

@@ -140,8 +140,8 @@ def overlay_section(overlays_dir: str | Path) -> str:
     figures = []
     for name in ("best", "median", "worst"):
         caption = (f"{name} case with tumour: reference and prediction as label maps (red: necrotic core, green: "
-                   f"oedema, yellow: enhancing), then each region's errors (green: agree, blue: missed, red: false "
-                   f"positive)")
+                   f"oedema, yellow: enhancing), then each region's errors (teal: agree, magenta: missed, orange: "
+                   f"false positive)")
         figures.append(f"<figure>{image_tag(Path(overlays_dir) / f'{name}.png', caption)}"
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     return "<h2>Overlays</h2>" + "".join(figures)
