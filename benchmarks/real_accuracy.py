@@ -50,7 +50,7 @@ def gather_cases(dst: Path) -> list[str]:
     return sorted(c.case_id for c in found)
 
 
-def make_project(repo: Path, params: dict) -> None:
+def make_project(repo: Path, params: dict, env: dict) -> None:
     """A scratch git + DVC repository holding this checkout's pipeline and ``params``."""
     for name in PROJECT_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def make_project(repo: Path, params: dict) -> None:
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "bench@example.com"],
                 ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
                 ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
-        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
 
 
 def fold_params(args: argparse.Namespace, cases_dir: Path, seed: int, fold: int) -> dict:
@@ -110,11 +110,11 @@ def main() -> None:
     cases = gather_cases(work / "cases")
     seed = fitting_seeds([patient_id(c) for c in cases], (1.0, 0.0, 0.0), count=1, folds=args.folds)[0]
     repo = work / "project"
-    make_project(repo, fold_params(args, work / "cases", seed, 0))
     # the scratch project's own code runs its stages, with this interpreter's dvc and python
     path = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))
     env = {**os.environ, **QUIET, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PATH": path,
            "PYTHONPATH": os.pathsep.join(filter(None, (str(repo / "src"), os.environ.get("PYTHONPATH"))))}
+    make_project(repo, fold_params(args, work / "cases", seed, 0), env)
     rows, times = [], []
     for fold in range(args.folds):
         found, seconds = run_fold(repo, fold_params(args, work / "cases", seed, fold), env)

@@ -72,8 +72,9 @@ def test_summary_counts_the_empty_mask_rules_and_keeps_missed_tumours_in_the_mea
 
 
 def test_each_row_holds_the_lesion_wise_scores_of_the_label_map_and_the_summary_their_means(case):
-    """A far false-positive lesion: legacy Dice and lesion-wise PQ drop, the official lesion-wise Dice (matched
-    lesions only) stays 1; a region empty in both scores 1 and 0 mm (NaN officially, kept so in ``official``)."""
+    """A far false-positive lesion: legacy Dice, lesion-wise Dice (every lesion counted: (1 + 0) / 2) and PQ drop, while
+    the gli leaderboard column (matched lesions only) stays 1; a region empty in both scores 1 and 0 mm (NaN
+    officially, kept so in ``official``)."""
     ref = case.seg.copy()
     ref[ref == 4] = 1  # no enhancing tumour in this patient
     predicted = {r: region_mask(ref, r) for r in REGIONS}
@@ -84,11 +85,12 @@ def test_each_row_holds_the_lesion_wise_scores_of_the_label_map_and_the_summary_
     rows = {r["region"]: r for r in score_case("c", predicted, ref, (1.0, 1.0, 1.0))}
     wt = rows["wt"]
     assert wt["official"]["tp"] == 1 and wt["official"]["fp"] == 1 and wt["official"]["fn"] == 0
-    assert wt["lesion_dice"] == 1.0 and wt["lesion_pq"] == pytest.approx(1.0 * 1 / (1 + 0.5)) and wt["dice"] < 1.0
-    assert wt["lesion_hd95"] == 0.0
+    assert wt["official"]["lesionwise_dsc_mean"] == 1.0 and wt["lesion_dice"] == pytest.approx(0.5)
+    assert wt["lesion_pq"] == pytest.approx(1.0 * 1 / (1 + 0.5)) and wt["dice"] < 1.0
+    assert wt["lesion_hd95"] == pytest.approx((0.0 + 373.0) / 2)  # the false lesion scores the 373 mm penalty
     et = rows["et"]
     assert np.isnan(et["official"]["lesionwise_dsc_mean"]) and (et["lesion_dice"], et["lesion_hd95"]) == (1.0, 0.0)
     summary = summarise_cases(pd.DataFrame(list(rows.values())), {r: {"dice_mean": 1.0, "dice_pooled": 1.0}
                                                                    for r in REGIONS})
-    assert summary["wt"]["lesion_dice_mean"] == 1.0 and summary["wt"]["lesion_pq_mean"] == pytest.approx(2 / 3)
+    assert summary["wt"]["lesion_dice_mean"] == 0.5 and summary["wt"]["lesion_pq_mean"] == pytest.approx(2 / 3)
     assert "lesion_hd95_median" in summary["wt"] and "lesion_dice_median" not in summary["wt"]

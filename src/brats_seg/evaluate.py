@@ -34,9 +34,9 @@ from brats_seg.postprocess import Choice, choose
 from brats_seg.progress import progress
 from brats_seg.segment import segment_case
 
-# The lesion-wise numbers beside the legacy ones in eval_cases.csv and the promotion gate (all of them, under
-# the official names and with the official NaN and inf, in eval_lesions.csv).
-LESION_COLUMNS = {"lesion_dice": lesionwise.LESION_DICE, "lesion_hd95": "lesionwise_hd95_mean", "lesion_pq": "pq_dsc"}
+# The lesion-wise numbers beside the legacy ones in eval_cases.csv, which the promotion gate compares (every
+# official one, under its official name and with the official NaN and inf, is in eval_lesions.csv).
+LESION_COLUMNS = ("lesion_dice", "lesion_hd95", "lesion_pq")
 
 
 # What eval.json keeps of each (a DVC metric: `dvc exp show` shows every key): the means the gate compares, and the
@@ -44,18 +44,26 @@ LESION_COLUMNS = {"lesion_dice": lesionwise.LESION_DICE, "lesion_hd95": "lesionw
 LESION_SUMMARY = {"lesion_dice": "mean", "lesion_hd95": "median", "lesion_pq": "mean"}
 
 
-def lesion_columns(official: dict[str, float]) -> dict[str, float]:
-    """``lesion_dice``, ``lesion_hd95`` and ``lesion_pq`` (panoptic quality: the matched lesions' mean Dice times
-    the F1 of the lesion counts, so that false and missed lesions count, which ``lesion_dice`` ignores once one
-    lesion is matched) of one case and region, by the BraTS ranking's rules for the official values: a region empty
-    in both reference and prediction (NaN officially) scores 1 and HD95 0 mm, as an empty ET where the reference
-    has none is perfect; an infinite HD95 (no lesion matched) counts as
-    :data:`brats_seg.lesionwise.HD95_PENALTY_MM`, as brats-parse-metrics writes it."""
+def lesion_columns(official: dict[str, float], config: str = "gli") -> dict[str, float]:
+    """``lesion_dice`` and ``lesion_hd95`` of one case and region by the BraTS lesion-wise rule, every lesion counted
+    (the official matching and per-lesion scores, :mod:`brats_seg.lesionwise`): the mean over matched, missed and
+    false lesions of their Dice and HD95, a missed or false lesion scoring 0 and 373 mm. That is the official
+    leaderboard column (``lesionwise_*_mean``) of the ``mets`` configuration; for the others that column averages
+    the matched lesions only, so that false and missed lesions would not count once one lesion is matched (it stays
+    in eval_lesions.csv). ``lesion_pq``: panoptica's ``pq_dsc`` (matched lesions' mean Dice x the F1 of the lesion
+    counts). A region empty in both reference and prediction (NaN officially) scores 1 and 0 mm: an empty ET where
+    the reference has none is perfect."""
     if official["n_ref_instances"] == 0 and official["n_pred_instances"] == 0:
         return {"lesion_dice": 1.0, "lesion_hd95": 0.0, "lesion_pq": 1.0}
-    hd95 = official[LESION_COLUMNS["lesion_hd95"]]
-    return {"lesion_dice": official[lesionwise.LESION_DICE], "lesion_pq": official["pq_dsc"],
-            "lesion_hd95": lesionwise.HD95_PENALTY_MM if math.isinf(hd95) else hd95}
+    penalty = lesionwise.HD95_PENALTY_MM
+    if lesionwise.get_config(config).large_lesion_mm3 is not None:  # the official column counts every lesion
+        dice, hd95 = official[lesionwise.LESION_DICE], official.get("lesionwise_hd95_mean")
+        return {"lesion_dice": dice, "lesion_hd95": hd95, "lesion_pq": official["pq_dsc"]}
+    tp, missed = official["tp"], official["fp"] + official["fn"]
+    dice = official["sq_dsc"] * tp / (tp + missed)
+    hd95 = None if "sq_hd95" not in official else (
+        (official["sq_hd95"] * tp if tp else 0.0) + penalty * missed) / (tp + missed)
+    return {"lesion_dice": dice, "lesion_hd95": hd95, "lesion_pq": official["pq_dsc"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +150,7 @@ def score_case(case_id: str, predicted: dict[str, np.ndarray], seg: np.ndarray, 
         row = {"case_id": case_id, "region": region, "ref_voxels": n_ref, "pred_voxels": n_pred,
                "empty_rule": empty_rule(n_pred, n_ref), **case_metrics(pred, ref, spacing)}
         if region in official:
-            row.update(lesion_columns(official[region]), official=official[region])
+            row.update(lesion_columns(official[region], lesion_config), official=official[region])
         rows.append(row)
     return rows
 
@@ -197,8 +205,10 @@ def lesion_score(lesion_config: str = "gli") -> Callable[[np.ndarray, np.ndarray
     config = lesionwise.get_config(lesion_config)
 
     def score(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float:
-        if not pred.any() and not ref.any():
-            return 1.0  # as lesion_columns: an empty region where the reference has none is perfect
-        return float(lesionwise.region_metrics(pred, ref, spacing, config, distances=False)[lesionwise.LESION_DICE])
+        official = lesionwise.region_metrics(pred, ref, spacing, config, distances=False)
+        dice = float(lesion_columns(official, lesion_config)["lesion_dice"])
+        if math.isnan(dice):  # mets: no reference lesion large enough to rank; false lesions still cost
+            return 0.0 if official["n_pred_instances"] else 1.0
+        return dice
 
     return score
