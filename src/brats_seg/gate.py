@@ -3,11 +3,10 @@ re-score's per-case rows.
 
 A metric is the per-patient mean over the test cases of one kind of score, for one region (``wt_dice``,
 ``et_lesion_dice``, ...) or averaged over the model's regions (``dice``, ``lesion_dice``, ``lesion_pq``: the mean
-of the regions' means). ``lesion_dice`` is the official leaderboard's lesion-wise Dice, which averages the matched
-lesions only (false and missed lesions do not lower it once one lesion is matched, except in the ``mets``
-configuration); ``lesion_pq`` (panoptica's ``pq_dsc``) also counts them. ``auto`` is ``lesion_dice`` for a model
-of several regions (the BraTS ranking since 2023, :mod:`brats_seg.lesionwise`) and ``wt_dice`` for a whole-tumour
-model (the seed's gate).
+of the regions' means). ``lesion_dice`` is the BraTS lesion-wise Dice with every lesion counted, missed and false
+ones as 0 (:func:`brats_seg.evaluate.lesion_columns`); ``lesion_pq`` is panoptica's ``pq_dsc``. ``auto`` is
+``lesion_dice`` for a model of several regions (the BraTS ranking since 2023, :mod:`brats_seg.lesionwise`) and
+``wt_dice`` for a whole-tumour model (the seed's gate).
 """
 
 from __future__ import annotations
