@@ -4,7 +4,9 @@ Per region, connected components (26-connectivity) under a volume in mm^3 are re
 enhancing tumour (ET) is under ``et_min_mm3`` has its ET relabelled necrotic core (it leaves ET, stays in TC and
 WT: BraTS scores an empty ET as perfect where the reference has none); last the regions are nested as a BraTS
 label map holds them: WT' = WT | TC | ET, TC' = TC | ET, ET' = ET. :func:`choose` picks the thresholds on the
-validation split, greedily WT, TC, ET; a threshold above 0 is taken only when it strictly beats 0."""
+validation split, greedily from the inside out (ET, TC, WT: a label map nests each region in the next, so a speck
+left in ET stays in TC and WT whatever their own sizes); a threshold above 0 is taken only when it strictly beats
+0."""
 
 from __future__ import annotations
 
@@ -212,12 +214,13 @@ class _Table(NamedTuple):  # one case and region
     comps: _Components
 
 
-def _case_table(case: Case, region: str, score: Score, candidates: list[float]) -> _Table:
-    """Score every candidate for ``region`` on the nested masks (the regions inside it left raw); candidates that
-    remove the same components share one score."""
+def _case_table(case: Case, region: str, score: Score, candidates: list[float],
+                done: dict[str, np.ndarray]) -> _Table:
+    """Score every candidate for ``region`` on the nested masks (the regions inside it as already chosen: ``done``,
+    else raw); candidates that remove the same components share one score."""
     masks, ref_labels, spacing = case
     ref = region_mask(ref_labels, region)
-    inner = [masks[r] for r in _INNER[region] if r in masks]
+    inner = [done.get(r, masks[r]) for r in _INNER[region] if r in masks]
     rest = np.logical_or.reduce(inner) if inner else None
     comps = _Components(masks[region], _voxel_mm3(spacing, ref.ndim), candidates[-1])
     cache: dict[int, float] = {}
@@ -268,10 +271,13 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
            et_candidates_mm3: Sequence[float] = ET_CANDIDATES_MM3) -> Choice:
     """Choose a :class:`PostProcess` on validation ``cases``: ``(masks, ref_labels, spacing)``, the raw predicted
     boolean masks ``[X, Y, Z]``, the canonical uint8 reference label map of that shape and the spacing in mm;
-    ``score(pred_mask, ref_mask, spacing)`` is the per-case metric to maximise. Greedily WT, TC, ET (those in
-    ``regions``): the smallest-component size maximising the region's mean score on the nested masks (ties: the
-    smaller), then ET's relabel threshold maximising ET's mean. Each case and region is labelled once."""
+    ``score(pred_mask, ref_mask, spacing)`` is the per-case metric to maximise. Greedily ET, TC, WT (those in
+    ``regions``; inner first, since nesting puts what an inner region keeps into the outer ones): the
+    smallest-component size maximising the region's mean score on the nested masks, the inner regions as chosen
+    (ties: the smaller); ET's relabel threshold maximising ET's mean. Each case and region is labelled once."""
     cases, order = _checked_cases(cases, regions)
+    order = order[::-1]
+    done: list[dict[str, np.ndarray]] = [{} for _ in cases]
     sizes = _candidates(candidates_mm3, "candidates_mm3")
     thresholds = _candidates(et_candidates_mm3, "et_candidates_mm3")
     chosen: dict[str, float] = {}
@@ -280,19 +286,23 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
     with progress(total=len(cases) * len(order), desc="choose post-processing", unit="case") as bar:
         for region in order:
             tables[region] = []
-            for case in cases:
-                tables[region].append(_case_table(case, region, score, sizes))
+            for case, kept in zip(cases, done):
+                tables[region].append(_case_table(case, region, score, sizes, kept))
                 bar.update(1)
             means = [float(np.mean([t.scores[i] for t in tables[region]])) for i in range(len(sizes))]
             chosen[region] = _best(sizes, means)
             tried[region] = dict(zip(sizes, means))
+            for table, kept in zip(tables[region], done):
+                kept[region] = table.comps.mask(chosen[region])
     if "et" in order:  # the relabel threshold, on the ET kept at the chosen size: no new masks, no new scores
         j = sizes.index(chosen["et"])
         relabel = [float(np.mean([t.empty if _below(t.kept_mm3[j], thr) else t.scores[j] for t in tables["et"]]))
                    for thr in thresholds]
         tried["et_relabel"] = dict(zip(thresholds, relabel))
-    pp = PostProcess(chosen, _best(thresholds, relabel) if "et" in order else 0.0)
-    before = {r: tried[r][0.0] for r in order}
+    et_min = _best(thresholds, relabel) if "et" in order else 0.0
+    pp = PostProcess({r: chosen[r] for r in REGIONS if r in chosen}, et_min)
+    before = _mean_after(cases, score, PostProcess(dict.fromkeys(order, 0.0), 0.0), tables)  # raw, nested
+    order = [r for r in REGIONS if r in order]
     after = _mean_after(cases, score, pp, tables)
     log.info("post-processing chosen on %d validation cases: %s (mean %s)", len(cases), pp.describe(),
              ", ".join(f"{r.upper()} {before[r]:.4f} -> {after[r]:.4f}" for r in order))
