@@ -70,7 +70,7 @@ def fold_params(args: argparse.Namespace, cases_dir: Path, seed: int, fold: int)
     params["download"].update(source="local", local={"path": str(cases_dir)})
     params["slice"].update(size=args.size, folds=args.folds, fold=fold)
     params["train"].update(epochs=args.epochs, base=args.base, depth=args.depth, batch_size=args.batch, lr=args.lr,
-                           device=args.device)
+                           device=args.device, threads=args.threads)
     return params
 
 
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="train.threads (0: torch's default)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the per-patient rows and the means here")
     args = parser.parse_args()
@@ -121,6 +122,7 @@ def main() -> None:
         rows.append(found.assign(fold=fold))
         times.append(seconds)
         print(f"fold {fold}: {found['case_id'].nunique()} test patients, {seconds:.0f} s", flush=True)
+        print(per_patient(rows[-1]).round(3).to_string(index=False), flush=True)
     table = per_patient(pd.concat(rows, ignore_index=True))
     means = table.drop(columns=["case_id", "fold"]).mean()
     print(f"\n{len(cases)} real patients, {args.folds}-fold cross-validation (base.seed {seed}), "
