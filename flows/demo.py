@@ -48,6 +48,9 @@ def demo(workdir: str = ".") -> dict:
     return summary
 
 
+_ORDER = {"wt": 0, "tc": 1, "et": 2}  # outside in, as BraTS lists them (eval.json's keys are sorted)
+
+
 def patient_lines(rows: list[dict], means: dict) -> list[str]:
     """Each test patient's Dice per region, legacy and lesion-wise (official BraTS rules), on its own grid; then
     the means."""
@@ -60,7 +63,7 @@ def patient_lines(rows: list[dict], means: dict) -> list[str]:
         lines.append(f"  {case_id:<24} " + "; ".join(parts))
     lines.append("  mean                     " + "; ".join(
         f"{region.upper()} {s['dice_mean']:.3f} / {s.get('lesion_dice_mean', float('nan')):.3f}, median "
-        f"{s['hd95_median']:.1f} mm" for region, s in means.items()))
+        f"{s['hd95_median']:.1f} mm" for region, s in sorted(means.items(), key=lambda kv: _ORDER.get(kv[0], 9))))
     return lines
 
 

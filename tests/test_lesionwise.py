@@ -187,13 +187,19 @@ def test_score_cli_adds_lesionwise_metrics_and_keeps_its_keys(tmp_path, capsys):
         assert lesionwise == json_safe(expected[region])
         assert {"tp", "fp", "fn", "sq_dsc", "pq_dsc", "sq_hd95", "sq_nsd", "global_bin_dsc", LESION_DICE} <= set(
             lesionwise)
+        # the project's numbers beside them: every lesion counted (the gate's), from the official ones
+        tp, missed = lesionwise["tp"], lesionwise["fp"] + lesionwise["fn"]
+        assert scores[region].pop("lesion_dice") == pytest.approx(lesionwise["sq_dsc"] * tp / (tp + missed))
+        assert scores[region].pop("lesion_pq") == lesionwise["pq_dsc"]
+        assert scores[region].pop("lesion_hd95") == pytest.approx(
+            (lesionwise["sq_hd95"] * tp + 373.0 * missed) / (tp + missed))
     assert {k: v for k, v in scores.items() if not k.startswith("lesionwise")} == plain
     mask = _save(tmp_path / "mask.nii.gz", (pred_labels > 0).astype(np.uint8), case.affine)
     main(["score", "--ref", ref, "--pred", mask, "--labels", "binary", "--lesionwise", "MenRT"])
     binary = json.loads(capsys.readouterr().out)
     assert set(binary) == {"labels", "wt", "lesionwise_config", "lesionwise_regions"}
     assert binary["lesionwise_regions"] == {"wt": "gtv"}
-    assert binary["wt"]["lesionwise"][LESION_DICE] == wt_dice
+    assert binary["wt"]["lesionwise"][LESION_DICE] == wt_dice and "lesion_dice" in binary["wt"]
 
 
 # --- equality with the official package ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from brats_seg.errors import DataError
 from brats_seg.inference import ModelBundle
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
+from brats_seg.lesionwise import lesion_columns
 from brats_seg.metrics import METRICS, case_metrics, empty_rule, scores_from_counts, summarise
 from brats_seg.postprocess import Choice, choose
 from brats_seg.progress import progress
@@ -42,28 +43,6 @@ LESION_COLUMNS = ("lesion_dice", "lesion_hd95", "lesion_pq")
 # What eval.json keeps of each (a DVC metric: `dvc exp show` shows every key): the means the gate compares, and the
 # median HD95 (HD95 is skewed by the 373 mm penalties; the legacy HD95 is summarised the same way).
 LESION_SUMMARY = {"lesion_dice": "mean", "lesion_hd95": "median", "lesion_pq": "mean"}
-
-
-def lesion_columns(official: dict[str, float], config: str = "gli") -> dict[str, float]:
-    """``lesion_dice`` and ``lesion_hd95`` of one case and region by the BraTS lesion-wise rule, every lesion counted
-    (the official matching and per-lesion scores, :mod:`brats_seg.lesionwise`): the mean over matched, missed and
-    false lesions of their Dice and HD95, a missed or false lesion scoring 0 and 373 mm. That is the official
-    leaderboard column (``lesionwise_*_mean``) of the ``mets`` configuration; for the others that column averages
-    the matched lesions only, so that false and missed lesions would not count once one lesion is matched (it stays
-    in eval_lesions.csv). ``lesion_pq``: panoptica's ``pq_dsc`` (matched lesions' mean Dice x the F1 of the lesion
-    counts). A region empty in both reference and prediction (NaN officially) scores 1 and 0 mm: an empty ET where
-    the reference has none is perfect."""
-    if official["n_ref_instances"] == 0 and official["n_pred_instances"] == 0:
-        return {"lesion_dice": 1.0, "lesion_hd95": 0.0, "lesion_pq": 1.0}
-    penalty = lesionwise.HD95_PENALTY_MM
-    if lesionwise.get_config(config).large_lesion_mm3 is not None:  # the official column counts every lesion
-        dice, hd95 = official[lesionwise.LESION_DICE], official.get("lesionwise_hd95_mean")
-        return {"lesion_dice": dice, "lesion_hd95": hd95, "lesion_pq": official["pq_dsc"]}
-    tp, missed = official["tp"], official["fp"] + official["fn"]
-    dice = official["sq_dsc"] * tp / (tp + missed)
-    hd95 = None if "sq_hd95" not in official else (
-        (official["sq_hd95"] * tp if tp else 0.0) + penalty * missed) / (tp + missed)
-    return {"lesion_dice": dice, "lesion_hd95": hd95, "lesion_pq": official["pq_dsc"]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -261,3 +261,27 @@ def _large_lesion_means(lists: dict[str, list[float]], pairs: list[tuple[int, in
         out[f"lesionwise_{metric}_mean"] = float(np.mean(kept)) if kept else HD95_PENALTY_MM
         out[f"lesionwise_{metric}_std"] = float(np.std(kept)) if kept else 0.0
     return out
+
+
+# --- the project's columns (the gate's numbers) from the official ones --------------------------------------------
+
+def lesion_columns(official: dict[str, float], config: str = "gli") -> dict[str, float]:
+    """``lesion_dice`` and ``lesion_hd95`` of one case and region by the BraTS lesion-wise rule, every lesion counted
+    (the official matching and per-lesion scores, above): the mean over matched, missed and
+    false lesions of their Dice and HD95, a missed or false lesion scoring 0 and 373 mm. That is the official
+    leaderboard column (``lesionwise_*_mean``) of the ``mets`` configuration; for the others that column averages
+    the matched lesions only, so that false and missed lesions would not count once one lesion is matched (it stays
+    in eval_lesions.csv). ``lesion_pq``: panoptica's ``pq_dsc`` (matched lesions' mean Dice x the F1 of the lesion
+    counts). A region empty in both reference and prediction (NaN officially) scores 1 and 0 mm: an empty ET where
+    the reference has none is perfect."""
+    if official["n_ref_instances"] == 0 and official["n_pred_instances"] == 0:
+        return {"lesion_dice": 1.0, "lesion_hd95": 0.0, "lesion_pq": 1.0}
+    penalty = HD95_PENALTY_MM
+    if get_config(config).large_lesion_mm3 is not None:  # the official column counts every lesion
+        dice, hd95 = official[LESION_DICE], official.get("lesionwise_hd95_mean")
+        return {"lesion_dice": dice, "lesion_hd95": hd95, "lesion_pq": official["pq_dsc"]}
+    tp, missed = official["tp"], official["fp"] + official["fn"]
+    dice = official["sq_dsc"] * tp / (tp + missed)
+    hd95 = None if "sq_hd95" not in official else (
+        (official["sq_hd95"] * tp if tp else 0.0) + penalty * missed) / (tp + missed)
+    return {"lesion_dice": dice, "lesion_hd95": hd95, "lesion_pq": official["pq_dsc"]}

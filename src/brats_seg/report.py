@@ -108,7 +108,10 @@ def region_table(summary: dict) -> pd.DataFrame:
     """One row per region of eval.json: per-patient means (medians for HD95) of the legacy and lesion-wise
     metrics, and how many cases had exactly one of prediction and reference empty."""
     rows = []
-    for region, stats in summary.items():
+    order = ("wt", "tc", "et")  # outside in, as BraTS lists them (eval.json's keys are sorted)
+    for region in sorted((r for r, s in summary.items() if isinstance(s, dict)), key=lambda r: order.index(r)
+                         if r in order else len(order)):
+        stats = summary[region]
         if isinstance(stats, dict):
             rows.append({"region": region.upper(), "Dice": stats.get("dice_mean", math.nan),
                          "lesion-wise Dice": stats.get("lesion_dice_mean", math.nan),

@@ -5,7 +5,9 @@ The scheme is an explicit choice: a label map in ``brats2020``, ``brats2023`` or
 for WT, TC and ET; ``binary`` scores a 0/1 whole-tumour mask for WT only (the reference may then be a 0/1
 mask or a label map in any scheme: WT is its non-zero voxels). The result names the scheme used.
 ``lesionwise`` names an official BraTS lesion-wise config (:mod:`brats_seg.lesionwise`): each scored region then
-also holds a ``"lesionwise"`` dict of that package's metrics, and the result names the config.
+also holds a ``"lesionwise"`` dict of that package's metrics and the project's ``lesion_dice``, ``lesion_hd95`` and
+``lesion_pq`` (every lesion counted, as the evaluate stage and the promotion gate count them), and the result names
+the config.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from brats_seg.data.labels import (
 )
 from brats_seg.errors import DataError, UserError
 from brats_seg.io.nifti import Meta, read_volume
-from brats_seg.lesionwise import LesionConfig, get_config, region_metrics, score_canonical
+from brats_seg.lesionwise import LesionConfig, get_config, lesion_columns, region_metrics, score_canonical
 from brats_seg.metrics import case_metrics
 
 BINARY = "binary"
@@ -54,6 +56,7 @@ def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020", le
         wt = case_metrics(pred_wt, ref_wt, ref_meta.spacing)
         if config is not None:
             wt["lesionwise"] = region_metrics(pred_wt, ref_wt, ref_meta.spacing, config)
+            wt.update(lesion_columns(wt["lesionwise"], config.name))
         return {"labels": BINARY, "wt": wt, **_lesionwise_keys(config)}
     fix = (f"name the files' scheme with --labels ({', '.join(SCHEMES)}), and pass label maps, not probabilities "
            f"or images")
@@ -66,6 +69,7 @@ def score_files(ref: str | Path, pred: str | Path, labels: str = "brats2020", le
     if config is not None:
         for region, metrics in score_canonical(pred_labels, ref_labels, ref_meta.spacing, config.name).items():
             scores[region]["lesionwise"] = metrics
+            scores[region].update(lesion_columns(metrics, config.name))  # the project's: every lesion counted
     return {"labels": labels, **scores, **_lesionwise_keys(config)}
 
 
