@@ -24,6 +24,8 @@ pytestmark = pytest.mark.slow
 EXEMPT = {
     "make demo": "run here as `python -m flows.demo` on tiny params (below); the new-user walk-through runs it whole",
     "make test": "this test suite",
+    "python benchmarks/real_accuracy.py --threads 1": "a benchmark, not a test: 4 folds of training on the real "
+                                                       "cases, about 35 minutes (its numbers are quoted beside it)",
     "source .venv/bin/activate": "the convention itself: every command here runs after it",
     "brats-seg params set slice.size=128 train.base=32 train.depth=4 train.batch_size=32 train.epochs=20":
         "full-size training needs a GPU; these are the committed params.yaml values (tests/test_config.py)",
