@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from brats_seg.config import BaseParams, load_section, stage_params
 from brats_seg.errors import exit_on_user_error
+from brats_seg.promotion import PromoteParams
 from brats_seg.runners.report import report_stage
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     params = stage_params(__doc__, argv)
-    report_stage(load_section(BaseParams, params, "base"))
+    report_stage(load_section(BaseParams, params, "base"), load_section(PromoteParams, params, "promote"))
 
 
 if __name__ == "__main__":

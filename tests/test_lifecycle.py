@@ -8,6 +8,8 @@ the decision is recorded on v2; the flow again with nothing new -> only the sour
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,23 @@ def test_new_cases_retrain_keep_every_split_and_promote_like_with_like(lifecycle
     assert tags["promotion_champion_dice"] == f"{record['champion_dice']:.6f}"
     assert tags["promotion_challenger_dice"] == f"{record['challenger_dice']:.6f}"
     assert tracking.model_version("brats-unet", alias="champion")["version"] == ("2" if record["promoted"] else "1")
+
+    # the run report decided the same before the promotion ran: champion v1 against v2 on v2's test patients
+    page = (repo / "reports" / "index.html").read_text()
+    shown = json.loads(re.search(r'<script type="application/json" id="gate-data">(.*?)</script>', page)[1])
+    assert shown["decision"] == ("promote" if record["promoted"] else "keep") and shown["champion"] == "1"
+    assert shown["champion_value"] == pytest.approx(record["champion_dice"], abs=1e-9)
+    assert shown["challenger_value"] == pytest.approx(record["challenger_dice"], abs=1e-9)
+    assert shown["test_patients"] == len(test_patients) and shown["champion_rescored"]
+    own = pd.read_csv(repo / "reports" / "eval_cases.csv")
+    for row in shown["patients"]:  # every test patient, each region's lesion-wise Dice of both versions
+        for region in champion.regions:
+            name = f"{region.upper()} lesion-wise Dice"
+            theirs = frame[(frame["case_id"] == row["case_id"]) & (frame["region"] == region)]["lesion_dice"]
+            mine = own[(own["case_id"] == row["case_id"]) & (own["region"] == region)]["lesion_dice"]
+            assert row[f"{name} v1"] == pytest.approx(float(theirs.iloc[0]), abs=1e-9)
+            assert row[f"{name} v2"] == pytest.approx(float(mine.iloc[0]), abs=1e-9)
+    assert sorted(r["case_id"] for r in shown["patients"]) == sorted(frame["case_id"].unique())
 
     # the audit reads the splits back from the tracking store: a new test patient is in v2's test split only
     found = case_lineage(new_test[0])["found"]

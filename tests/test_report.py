@@ -22,6 +22,7 @@ from brats_seg.runners.report import report_stage
 from tests.conftest import PROJECT_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCORED = ("BraTS20_Hit_001", "BraTS20_Missed_002", "BraTS20_Half_003")
 
 
 @pytest.fixture
@@ -48,6 +49,11 @@ def built(tmp_path, monkeypatch) -> tuple[BaseParams, str]:
     image = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
     for name in ("best", "median", "worst"):
         plot_overlay(image, image > 1, image > 0.8, name, Path(base.overlays_dir) / f"{name}.png")
+    Path(base.slices_dir).mkdir(parents=True)
+    Path(base.slices_dir, "meta.json").write_text(json.dumps({"source": "synthetic", "patients": {"train": 2}}))
+    pd.DataFrame({"case_id": ["BraTS20_Train_004", "BraTS20_Val_005", *SCORED],
+                  "patient_id": ["BraTS20_Train_004", "BraTS20_Val_005", *SCORED],
+                  "split": ["train", "val", "test", "test", "test"]}).to_parquet(f"{base.slices_dir}/cases.parquet")
     with tracking.start_run(base.experiment) as run:
         run.log_params({"train": {"lr": 0.001, "epochs": 3}, "slice": {"size": 32}, "seed": 42})
         run.set_tags({"git_commit": "abc123", "git_dirty": "false", "code_digest": "c0de", "dvc_raw_md5": "r4w"})
@@ -61,8 +67,16 @@ def test_the_report_is_one_file_with_every_section_and_nothing_to_fetch(built):
     base, run_id = built
     page = Path(base.report).read_text()
     for text in ("BraTS20_Bad_009", "labels outside {0, 1, 2, 4}: 255", "BraTS20_Missed_002", run_id,
-                 "brats-unet v1", "abc123", "train.lr", "r4w", "lower is better", "higher is better"):
+                 "brats-unet v1", "abc123", "train.lr", "r4w", "lower is better", "higher is better",
+                 # what a reader must know first: synthetic data, a gate decided by 3 patients, a quarantined case
+                 "trained and tested on synthetic cases (2 training patients)", "Only 3 test patients decide the gate",
+                 "1 of 5 cases were quarantined", "brats-unet v1 is not in the registry at",
+                 # the split table names every patient; volumes in ml (4 x 4 x 2 voxels of 1 mm: 0.032 ml)
+                 "train: 1 patient<", "BraTS20_Val_005", "tumour (ml)", '<td class="num" data-v="0.032">0.032</td>',
+                 "patient&#x27;s right on the left"):
         assert text in page, text
+    gate_data = json.loads(re.search(r'<script type="application/json" id="gate-data">(.*?)</script>', page)[1])
+    assert gate_data["decision"] == "unregistered" and gate_data["metric"] == "wt_dice"
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) == 4  # curve and three overlays
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no script, style or image from elsewhere
     assert "<link" not in page

@@ -13,8 +13,9 @@ from brats_seg.errors import UserError, exit_on_user_error
 from brats_seg.io.tables import json_safe, read_json
 
 
-def summary(params_path: str = "params.yaml") -> str:
-    """A short text summary of the pipeline's current outputs (what `make demo` prints)."""
+def summary(params_path: str = "params.yaml", per_case: bool = True) -> str:
+    """A short text summary of the pipeline's current outputs (what `make demo` prints; the demo prints the test
+    patients itself, with lesion-wise Dice, so it asks for no per-case lines here)."""
     base = load_section(BaseParams, read_params(params_path), "base")
     lines = ["brats-seg pipeline summary"]
     sources = Path(base.raw_dir) / "sources.json"
@@ -39,23 +40,32 @@ def summary(params_path: str = "params.yaml") -> str:
         lines.append(f"  train    : {t['epochs']} epochs on {t['device']}, {t['train_slices']} slices; best validation "
                      f"Dice {t['best_val_dice']:.3f} (epoch {t['best_epoch']}); MLflow run {t['run_id']}")
     if Path(base.eval_report).is_file() and Path(base.eval_cases).is_file():
-        lines.extend(_eval_lines(base))
+        lines.extend(_eval_lines(base, per_case))
     if len(lines) == 1:
         raise UserError("no pipeline outputs yet; run `dvc repro` (or `make demo`) first.")
     return "\n".join(lines)
 
 
-def _eval_lines(base: BaseParams) -> list[str]:
+def _volume(row: dict) -> str:
+    """The reference's volume in ml (voxels from reports written before volumes were)."""
+    ml = row.get("ref_ml")
+    return f"{row['ref_voxels']} voxels" if ml is None or ml != ml else f"{ml:.1f} ml"
+
+
+def _eval_lines(base: BaseParams, per_case: bool = True) -> list[str]:
     import pandas as pd
 
     report = read_json(base.eval_report)
+    if not per_case:
+        return [f"  evaluate : {report['n_cases']} test patients, each on its own grid (below)"]
     cases = pd.read_csv(base.eval_cases)
     lines = [f"  evaluate : {report['n_cases']} test cases, per patient in the original grid:"]
     for row in cases.to_dict("records"):
         hd = "n/a" if pd.isna(row["hd95"]) else f"{row['hd95']:.1f} mm"
         lines.append(f"             {row['case_id']:<28} {row['region'].upper()} Dice {row['dice']:.3f}  "
-                     f"HD95 {hd}  (tumour {row['ref_voxels']} voxels)")
-    for region, stats in report.items():
+                     f"HD95 {hd}  (reference {_volume(row)})")
+    order = ("wt", "tc", "et")  # outside in, as BraTS lists them (eval.json's keys are sorted)
+    for region, stats in sorted(report.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
         if isinstance(stats, dict):
             lines.append(f"             {region.upper()} mean Dice {stats['dice_mean']:.3f}, median "
                          f"{stats['dice_median']:.3f} (slice-level mean, not comparable: "

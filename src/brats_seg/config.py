@@ -300,7 +300,7 @@ _ANYWHERE = ("cache_dir", "checkpoint_dir")
 # The kind of file each base path that names a file holds (the others are folders).
 _PATH_SUFFIX = {"source_manifest": ".json", "manifest": ".parquet", "validation_metrics": ".json", "model": ".pt",
                 "train_report": ".json", "train_run": ".json", "train_curve": ".csv", "train_curve_png": ".png",
-                "eval_report": ".json",
+                "eval_report": ".json", "eval_metrics": ".json",
                 "eval_cases": ".csv", "eval_lesions": ".csv", "registered_report": ".json", "report": ".html"}
 
 
@@ -348,6 +348,7 @@ class BaseParams:
     train_curve: str = path_field("reports/train_curve.csv")
     train_curve_png: str = path_field("reports/train_curve.png")
     eval_report: str = path_field("reports/eval.json")
+    eval_metrics: str = path_field("reports/eval_metrics.json")
     eval_cases: str = path_field("reports/eval_cases.csv")
     eval_lesions: str = path_field("reports/eval_lesions.csv")
     overlays_dir: str = path_field("reports/overlays")

@@ -118,15 +118,17 @@ def evaluate_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | P
 def score_case(case_id: str, predicted: dict[str, np.ndarray], seg: np.ndarray, spacing: tuple[float, ...],
                lesion_config: str | None = "gli") -> list[dict]:
     """One row per region: docs/design.md's metrics of the boolean masks ``predicted[region]`` against the
-    canonical label map ``seg`` (both on the case's own grid), with voxel counts and the empty-mask rule hit; and
-    with a ``lesion_config`` the official lesion-wise metrics of the label map the masks make (``official``)."""
+    canonical label map ``seg`` (both on the case's own grid), with voxel counts, volumes in ml and the empty-mask
+    rule hit; and with a ``lesion_config`` the official lesion-wise metrics of the label map the masks make
+    (``official``)."""
     official = {} if lesion_config is None else lesionwise.score_canonical(
         regions_to_labels(predicted), seg, spacing, lesion_config)
-    rows = []
+    rows, voxel_ml = [], float(np.prod(spacing[:3])) / 1000.0  # mm^3 -> ml
     for region, pred in predicted.items():
         ref = region_mask(seg, region)
         n_ref, n_pred = int(ref.sum()), int(pred.sum())
         row = {"case_id": case_id, "region": region, "ref_voxels": n_ref, "pred_voxels": n_pred,
+               "ref_ml": n_ref * voxel_ml, "pred_ml": n_pred * voxel_ml,
                "empty_rule": empty_rule(n_pred, n_ref), **case_metrics(pred, ref, spacing)}
         if region in official:
             row.update(lesion_columns(official[region], lesion_config), official=official[region])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -62,38 +63,65 @@ LABEL_COLOURS = {"NCR": (0.9, 0.1, 0.1), "ED": (0.1, 0.8, 0.2), "ET": (1.0, 0.85
 ERROR_COLOURS = {"agree": (0.0, 0.75, 0.8), "missed": (1.0, 0.0, 1.0), "false_positive": (1.0, 0.5, 0.0)}
 
 
-def plot_case_overlay(image: np.ndarray, ref: dict[str, np.ndarray], pred: dict[str, np.ndarray], title: str,
-                      path: str | Path) -> Path:
-    """One axial slice ``[H, W]``: the reference and the prediction as label maps in three colours (NCR, ED, ET;
-    one colour for a WT-only model), then one panel per region with agreement, false negatives and false
-    positives. ``ref`` and ``pred`` map region names (wt, tc, et) to nested boolean masks of the slice."""
-    regions = list(pred)
-    fig, axes = plt.subplots(1, 2 + len(regions), figsize=(3.2 * (2 + len(regions)), 3.8))
-    for ax, masks, name in ((axes[0], ref, "reference"), (axes[1], pred, "prediction")):
+@dataclasses.dataclass(frozen=True)
+class SliceView:
+    """One axial slice to draw: the image ``[H, W]`` as shown, the reference's and the prediction's nested region
+    masks (region name -> boolean ``[H, W]``), its name (e.g. ``z=77``) and the patient directions at the image's
+    left, right, top and bottom edges (e.g. ``("R", "L", "A", "P")``; empty strings when unknown)."""
+
+    image: np.ndarray
+    ref: dict[str, np.ndarray]
+    pred: dict[str, np.ndarray]
+    name: str
+    marks: tuple[str, str, str, str] = ("", "", "", "")
+
+
+def plot_case_overlay(views: list[SliceView], title: str, path: str | Path) -> Path:
+    """One row per slice: the reference and the prediction as label maps in three colours (NCR, ED, ET; one colour
+    for a WT-only model), then one panel per region with agreement, false negatives and false positives; each
+    panel carries the patient's directions at its edges."""
+    regions = list(views[0].pred)
+    ncols = 2 + len(regions)
+    fig, grid = plt.subplots(len(views), ncols, figsize=(2.4 * ncols, 2.55 * len(views) + 0.5), squeeze=False,
+                             layout="constrained")
+    for axes, view in zip(grid, views):
+        _draw_row(axes, view, regions)
+    fig.suptitle(title, fontsize=10)
+    shown = {**(dict(LABEL_COLOURS) if len(regions) > 1 else {"tumour": LABEL_COLOURS["ED"]}),
+             "agree": ERROR_COLOURS["agree"], "missed (FN)": ERROR_COLOURS["missed"],
+             "false positive (FP)": ERROR_COLOURS["false_positive"]}
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in shown.values()], list(shown), loc="outside lower center",
+               ncol=len(shown), fontsize=7, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _draw_row(axes: np.ndarray, view: SliceView, regions: list[str]) -> None:
+    image = view.image
+    for ax, masks, name in ((axes[0], view.ref, f"{view.name}: reference"), (axes[1], view.pred, "prediction")):
         ax.imshow(image, cmap="gray")
         ax.imshow(_label_rgba(masks, image.shape), interpolation="nearest")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=8)
     for ax, region in zip(axes[2:], regions):
-        r, p = ref[region].astype(bool), pred[region].astype(bool)
+        r, p = view.ref[region].astype(bool), view.pred[region].astype(bool)
         rgba = np.zeros((*image.shape, 4), dtype=np.float32)
         for mask, colour in ((r & p, "agree"), (r & ~p, "missed"), (p & ~r, "false_positive")):
             rgba[mask] = (*ERROR_COLOURS[colour], 0.6)
         ax.imshow(image, cmap="gray")
         ax.imshow(rgba, interpolation="nearest")
-        ax.set_title(f"{region.upper()}: FN {int((r & ~p).sum())} / FP {int((p & ~r).sum())} px", fontsize=9)
+        ax.set_title(f"{region.upper()}: FN {int((r & ~p).sum())} / FP {int((p & ~r).sum())} px", fontsize=8)
     for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    shown = {**(dict(LABEL_COLOURS) if len(regions) > 1 else {"tumour": LABEL_COLOURS["ED"]}),
-             "agree": ERROR_COLOURS["agree"], "missed (FN)": ERROR_COLOURS["missed"],
-             "false positive (FP)": ERROR_COLOURS["false_positive"]}
-    fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in shown.values()], list(shown), loc="lower center",
-               ncol=len(shown), fontsize=7, frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return path
+        ax.set_xticks([])
+        ax.set_yticks([])
+        left, right, top, bottom = view.marks
+        for text, x, y, ha, va in ((left, 0.02, 0.5, "left", "center"), (right, 0.98, 0.5, "right", "center"),
+                                   (top, 0.5, 0.98, "center", "top"), (bottom, 0.5, 0.02, "center", "bottom")):
+            if text:
+                ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="white", fontsize=8,
+                        fontweight="bold")
 
 
 def _label_rgba(masks: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:

@@ -64,6 +64,7 @@ class Comparison:
     test_split: str | None
     rescored: bool
     challenger_dice: float | None = None
+    champion_cases: pd.DataFrame | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,8 @@ class Decision:
     test_split: str | None = None
     champion_rescored: bool = False
     metric: str = "wt_dice"
+    # the champion's per-case rows on those test patients, when it was re-scored (what the report compares)
+    champion_cases: pd.DataFrame | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 class Refusal(Exception):
@@ -96,7 +99,7 @@ def judge(dice: float, champion: dict | None, comparison: Comparison | None, par
                         metric=metric)
     c = comparison
     same = dict(champion_dice=c.champion_dice, champion_version=champion["version"], test_patients=c.test_patients,
-                test_split=c.test_split, champion_rescored=c.rescored, metric=metric)
+                test_split=c.test_split, champion_rescored=c.rescored, metric=metric, champion_cases=c.champion_cases)
     who = "test split" if c.test_patients is None else f"{c.test_patients} test patients"
     where = f" on the same {who} (split {str(c.test_split)[:12]}{', champion re-scored' if c.rescored else ''})"
     if dice < params.min_dice:
@@ -154,7 +157,7 @@ def compare(challenger: dict, champion: dict, base: BaseParams, metric: str) -> 
                               metric, regions)
         log.info("challenger v%s was scored by other evaluation code than this workspace's: re-scored, %s %.4f",
                  challenger["version"], name, own)
-    return Comparison(dice, int(tests["patient_id"].nunique()), workspace.digest, True, own)
+    return Comparison(dice, int(tests["patient_id"].nunique()), workspace.digest, True, own, frame)
 
 
 def _require_challengers_test_cases(challenger: dict, workspace: rescore.WorkspaceSplit, slices_dir: str) -> None:
@@ -258,6 +261,38 @@ def decide(challenger: dict, champion: dict | None, params: PromoteParams, base:
                         metric=metric)
     return judge(dice if comparison.challenger_dice is None else comparison.challenger_dice, champion, comparison,
                  params, name, metric)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """What the gate decides for ``challenger`` now, without moving an alias or writing a tag (the run report's
+    view): ``decision`` is None when the version already is the champion; ``champion_cases`` are the champion's
+    per-case rows on the challenger's test patients (re-scored, or as its run recorded them on the same split)."""
+
+    challenger: dict
+    champion: dict | None
+    decision: Decision | None
+    champion_cases: pd.DataFrame | None = None
+
+
+def preview(challenger: dict, params: PromoteParams, base: BaseParams) -> Preview:
+    """The gate for ``challenger`` (a dict from :func:`tracking.model_version`) against the current champion, as
+    :func:`promote` would decide it, with nothing recorded; a comparison that cannot be made is a decision to keep,
+    with the reason."""
+    champion = tracking.model_version(challenger["name"], alias="champion")
+    if champion is not None and champion["version"] == challenger["version"]:
+        return Preview(challenger, champion, None)
+    try:
+        decision = decide(challenger, champion, params, base)
+    except (DataError, UserError) as exc:
+        regions = gate.version_regions(challenger["tags"])
+        metric = gate.resolve(params.metric, regions)
+        decision = Decision(False, f"could not be decided here: {exc}", gate.from_tags(challenger["tags"], metric,
+                                                                                       regions), metric=metric)
+    cases = decision.champion_cases
+    if cases is None and champion is not None and decision.champion_dice is not None:
+        cases = tracking.run_table(champion["run_id"], "eval_cases.csv")  # recorded on the same test split
+    return Preview(challenger, champion, decision, cases)
 
 
 def promote(model_name: str, params: PromoteParams, version: str | None = None, force: bool = False,

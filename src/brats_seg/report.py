@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from pathlib import Path
 
@@ -27,13 +28,16 @@ table{border-collapse:collapse;background:#fff;width:100%;font-size:13px}
 th,td{border:1px solid #d6d9de;padding:4px 8px;text-align:left}th{background:#eceef2;cursor:pointer;user-select:none}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.one_empty td{background:#fff4e5}
 figure{display:inline-block;vertical-align:top;width:330px;margin:0 12px 12px 0;background:#fff;
-border:1px solid #d6d9de;padding:6px}figure img{display:block;width:100%}
+border:1px solid #d6d9de;padding:6px}figure img{display:block;width:100%}figure.wide{width:calc(100% - 14px)}
 figcaption{font-size:12px;color:#5b6472;margin-top:4px}
 img.curve{max-width:100%;background:#fff;border:1px solid #d6d9de}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;background:#fff;border:1px solid #d6d9de;
 padding:10px}
 dt{color:#5b6472}dd{margin:0;font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
 .note{color:#5b6472;font-size:12px}
+.warn{background:#fff4e5;border:1px solid #f0b35a;border-radius:6px;padding:8px 14px;margin:12px 0}
+.warn li{margin:2px 0}.verdict{font-size:16px;margin:6px 0}.verdict b{font-size:18px}
+details{background:#fff;border:1px solid #d6d9de;padding:6px 10px;margin-top:8px}
 """
 
 SORT_SCRIPT = """
@@ -65,7 +69,7 @@ def image_tag(path: str | Path, alt: str, css: str = "") -> str:
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
-        shown = "n/a" if math.isnan(value) else f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        shown = "n/a" if math.isnan(value) else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
         return f'<td class="num" data-v="{value}">{shown}</td>'
     if isinstance(value, int):
         return f'<td class="num" data-v="{value}">{value}</td>'
@@ -131,9 +135,11 @@ def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
                  "missed or spurious tumour": wt.get("cases_one_empty", 0),
                  "no tumour, none predicted": wt.get("cases_both_empty", 0)})
     top += f"<h3>Per region</h3>{table(region_table(summary).round(3))}"
+    volumes = ("ref_ml", "pred_ml") if "ref_ml" in cases.columns else ("ref_voxels", "pred_voxels")
     columns = [c for c in ("case_id", "region", "dice", "lesion_dice", "iou", "precision", "recall", "hd95",
-                           "lesion_hd95", "ref_voxels", "pred_voxels", "empty_rule") if c in cases.columns]
+                           "lesion_hd95", *volumes, "empty_rule") if c in cases.columns]
     shown = cases[columns].fillna({"empty_rule": ""}).sort_values(["region", "dice"]) if len(cases) else cases
+    shown = shown.rename(columns={"ref_ml": "tumour (ml)", "pred_ml": "predicted (ml)"})
     note = ('<p class="note">Per patient on its own grid (docs/design.md). Click a header to sort. Rows in orange: '
             "exactly one of prediction and reference is empty (HD95 = 373.13 mm by the BraTS rule).</p>")
     return f"<h2>Test metrics</h2>{top}{note}{table(shown, sortable=True, row_class='empty_rule')}"
@@ -142,12 +148,64 @@ def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
 def overlay_section(overlays_dir: str | Path) -> str:
     figures = []
     for name in ("best", "median", "worst"):
-        caption = (f"{name} case with tumour: reference and prediction as label maps (red: necrotic core, green: "
-                   f"oedema, yellow: enhancing), then each region's errors (teal: agree, magenta: missed, orange: "
-                   f"false positive)")
-        figures.append(f"<figure>{image_tag(Path(overlays_dir) / f'{name}.png', caption)}"
+        caption = (f"{name} case with tumour, three axial slices through it (radiological view: the patient's right "
+                   f"on the left, R/L/A/P at the edges): reference and prediction as label maps (red: necrotic core, "
+                   f"green: oedema, yellow: enhancing), then each region's errors (teal: agree, magenta: missed, "
+                   f"orange: false positive)")
+        figures.append(f"<figure class=\"wide\">{image_tag(Path(overlays_dir) / f'{name}.png', caption)}"
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     return "<h2>Overlays</h2>" + "".join(figures)
+
+
+def warnings_section(warnings: list[str]) -> str:
+    """What a reader must know before trusting any number below (synthetic data, few test patients, ...)."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return f'<div class="warn"><b>Read this first</b><ul>{items}</ul></div>'
+
+
+def split_section(cases: pd.DataFrame) -> str:
+    """Who is in which split: patients and cases per split, and every patient id (cases.parquet's rows)."""
+    if cases.empty:
+        return '<h2>Splits</h2><p class="note">(no cases.parquet: the slice stage has not run)</p>'
+    rows, lists = [], []
+    for split in ("train", "val", "test"):
+        part = cases[cases["split"] == split]
+        patients = sorted(part["patient_id"].unique())
+        rows.append({"split": split, "patients": len(patients), "cases": len(part)})
+        lists.append(f"<details><summary>{split}: {len(patients)} patient{'' if len(patients) == 1 else 's'}</summary>"
+                     f"<p class=\"note\">{html.escape(', '.join(patients)) or 'none'}</p></details>")
+    note = ('<p class="note">By a hash of each patient id and base.seed: adding or removing cases moves nobody '
+            "else (docs/design.md).</p>")
+    return f"<h2>Splits</h2>{note}{table(pd.DataFrame(rows))}{''.join(lists)}"
+
+
+def gate_section(gate: dict, comparison: pd.DataFrame) -> str:
+    """The promotion gate at report time: the decision, its numbers and reason, and champion versus challenger
+    on the same test patients (``comparison``: one row per patient and compared score). Both also go into the page
+    as JSON (``#gate-data``; raw text inside ``<script>``, so ``</`` is escaped), for scripts that read it."""
+    verdict = {"promote": f"the gate promotes v{gate['challenger']} to champion",
+               "keep": f"the gate keeps {'champion v' + str(gate['champion']) if gate['champion'] else 'no champion'}",
+               "champion": f"v{gate['challenger']} is the champion",
+               "unregistered": f"v{gate['challenger']} is not in the registry"}[gate["decision"]]
+    numbers = {f"v{gate['challenger']} (this run)": _number(gate.get("challenger_value"))}
+    if gate.get("champion"):
+        numbers[f"champion v{gate['champion']}"] = _number(gate.get("champion_value"))
+    numbers["test patients"] = gate.get("test_patients") or "?"
+    data = json.dumps({**gate, "patients": comparison.to_dict("records")}, sort_keys=True).replace("</", "<\\/")
+    body = (f'<p class="verdict">At report time ({html.escape(gate["at"])}), <b>{html.escape(verdict)}</b>, by '
+            f"{html.escape(gate['metric_name'])} (<code>promote.metric</code>: {html.escape(gate['metric'])}).</p>"
+            f"{cards(numbers)}<p>{html.escape(gate['reason'])}</p>"
+            f'<p class="note">`brats-seg promote` applies the gate (the demo and the scheduled flow run it after this '
+            f"report); `brats-seg audit` lists every decision it made.</p>")
+    if not comparison.empty:
+        body += f"<h3>Champion versus challenger, per test patient</h3>{table(comparison, sortable=True)}"
+    return (f'<h2>Promotion gate</h2>{body}<script type="application/json" id="gate-data">{data}</script>')
+
+
+def _number(value: object) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.4f}"
 
 
 def render_report(sections: dict[str, str], title: str, subtitle: str) -> str:

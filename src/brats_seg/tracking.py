@@ -396,6 +396,13 @@ def set_alias(name: str, alias: str, version: str) -> None:
     _client().set_registered_model_alias(name, alias, version)
 
 
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Tags on a finished run (e.g. the git commit that recorded its inputs after it ended)."""
+    client = _client()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
 def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
     client = _client()
     for key, value in tags.items():
@@ -461,6 +468,18 @@ def split_tables(run_id: str) -> pd.DataFrame | None:
                                                                    tracking_uri=tracking_uri()), dtype=str)
                   for p in sorted(set(paths))]
     return pd.concat(frames, ignore_index=True).reindex(columns=[*SPLIT_COLUMNS, IMAGE_COLUMN]).fillna("")
+
+
+def run_table(run_id: str, path: str) -> pd.DataFrame | None:
+    """A CSV artifact of a run (e.g. ``eval_cases.csv``) as a frame; None when the run holds no such file."""
+    _set_uri(tracking_uri())
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                                        tracking_uri=tracking_uri())
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return pd.read_csv(local)
 
 
 @contextlib.contextmanager

@@ -14,13 +14,21 @@ from brats_seg.overlays import write_overlays
 from brats_seg.provenance import eval_code_digest
 
 
+def headline(summary: dict) -> dict:
+    """The DVC metric of the stage: per region the per-patient mean Dice and lesion-wise Dice (what the gate
+    compares), a few columns in `dvc exp show`; eval.json keeps every statistic."""
+    return {region: {k: stats[f"{k}_mean"] for k in ("dice", "lesion_dice") if f"{k}_mean" in stats}
+            for region, stats in summary.items() if isinstance(stats, dict)}
+
+
 def evaluate_stage(params: EvaluateParams, base: BaseParams, split: str = "test") -> dict:
-    """Evaluate the trained model per patient; write eval.json, eval_cases.csv, eval_lesions.csv and the overlays;
-    log them to the model's MLflow run."""
+    """Evaluate the trained model per patient; write eval.json, eval_metrics.json, eval_cases.csv, eval_lesions.csv
+    and the overlays; log them to the model's MLflow run."""
     bundle = load_model(base.model, pick_device(params.device))
     frame, slice_level = evaluate_cases(bundle, base.slices_dir, base.raw_dir, split, lesion_config=params.lesionwise)
     summary = summarise_cases(frame, slice_level)
     write_json(base.eval_report, summary)
+    write_json(base.eval_metrics, headline(summary))
     for path, table in ((base.eval_cases, frame.drop(columns="official", errors="ignore")),
                         (base.eval_lesions, lesion_table(frame))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -198,16 +198,17 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
         best = next(h for h in result.history if h["epoch"] == result.best_epoch)
         # numbers only in the DVC metric (dvc exp show, dvc metrics diff); the run's identifiers beside it
         report = {"best_epoch": result.best_epoch, "best_val_dice": best["val_dice"], "epochs": len(result.history),
-                  "train_slices": len(train_set), "val_slices": len(val_set), "processes": ranks.world,
-                  "peak_rss_mb": round(peak / 2**20)}
-        identity = {"run_id": run.run_id, "device": result.device, "regions": list(result.regions),
+                  "train_slices": len(train_set), "val_slices": len(val_set), "processes": ranks.world}
+        # and facts of this machine, which differ from run to run (not a result to compare)
+        identity = {"run_id": run.run_id, "device": result.device, "peak_rss_mb": round(peak / 2**20),
+                    "regions": list(result.regions),
                     "split_digest": meta["split_digest"], "fingerprint": key,
                     "streamed": [name for name, split in (("train", train_set), ("val", val_set))
                                  if isinstance(split, ShardedSplit)]}
         write_json(base.train_report, report)
         write_json(base.train_run, identity)
         run.log_metrics({"best_val_dice": best["val_dice"], "best_epoch": result.best_epoch,
-                         "peak_rss_mb": report["peak_rss_mb"]})
+                         "peak_rss_mb": identity["peak_rss_mb"]})
         run.log_dict(dataclasses.asdict(result.model.config), "model_config.json")
         run.log_artifact(png)
         run.log_artifact(base.train_curve)
