@@ -131,6 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["set"])
     p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("copy-store", help="copy every experiment, run (params, metric histories, tags, inputs, "
+                       "artifacts) and registered model (versions under the same numbers, aliases) of one MLflow store "
+                       "into another, e.g. the local store into the team's server; run again, it copies only what is "
+                       "missing")
+    p.add_argument("--from", dest="source", default="sqlite:///mlflow/mlflow.db", metavar="URI",
+                   help="the store to copy (default: this project's local store, sqlite:///mlflow/mlflow.db)")
+    p.add_argument("--to", dest="destination", default=None, metavar="URI",
+                   help="the store to copy into (default: MLFLOW_TRACKING_URI)")
     return parser
 
 
@@ -196,6 +204,11 @@ def _run(args: argparse.Namespace) -> int:
 
         for key, value in set_params(args.params, args.assignments).items():
             sys.stdout.write(f"{key} = {value}\n")
+    elif args.command == "copy-store":
+        from brats_seg.copy_store import copy_store, describe
+
+        counts = copy_store(args.source, args.destination)
+        sys.stdout.write(describe(counts, args.source, args.destination) + "\n")
     return 0
 
 

@@ -196,7 +196,7 @@ def start_run(experiment: str, run_id: str | None = None, run_name: str | None =
     """
     close_orphaned_runs(experiment)
     if run_id is not None:
-        _require_run(run_id)
+        run_id = _require_run(run_id).info.run_id  # a run copied from another store goes on in its copy
     with mlflow.start_run(run_id=run_id, run_name=run_name) as active:
         mlflow.set_tags({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
         yield Run(active.info.run_id)
@@ -228,17 +228,30 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+# `brats-seg copy-store` (brats_seg.copy_store) tags every run it copies into another store with the run's id in the
+# store it came from: a run id written before the move (reports/train_run.json, registered.json) finds its copy.
+COPIED_FROM_TAG = "brats_seg.copied_from_run"
+
+
 def _require_run(run_id: str) -> mlflow.entities.Run:
-    """The run ``run_id`` of the store in force; a UserError sentence with the fix when the store does not hold it
-    (the model was trained against another store: a local one, before a team server was set up)."""
+    """The run ``run_id`` of the store in force, or the one copied from it (``COPIED_FROM_TAG``) when it was moved
+    here from another store; a UserError sentence with the fix when the store holds neither (the model was trained
+    against another store: a local one, before a team server was set up)."""
     from brats_seg.errors import UserError
 
     _set_uri(tracking_uri())
+    client = mlflow.MlflowClient(tracking_uri())
     try:
-        return mlflow.MlflowClient(tracking_uri()).get_run(run_id)
+        return client.get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    copies = client.search_runs(experiments, f"tags.`{COPIED_FROM_TAG}` = '{run_id}'", max_results=2) \
+        if experiments and run_id.isalnum() else []
+    if len(copies) == 1:
+        log.info("run %s is run %s here (copied from another store)", run_id, copies[0].info.run_id)
+        return copies[0]
     raise UserError(f"the tracking store at {shown_uri()} has no run {run_id}: the model was trained against another "
                     f"store; train it again against this one (dvc repro -f train), or set MLFLOW_TRACKING_URI to the "
                     f"store that holds the run.")
@@ -300,6 +313,7 @@ def register_model(run_id: str, graph: bytes, model_file: str | Path, name: str,
     A version of this run left unfinished by a killed registration (digests recorded, no alias yet) is adopted
     when it holds this very model file, instead of registering the model twice."""
     client = _client()
+    run_id = _require_run(run_id).info.run_id  # the copy of a run that came from another store (copy-store)
     adopted = _adopt_unfinished(client, name, run_id, file_sha256(model_file))
     if adopted is None:
         model_uri = _log_onnx(run_id, graph, model_file, input_example, output_example, metadata)
