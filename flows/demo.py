@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 from prefect import flow
 
+from brats_seg import tracking
 from brats_seg.config import BaseParams, load_section, read_params
 from brats_seg.data.layouts import discover_cases
 from brats_seg.errors import exit_on_user_error
@@ -101,7 +102,9 @@ def main() -> None:
     model = result.get("model", {})
     result["commit"] = record_run(".", f"demo: pipeline run on the synthetic cohort, {model.get('name')} "
                                        f"v{model.get('version')}")
-    print(pipeline_summary())  # noqa: T201
+    if result["commit"] and model.get("run_id"):  # the model's lineage names the commit that holds its inputs
+        tracking.set_run_tags(model["run_id"], {"git_recorded_commit": result["commit"]})
+    print(pipeline_summary(per_case=False))  # noqa: T201
     print(report(result))  # noqa: T201
 
 

@@ -83,6 +83,20 @@ def is_not_a_user_error(task: object, task_run: object, state: object) -> bool:
     return True
 
 
+class OneLinePerRecord(logging.Filter):
+    """Prefect's notice that it starts a temporary server is two lines under one timestamp, the second a link to
+    its documentation: keep the first (one timestamp per line; the README says how to run a server)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Starting temporary server") and "\n" in record.msg:
+            record.msg = record.msg.split("\n", 1)[0]
+        return True
+
+
+_PREFECT_LOGGER = logging.getLogger("prefect")  # the temporary server's notice is logged on it directly
+if not any(isinstance(f, OneLinePerRecord) for f in _PREFECT_LOGGER.filters):
+    _PREFECT_LOGGER.addFilter(OneLinePerRecord())
+
 _TASK_LOGGER = logging.getLogger("prefect.task_runs")
 if not any(isinstance(f, UserErrorsWithoutTraceback) for f in _TASK_LOGGER.filters):
     _TASK_LOGGER.addFilter(UserErrorsWithoutTraceback())

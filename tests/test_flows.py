@@ -209,6 +209,9 @@ def test_a_temporary_server_that_starts_too_slowly_is_one_sentence(tmp_path):
                       "command again, raise server.ephemeral.startup_timeout_seconds in prefect.toml, or start a "
                       "server once (prefect server start) and set PREFECT_API_URL=http://127.0.0.1:4200/api."]
     assert "Traceback" not in proc.stderr and not (repo / "data" / "raw").exists()
+    # Prefect's notice of its temporary server is one line with one timestamp, without a second untimed line
+    output = proc.stdout + proc.stderr
+    assert "Starting temporary server on http://127.0.0.1:" in output and "See https://www.prefect.io" not in output
 
 
 def test_prefect_reads_the_projects_settings_from_its_folder(tmp_path):

@@ -7,6 +7,7 @@ must be listed in EXEMPT with the reason; a new README command that is neither r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -63,8 +64,10 @@ def readme_commands(text: str) -> list[str]:
     return bash_commands(text)
 
 
-def _shell(command: str, repo: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def _shell(command: str, repo: Path, timeout: float = 600, columns: int | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI", "PYTHONPATH")}
+    if columns:
+        env["COLUMNS"] = str(columns)
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
     env["PYTHONPATH"] = str(repo / "src")  # the copy's own code (the venv's editable install is the checkout's)
     return subprocess.run(["bash", "-c", f"source .venv/bin/activate && {command}"], cwd=repo, env=env,
@@ -127,6 +130,12 @@ def test_the_readme_commands_work_as_written(tmp_path):
     assert "recorded as commit" in demo.stdout
     assert run_cmd(["git", "branch", "--show-current"], repo).stdout.strip() == "brats-seg-demo"
     assert run_cmd(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
+    # the model's run names the commit that holds its params.yaml and dvc.lock (lineage complete from a dirty tree)
+    from mlflow import MlflowClient
+
+    run_id = json.loads((repo / "reports" / "registered.json").read_text())["run_id"]
+    tags = MlflowClient(f"sqlite:///{repo}/mlflow/mlflow.db").get_run(run_id).data.tags
+    assert tags["git_recorded_commit"] == run_cmd(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert not _patient_data_staged_on_main(repo)
 
 
@@ -136,12 +145,17 @@ def test_the_readme_commands_work_as_written(tmp_path):
         if command in LONG_RUNNING:
             assert "<" in _serve_briefly(command, LONG_RUNNING[command], repo)  # an HTML page answered
             continue
-        proc = _shell(command, repo)
+        proc = _shell(command, repo, columns=1000 if command.startswith("dvc exp show") else None)
         out = proc.stdout + proc.stderr
         allowed = {0, 1} if command in MAY_EXIT_1 else {0}
         assert proc.returncode in allowed, f"`{command}` exited {proc.returncode}:\n{out[-3000:]}"
         for bad in ("Traceback", "No module named", "command not found"):
             assert bad not in out, f"`{command}` printed {bad!r}:\n{out[-3000:]}"
+        if command.startswith("dvc exp show --only-changed"):  # on a terminal 1000 wide: the table's own width
+            widest = max(len(line) for line in proc.stdout.splitlines())
+            assert "brats-seg-demo" in proc.stdout and "train.lr" in proc.stdout, proc.stdout  # both rows, the change
+            assert ".json" not in proc.stdout and "Created" not in proc.stdout, proc.stdout  # no file hashes, no time
+            assert widest <= 160, f"`{command}` is {widest} columns wide:\n{proc.stdout}"
         if command == "dvc metrics diff":  # the demo commit against the experiment: numbers on both sides
             rows = [line for line in proc.stdout.splitlines() if len(re.findall(r"\d\.\d+", line)) >= 2]
             assert "HEAD" in proc.stdout and "workspace" in proc.stdout and rows, proc.stdout

@@ -36,6 +36,7 @@ def lineage(uri: str) -> dict:
         "run": {"id": version["run_id"], "status": run["status"]},
         "code": {"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty"),
                  "dvc_experiment": tags.get("dvc_exp_name"), "dvc_baseline": tags.get("dvc_exp_baseline"),
+                 "recorded_commit": tags.get("git_recorded_commit"),
                  "inputs": tags.get("inputs_logged"),
                  "code_digest": tags.get("code_digest"), "files": json.loads(tags.get("code_files") or "{}")},
         "params": run["params"],
@@ -118,6 +119,8 @@ def format_chain(chain: dict, head: dict | None = None) -> str:
         f"{', '.join(chain['model']['aliases']) or 'none'})",
         f"run      {chain['run']['id']} ({chain['run']['status']})",
         f"commit   {code['git_commit']} (dirty: {code['git_dirty']}; {same})",
+        *([f"recorded {code['recorded_commit']} (the commit that holds the params.yaml and dvc.lock of this run)"]
+          if code.get("recorded_commit") else []),
         *([f"dvc exp  {code['dvc_experiment'] or '(unnamed)'} from {code['dvc_baseline']}"]
           if code.get("dvc_baseline") else []),
         *([f"inputs   params.yaml and dvc.lock as training began (whatever git holds): run artifacts "
