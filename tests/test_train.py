@@ -221,3 +221,50 @@ def test_validation_loss_uses_the_training_loss_terms(slices):
     assert plain["val_loss"] == pytest.approx(float(segmentation_loss(logits, target)), rel=1e-5)
     assert with_bce["val_loss"] == pytest.approx(float(segmentation_loss(logits, target, 0.5)), rel=1e-5)
     assert with_bce["val_loss"] > plain["val_loss"]
+
+
+def test_the_learning_rate_schedules_by_hand():
+    from brats_seg.train import lr_at
+
+    params = dataclasses.replace(PARAMS, epochs=4, lr=1e-3)
+    assert [lr_at(params, e) for e in range(4)] == [1e-3] * 4  # constant: the seed's Adam 1e-4 style
+    cosine = [lr_at(dataclasses.replace(params, schedule="cosine"), e) for e in range(4)]
+    assert cosine == pytest.approx([1e-3, 1e-3 * (1 + 2 ** -0.5) / 2, 0.5e-3, 1e-3 * (1 - 2 ** -0.5) / 2])
+    poly = [lr_at(dataclasses.replace(params, schedule="poly"), e) for e in range(4)]
+    assert poly == pytest.approx([1e-3 * (1 - e / 4) ** 0.9 for e in range(4)])
+    assert poly[-1] > 0 and cosine[-1] > 0  # the last epoch still learns
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_second(epoch: int, metrics: dict) -> None:
+    if epoch == 2:
+        raise _Stop
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "poly"])
+def test_a_decaying_schedule_is_what_the_optimiser_steps_with_and_resumes_exactly(slices, tmp_path, schedule):
+    from brats_seg.train import lr_at
+
+    params = dataclasses.replace(PARAMS, epochs=3, schedule=schedule)
+    straight = _train(slices, params, tmp_path / "straight.pt")
+    constant = _train(slices, dataclasses.replace(params, schedule="constant"), tmp_path / "constant.pt")
+    weights = list(straight.model.state_dict().values())
+    assert any(not torch.equal(a, b) for a, b in zip(weights, constant.model.state_dict().values()))
+    # stopped after epoch 2: the checkpoint's optimiser ran epoch 2 at lr_at(1), below lr; the resumed run ends
+    # where the straight one did, weight for weight
+    ckpt = tmp_path / "stopped.pt"
+    with pytest.raises(_Stop):
+        train_model(params, load_split(slices, "train"), load_split(slices, "val"), seed=0, checkpoint=ckpt,
+                    slice_channels=4, on_epoch=_stop_after_second)
+    saved = load_checkpoint(ckpt)
+    assert saved["epoch"] == 2 and saved["optimiser"]["param_groups"][0]["lr"] == pytest.approx(lr_at(params, 1))
+    assert lr_at(params, 1) < params.lr
+    resumed = _train(slices, params, ckpt)
+    assert resumed.history == straight.history
+    for a, b in zip(resumed.model.state_dict().values(), weights):
+        assert torch.equal(a, b)
+    splits = [load_split(slices, s) for s in ("train", "val")]
+    assert _key(*splits, params=params) != _key(*splits, params=dataclasses.replace(params, schedule="constant"))

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +55,7 @@ class TrainParams:
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-4
+    schedule: Literal["constant", "cosine", "poly"] = "constant"  # the learning rate over the epochs (lr_at)
     bce_weight: float = 0.0
     target: Literal["wt", "regions"] = "regions"
     base: int = 32
@@ -88,6 +90,18 @@ class TrainParams:
             require_at_least("train.memory_gb", self.memory_gb, 0)
         require("train.base", self.base, self.norm != "group" or self.base in (1, 2, 4) or self.base % 8 == 0,
                 "1, 2, 4 or a multiple of 8 when train.norm is 'group' (GroupNorm splits channels into 8 groups)")
+
+
+def lr_at(params: TrainParams, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based): ``lr`` throughout (constant), or decayed from ``lr`` at the
+    first epoch towards 0 after the last, by half a cosine (cosine) or nnU-Net's polynomial ``(1 - e / E) ** 0.9``
+    (poly). A function of the epoch alone, so a resumed run goes on exactly where it stopped."""
+    progress = epoch / params.epochs
+    if params.schedule == "cosine":
+        return params.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if params.schedule == "poly":
+        return params.lr * (1.0 - progress) ** 0.9
+    return params.lr
 
 
 # The code that shapes a trained model: this module's import closure inside the project.
@@ -180,6 +194,9 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
     train_data = DeviceData(train_set, regions, device) if isinstance(train_set, SliceSet) else \
         StreamData(train_set, regions, device)
     for epoch in range(state["epoch"], params.epochs):
+        if params.schedule != "constant":  # constant: the optimiser as built (the seed's training, byte for byte)
+            for group in optimiser.param_groups:
+                group["lr"] = lr_at(params, epoch)
         train_loss = _train_epoch(step, train_data, params, generator, epoch, ranks)
         if ranks.main:
             metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.bce_weight, params.amp)}
