@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                    "training data came in)")
     p.add_argument("--wt-mask", action="store_true", help="also write the binary whole-tumour mask "
                    "<case>_mask.nii.gz (a WT-only model writes only that)")
+    p.add_argument("--tta", choices=["model", "on", "off"], default="model",
+                   help="test-time mirroring: as the model was evaluated (its evaluate.tta, the default), or on / off "
+                   "(4 passes averaged over flips; written in each mask's sidecar)")
     p = sub.add_parser("promote", help="promote the challenger to champion when it is better")
     p.add_argument("--model", default=None, help="registered model name (default: register.model_name)")
     p.add_argument("--version", default=None, help="version to consider (default: the challenger alias)")
@@ -159,7 +162,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "predict":
         from brats_seg.predict import describe_case, predict_dirs
 
-        for r in predict_dirs(args.cases, args.model, args.out, args.device, args.labels, args.wt_mask):
+        tta = {"model": None, "on": True, "off": False}[args.tta]
+        for r in predict_dirs(args.cases, args.model, args.out, args.device, args.labels, args.wt_mask, tta):
             sys.stdout.write(describe_case(r) + "\n")
     elif args.command == "promote":
         from brats_seg.promotion import PromoteParams, promote

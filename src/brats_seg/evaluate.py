@@ -51,6 +51,9 @@ class EvaluateParams:
 
     device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")  # where it runs
     lesionwise: str = "gli"  # the official BraTS configuration of the lesion-wise metrics
+    # test-time mirroring: chosen when the model is trained (post-processing is chosen with it) and stored in the
+    # model file, so that evaluate, the promotion's re-score, predict and the registered ONNX graph all use it
+    tta: bool = False
 
     def __post_init__(self) -> None:
         from brats_seg.config import require

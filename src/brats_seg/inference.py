@@ -31,6 +31,7 @@ class ModelBundle:
     fingerprint: str = ""  # the training fingerprint: settings, data and code that made the weights
     cohort: dict = dataclasses.field(default_factory=dict)  # source kind, train/val cases and patients
     postprocess: PostProcess = NONE  # chosen on the validation split by the train stage (none in older files)
+    tta: bool = False  # test-time mirroring (evaluate.tta when it was trained): probabilities averaged over flips
 
 
 def pick_device(requested: str) -> torch.device:
@@ -90,7 +91,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
     model.to(device, memory_format=torch.channels_last).eval()
     cohort = data.get("cohort") if isinstance(data.get("cohort"), dict) else {}
     return ModelBundle(model, tuple(data["regions"]), dict(data["slice"]), float(data.get("threshold", 0.5)),
-                       str(path), str(data.get("fingerprint", "")), cohort, _postprocess(data))
+                       str(path), str(data.get("fingerprint", "")), cohort, _postprocess(data),
+                       bool(data.get("tta", False)))
 
 
 def _postprocess(data: dict) -> PostProcess:
@@ -119,6 +121,8 @@ def field_problem(data: dict, config: UNetConfig) -> str | None:
         return f"invalid modalities {modalities!r} (distinct names, one per input channel: {config.in_channels})"
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
         return f"an invalid threshold {threshold!r} (a number between 0 and 1)"
+    if not isinstance(data.get("tta", False), bool):
+        return f"an invalid test-time mirroring setting {data['tta']!r} (true or false)"
     return _cohort_problem(data.get("cohort", {})) or _postprocess_problem(data.get("postprocess"), regions)
 
 
@@ -153,6 +157,23 @@ def _is_int(value: object) -> bool:
 # Slices per forward pass: big batches keep a GPU busy; on CPUs small ones stay in cache (measured with
 # benchmarks/predict_throughput.py: 128 x 128 slices, base 32, 2 cores: 8 per batch 2.5x faster than 256).
 GPU_BATCH, CPU_BATCH = 256, 8
+
+
+# The flips test-time mirroring averages over: the mirrorings the training augmentation draws (each axis, both),
+# nnU-Net's default for 2D models. Their own inverses, so a prediction is flipped back by the same dims.
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def predict_mirrored(model: torch.nn.Module, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Sigmoid probabilities float32 ``[N, R, H, W]`` averaged over :data:`MIRRORS`: each flipped input's
+    prediction flipped back, then the mean (test-time mirroring; four forward passes)."""
+    total = None
+    for dims in MIRRORS:
+        flipped = np.ascontiguousarray(np.flip(images, dims)) if dims else images
+        p = predict_slices(model, flipped, batch_size).float().cpu().numpy()
+        p = np.flip(p, dims) if dims else p
+        total = p.astype(np.float32) if total is None else total + p
+    return total / np.float32(len(MIRRORS))
 
 
 @torch.no_grad()

@@ -146,7 +146,7 @@ def provenance(bundle: ModelBundle) -> dict:
     """What made a mask, for its JSON sidecar: the model, its fingerprint (training settings, data and code), what
     it learnt from, the threshold, the date and brats-seg's version."""
     return {"model": bundle.origin, "fingerprint": bundle.fingerprint, "cohort": bundle.cohort,
-            "threshold": bundle.threshold, "postprocess": bundle.postprocess.to_dict(),
+            "threshold": bundle.threshold, "postprocess": bundle.postprocess.to_dict(), "tta": bundle.tta,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "brats_seg_version": __version__, "warning": cohort_warning(bundle)}
 
@@ -193,8 +193,10 @@ def read_modality(case: CaseSource, modality: str) -> np.ndarray:
 
 
 def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir: str | Path = "predictions",
-                 device: str = "auto", labels: str | None = None, wt_mask: bool = False) -> list[dict]:
-    """Predict every case found in ``case_dirs`` (each may hold one case or many).
+                 device: str = "auto", labels: str | None = None, wt_mask: bool = False,
+                 tta: bool | None = None) -> list[dict]:
+    """Predict every case found in ``case_dirs`` (each may hold one case or many), with the model's test-time
+    mirroring unless ``tta`` overrides it (written in each mask's sidecar either way).
 
     Every case is checked (:func:`check_case`) before the first mask is written.
     """
@@ -205,6 +207,8 @@ def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir:
         raise UserError(f"--out {out_dir} is a file; pass a folder for the masks.")
     cases = [c for d in case_dirs for c in discover_cases(d)]  # before the model: a wrong folder fails fast
     bundle = resolve_model(model, device)
+    if tta is not None:
+        bundle = dataclasses.replace(bundle, tta=tta)
     for case in cases:
         check_case(case, tuple(bundle.slice_params["modalities"]))
     with torch.inference_mode():

@@ -27,21 +27,34 @@ OPSET = 17
 
 
 class _Probabilities(nn.Module):
-    """The network with its sigmoid: what an application thresholds."""
+    """The network with its sigmoid: what an application thresholds; with ``mirrors``, the mean of the
+    probabilities of each flipped input flipped back (test-time mirroring, in the graph itself)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, mirrors: tuple[tuple[int, ...], ...] = ((),)) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.mirrors = net, mirrors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+        total = None
+        for dims in self.mirrors:
+            p = torch.sigmoid(self.net(torch.flip(x, dims))).flip(dims) if dims else torch.sigmoid(self.net(x))
+            total = p if total is None else total + p
+        return total / len(self.mirrors)
 
 
-def export_onnx(net: nn.Module, example: np.ndarray) -> bytes:
-    """The serialised ONNX graph of ``net`` in eval mode with a sigmoid on its logits, for inputs shaped like
-    ``example`` float32 ``[N, C, H, W]`` with any N. ``net`` is left in the mode it was in."""
+def probability_module(net: nn.Module, tta: bool = False) -> nn.Module:
+    """``net`` with its sigmoid, averaged over the mirrorings with ``tta``, in eval mode: what the graph computes."""
+    from brats_seg.inference import MIRRORS
+
+    return _Probabilities(net, MIRRORS if tta else ((),)).eval()
+
+
+def export_onnx(net: nn.Module, example: np.ndarray, tta: bool = False) -> bytes:
+    """The serialised ONNX graph of ``net`` in eval mode with a sigmoid on its logits (averaged over the
+    mirrorings of :data:`brats_seg.inference.MIRRORS` with ``tta``), for inputs shaped like ``example`` float32
+    ``[N, C, H, W]`` with any N. ``net`` is left in the mode it was in."""
     was_training = net.training
-    wrapped = _Probabilities(net).eval()
+    wrapped = probability_module(net, tta)
     buffer = io.BytesIO()
     # the TorchScript-based exporter: the U-Net's ops map one to one, and it needs no onnxscript
     with warnings.catch_warnings(), torch.no_grad():

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from brats_seg.data.preprocess import CaseGeometry, restore_volume
-from brats_seg.inference import ModelBundle, predict_slices
+from brats_seg.inference import ModelBundle, predict_mirrored, predict_slices
 from brats_seg.postprocess import NONE, apply
 
 
@@ -34,8 +34,19 @@ def restore_masks(bundle: ModelBundle, probabilities: np.ndarray, z: np.ndarray,
     return apply(raw, spacing, bundle.postprocess if postprocess else NONE)
 
 
+def slice_probabilities(bundle: ModelBundle, images: np.ndarray, batch_size: int | None = None,
+                        tta: bool | None = None) -> np.ndarray:
+    """Probabilities float32 ``[N, R, S, S]`` of preprocessed slices: one pass, or averaged over the mirrorings
+    when the model says so (``bundle.tta``; ``tta`` overrides it)."""
+    if bundle.tta if tta is None else tta:
+        return predict_mirrored(bundle.model, images, batch_size)
+    return predict_slices(bundle.model, images, batch_size).float().cpu().numpy()
+
+
 def segment_case(bundle: ModelBundle, images: np.ndarray, z: np.ndarray, geometry: CaseGeometry,
-                 spacing: tuple[float, ...], batch_size: int | None = None, postprocess: bool = True) -> Segmentation:
-    """Segment one case's preprocessed slices ``images`` ``[N, C, S, S]`` (at axial positions ``z``)."""
-    probabilities = predict_slices(bundle.model, images, batch_size).float().cpu().numpy()
+                 spacing: tuple[float, ...], batch_size: int | None = None, postprocess: bool = True,
+                 tta: bool | None = None) -> Segmentation:
+    """Segment one case's preprocessed slices ``images`` ``[N, C, S, S]`` (at axial positions ``z``), with the
+    model's test-time mirroring unless ``tta`` overrides it."""
+    probabilities = slice_probabilities(bundle, images, batch_size, tta)
     return Segmentation(probabilities, restore_masks(bundle, probabilities, z, geometry, spacing, postprocess))

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import torch
 
 from brats_seg import gate, registered_model, tracking
 from brats_seg.config import BaseParams
@@ -41,7 +42,8 @@ class RegisterParams:
 # What an application needs to know to feed the registered model and read its output (the model's metadata).
 MODEL_CONTRACT = {
     "input": "float32 [N, C, H, W]: preprocessed axial slices, C channels in the order of slice.modalities",
-    "output": "float32 [N, R, H, W]: sigmoid probabilities, R channels in the order of regions; "
+    "output": "float32 [N, R, H, W]: sigmoid probabilities, R channels in the order of regions (with tta: true, "
+              "the graph itself averages them over the input flipped along W, H and both, flipped back); "
               "mask = probability > threshold of its region, mapped back to the case's grid; the ONNX graph's input "
               "is 'slices', its output 'probabilities'",
     "postprocessing": "per case, on its own grid: per region, drop connected components (26-connectivity) under "
@@ -61,7 +63,7 @@ def model_metadata(bundle: ModelBundle) -> dict:
     preprocessing, threshold per region, the post-processing chosen on validation, and its contract."""
     return {"regions": list(bundle.regions), "label_convention": bundle.cohort.get("label_convention", "brats2020"),
             "slice": bundle.slice_params, "threshold": {r: bundle.threshold for r in bundle.regions},
-            "postprocess": bundle.postprocess.to_dict(), **MODEL_CONTRACT}
+            "postprocess": bundle.postprocess.to_dict(), "tta": bundle.tta, **MODEL_CONTRACT}
 
 
 def synthetic_example(slice_params: dict, batch: int = 2) -> np.ndarray:
@@ -79,7 +81,11 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
     evaluation = read_json(base.eval_report)
     run = tracking.get_run(train["run_id"])
     example = synthetic_example(bundle.slice_params)
-    output = predict_slices(bundle.model, example, amp=False, sigmoid=False).sigmoid().numpy()
+    if bundle.tta:  # the graph averages over the mirrorings: so does its output example
+        with torch.no_grad():
+            output = registered_model.probability_module(bundle.model, True)(torch.as_tensor(example)).numpy()
+    else:
+        output = predict_slices(bundle.model, example, amp=False, sigmoid=False).sigmoid().numpy()
     tags = {key: run["tags"][key] for key in ("git_commit", "git_dirty", "dvc_raw_md5", "dvc_slices_md5",
                                               "split_digest", "slice_index_digest", "test_content_digest",
                                               "eval_code_digest", "lesionwise_config") if key in run["tags"]}
@@ -89,8 +95,9 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
                 if f"{kind}_mean" in stats:
                     tags[gate.tag(region, kind)] = f"{stats[f'{kind}_mean']:.6f}"
             tags[f"test_{region}_hd95_median"] = f"{stats['hd95_median']}"
-    tags.update(run_id=train["run_id"], regions=",".join(bundle.regions), postprocess=bundle.postprocess.describe())
-    graph = registered_model.export_onnx(bundle.model, example)
+    tags.update(run_id=train["run_id"], regions=",".join(bundle.regions), postprocess=bundle.postprocess.describe(),
+                tta=str(bundle.tta).lower())
+    graph = registered_model.export_onnx(bundle.model, example, bundle.tta)
     record = tracking.register_model(train["run_id"], graph, base.model, params.model_name, example, output,
                                      model_metadata(bundle), tags, params.alias)
     record["test_wt_dice_mean"] = evaluation.get("wt", {}).get("dice_mean")

@@ -187,10 +187,10 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
         peak = ranks.max(peak_rss())
         cohort = training_cohort(meta)
         chosen = postprocessing(params, base, evaluate, ModelBundle(result.model, result.regions, meta["params"],
-                                                                    cohort=cohort), run)
+                                                                    cohort=cohort, tta=evaluate.tta), run)
         save_model(base.model, result.model, result.regions, meta["params"],
                    extra={"split_digest": meta["split_digest"], "fingerprint": key, "cohort": cohort,
-                          "postprocess": chosen})
+                          "postprocess": chosen, "tta": evaluate.tta})
         curve = pd.DataFrame(result.history)
         Path(base.train_curve).parent.mkdir(parents=True, exist_ok=True)
         curve.to_csv(base.train_curve, index=False)
