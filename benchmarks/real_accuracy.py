@@ -10,6 +10,7 @@ command and the time of each fold. Not a CI test: minutes per fold on 2 CPU core
 
     python benchmarks/real_accuracy.py                          # 4 folds, 96 px, base 16, depth 3, 20 epochs, CPU
     python benchmarks/real_accuracy.py --folds 6 --epochs 40 --size 128 --base 32 --depth 4 --json out.json
+    python benchmarks/real_accuracy.py --set train.schedule=cosine --set evaluate.tta=true   # levers of issue 19
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def fold_params(args: argparse.Namespace, cases_dir: Path, seed: int, fold: int)
     params["slice"].update(size=args.size, folds=args.folds, fold=fold)
     params["train"].update(epochs=args.epochs, base=args.base, depth=args.depth, batch_size=args.batch, lr=args.lr,
                            device=args.device, threads=args.threads)
+    for assignment in args.set:  # a lever for every fold, e.g. train.schedule=cosine
+        key, _, value = assignment.partition("=")
+        *sections, leaf = key.split(".")
+        node = params
+        for name in sections:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
     return params
 
 
@@ -85,10 +93,11 @@ def run_fold(repo: Path, params: dict, env: dict) -> tuple[pd.DataFrame, float]:
 
 
 def per_patient(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per test patient: fold, and per region Dice, lesion-wise Dice and HD95."""
-    wide = rows.pivot_table(index=["case_id", "fold"], columns="region", values=["dice", "lesion_dice", "hd95"])
+    """One row per test patient: fold, and per region Dice, lesion-wise Dice, HD95, precision and recall."""
+    metrics = ["dice", "lesion_dice", "hd95", "precision", "recall"]
+    wide = rows.pivot_table(index=["case_id", "fold"], columns="region", values=metrics)
     wide.columns = [f"{region.upper()} {metric}" for metric, region in wide.columns]
-    order = [f"{r} {m}" for r in ("WT", "TC", "ET") for m in ("dice", "lesion_dice", "hd95")]
+    order = [f"{r} {m}" for r in ("WT", "TC", "ET") for m in metrics]
     return wide[[c for c in order if c in wide.columns]].reset_index()
 
 
@@ -105,6 +114,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="train.threads (0: torch's default)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the per-patient rows and the means here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params.yaml value for every fold (repeatable), e.g. --set train.schedule=cosine "
+                        "--set evaluate.tta=true: one lever per row of the accuracy table")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="brats-real-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -127,10 +139,11 @@ def main() -> None:
     means = table.drop(columns=["case_id", "fold"]).mean()
     print(f"\n{len(cases)} real patients, {args.folds}-fold cross-validation (base.seed {seed}), "
           f"{args.size} px slices, U-Net base {args.base} depth {args.depth}, {args.epochs} epochs, lr {args.lr}, "
-          f"regions WT/TC/ET, post-processing chosen per fold on its validation patients; "
+          f"regions WT/TC/ET, post-processing chosen per fold on its validation patients"
+          f"{'; ' + ', '.join(args.set) if args.set else ''}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print("command: python benchmarks/real_accuracy.py " + " ".join(sys.argv[1:]))
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
         print("\nmean over patients:\n" + means.to_string())
     print(f"time: {sum(times):.0f} s ({', '.join(f'{t:.0f}' for t in times)} s per fold)")
