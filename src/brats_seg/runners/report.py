@@ -80,8 +80,8 @@ def comparison_table(seen: Preview | None, own: pd.DataFrame, metric: str) -> pd
     out = pd.DataFrame({"case_id": sorted(set(own["case_id"]))})
     for region, kind in gate.parts(metric, gate.version_regions(seen.challenger["tags"])):
         name = f"{region.upper()} {gate.KINDS[kind]}"
-        mine = own[own["region"] == region].set_index("case_id")[kind]
-        other = theirs[theirs["region"] == region].set_index("case_id")[kind]
+        mine, other = (frame[frame["region"] == region].set_index("case_id")[kind] if kind in frame
+                       else pd.Series(dtype=float) for frame in (own, theirs))  # an older run's table may lack it
         out[f"{name} v{challenger}"] = out["case_id"].map(mine)
         out[f"{name} v{champion}"] = out["case_id"].map(other)
         out[f"{name} difference"] = out[f"{name} v{challenger}"] - out[f"{name} v{champion}"]
