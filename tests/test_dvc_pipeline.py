@@ -66,6 +66,11 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
     assert report["n_cases"] >= 1 and 0.0 <= report["wt"]["dice_mean"] <= 1.0
     cases = pd.read_csv(repo / "reports" / "eval_cases.csv")
     assert set(cases.columns) >= {"case_id", "dice", "iou", "precision", "recall", "hd95"}
+    # dvc plots draws one bar per row it labels: one label per case and region, so no region's Dice is stacked
+    assert cases["case_region"].is_unique and len(cases) == report["n_cases"] * 3
+    assert (cases["case_region"] == cases["case_id"] + " " + cases["region"].str.upper()).all()
+    metrics = json.loads((repo / "reports" / "eval_metrics.json").read_text())  # the headline DVC metric
+    assert metrics["wt"] == {"dice": report["wt"]["dice_mean"], "lesion_dice": report["wt"]["lesion_dice_mean"]}
     assert {p.name for p in (repo / "reports" / "overlays").iterdir()} == {"best.png", "median.png", "worst.png"}
     train = _train(repo)
     _assert_numbers_only(repo)
@@ -157,3 +162,15 @@ def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_ep
     assert shorter["epochs"] == 1 and shorter["run_id"] != longer["run_id"]
     assert shorter["fingerprint"] != longer["fingerprint"]
     assert _cached_out_hashes(repo)["models/unet.pt"] != first["models/unet.pt"]
+
+
+def test_data_drift_on_a_branch_where_the_pipeline_never_ran_says_so_in_words(dvc_project):
+    """`lineage --verify` on a branch without dvc.lock (e.g. main after the demo): no Python None in the sentence."""
+    from brats_seg.config import BaseParams
+    from brats_seg.lineage import _data_drift
+
+    chain = {"data": {"raw_md5": "b33c0ffee.dir", "slices_md5": None}}
+    drift = _data_drift(chain, BaseParams(), dvc_project.path)
+    assert drift[0] == ("data/raw: the model was trained on md5 b33c0ffee.dir, dvc.lock records none (the pipeline "
+                        "has not run on this branch: its data is not this model's)")
+    assert not any("None" in line for line in drift), drift

@@ -159,4 +159,4 @@ def test_the_readme_commands_work_as_written(tmp_path):
         if command == "dvc metrics diff":  # the demo commit against the experiment: numbers on both sides
             rows = [line for line in proc.stdout.splitlines() if len(re.findall(r"\d\.\d+", line)) >= 2]
             assert "HEAD" in proc.stdout and "workspace" in proc.stdout and rows, proc.stdout
-    assert (repo / "predictions" / "BraTS20_Synthetic_001.nii.gz").is_file()  # the label map of a model of regions
+    assert (repo / "predictions" / "BraTS20_Synthetic_003.nii.gz").is_file()  # the label map of a model of regions

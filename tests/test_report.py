@@ -55,7 +55,8 @@ def built(tmp_path, monkeypatch) -> tuple[BaseParams, str]:
                   "patient_id": ["BraTS20_Train_004", "BraTS20_Val_005", *SCORED],
                   "split": ["train", "val", "test", "test", "test"]}).to_parquet(f"{base.slices_dir}/cases.parquet")
     with tracking.start_run(base.experiment) as run:
-        run.log_params({"train": {"lr": 0.001, "epochs": 3}, "slice": {"size": 32}, "seed": 42})
+        run.log_params({"train": {"lr": 0.001, "epochs": 3, "base": 8, "depth": 2, "target": "regions"},
+                        "slice": {"size": 32, "modalities": ["flair", "t1"]}, "seed": 42})
         run.set_tags({"git_commit": "abc123", "git_dirty": "false", "code_digest": "c0de", "dvc_raw_md5": "r4w"})
     Path(base.registered_report).write_text(json.dumps({"name": "brats-unet", "version": "1", "alias": "challenger",
                                                         "run_id": run.run_id}))
@@ -72,8 +73,11 @@ def test_the_report_is_one_file_with_every_section_and_nothing_to_fetch(built):
                  "trained and tested on synthetic cases (2 training patients)", "Only 3 test patients decide the gate",
                  "1 of 5 cases were quarantined", "brats-unet v1 is not in the registry at",
                  # the split table names every patient; volumes in ml (4 x 4 x 2 voxels of 1 mm: 0.032 ml)
-                 "train: 1 patient<", "BraTS20_Val_005", "tumour (ml)", '<td class="num" data-v="0.032">0.032</td>',
-                 "patient&#x27;s right on the left"):
+                 "BraTS20_Train_004", "BraTS20_Val_005", "reference (ml)", '<td class="num" data-v="0.032">0.03</td>',
+                 "patient&#x27;s right on the left",
+                 # what the model is, in words, and the gate's rules
+                 "a 2D U-Net (base 8, depth 2) on 32 x 32 axial slices of flair, t1, segmenting WT, TC, ET",
+                 "<code>promote.min_dice</code> = 0.7", "Nothing is promoted by this report"):
         assert text in page, text
     gate_data = json.loads(re.search(r'<script type="application/json" id="gate-data">(.*?)</script>', page)[1])
     assert gate_data["decision"] == "unregistered" and gate_data["metric"] == "wt_dice"

@@ -86,7 +86,9 @@ def _data_drift(chain: dict, base: BaseParams, repo: str | Path) -> list[str]:
     for key, path in (("raw_md5", base.raw_dir), ("slices_md5", base.slices_dir)):
         recorded, current = chain["data"].get(key), lock.get(key)
         if recorded != current:
-            drift.append(f"{path}: the model was trained on md5 {recorded}, dvc.lock now records {current}")
+            now = (f"dvc.lock now records {current}" if current else
+                   "dvc.lock records none (the pipeline has not run on this branch: its data is not this model's)")
+            drift.append(f"{path}: the model was trained on md5 {recorded or '(not recorded)'}, {now}")
     for stage_path, state in _dvc_changes(repo).items():
         if any(Path(stage_path) == Path(p) for p in (base.raw_dir, base.slices_dir)):
             drift.append(f"{stage_path}: the workspace files are {state} since dvc.lock was written")

@@ -67,9 +67,10 @@ def image_tag(path: str | Path, alt: str, css: str = "") -> str:
     return f'<img{cls} alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, decimals: int | None = None) -> str:
     if isinstance(value, float):
-        shown = "n/a" if math.isnan(value) else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+        digits = decimals if decimals is not None else 3 if abs(value) < 10 else 1
+        shown = "n/a" if math.isnan(value) else f"{value:.{digits}f}"
         return f'<td class="num" data-v="{value}">{shown}</td>'
     if isinstance(value, int):
         return f'<td class="num" data-v="{value}">{value}</td>'
@@ -77,15 +78,18 @@ def _cell(value: object) -> str:
     return f'<td data-v="{text}">{text}</td>'
 
 
-def table(frame: pd.DataFrame, sortable: bool = False, row_class: str | None = None) -> str:
-    """An HTML table of ``frame`` (numbers right-aligned; sortable by clicking a header when asked)."""
+def table(frame: pd.DataFrame, sortable: bool = False, row_class: str | None = None,
+          decimals: dict[str, int] | None = None) -> str:
+    """An HTML table of ``frame`` (numbers right-aligned, with ``decimals`` digits in the columns it names, else 3
+    below 10 and 1 above; sortable by clicking a header when asked)."""
+    decimals = decimals or {}
     if frame.empty:
         return '<p class="note">none</p>'
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
     for record in frame.to_dict("records"):
         cls = f' class="{html.escape(str(record.get(row_class, "")))}"' if row_class else ""
-        rows.append(f"<tr{cls}>" + "".join(_cell(v) for v in record.values()) + "</tr>")
+        rows.append(f"<tr{cls}>" + "".join(_cell(v, decimals.get(k)) for k, v in record.items()) + "</tr>")
     kind = ' class="sortable"' if sortable else ""
     return f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -127,6 +131,13 @@ def region_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The per-case table's headers as the region table writes them.
+CASE_HEADERS = {"case_id": "case", "dice": "Dice", "lesion_dice": "lesion-wise Dice", "iou": "IoU", "hd95": "HD95 (mm)",
+                "lesion_hd95": "lesion-wise HD95 (mm)", "ref_voxels": "reference (voxels)",
+                "pred_voxels": "predicted (voxels)", "ref_ml": "reference (ml)", "pred_ml": "predicted (ml)",
+                "empty_rule": "empty rule"}
+
+
 def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
     wt = summary.get("wt", {})
     top = cards({"test cases": summary.get("n_cases"),
@@ -139,16 +150,18 @@ def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
     columns = [c for c in ("case_id", "region", "dice", "lesion_dice", "iou", "precision", "recall", "hd95",
                            "lesion_hd95", *volumes, "empty_rule") if c in cases.columns]
     shown = cases[columns].fillna({"empty_rule": ""}).sort_values(["region", "dice"]) if len(cases) else cases
-    shown = shown.rename(columns={"ref_ml": "tumour (ml)", "pred_ml": "predicted (ml)"})
+    shown = shown.rename(columns=CASE_HEADERS)
     note = ('<p class="note">Per patient on its own grid (docs/design.md). Click a header to sort. Rows in orange: '
             "exactly one of prediction and reference is empty (HD95 = 373.13 mm by the BraTS rule).</p>")
-    return f"<h2>Test metrics</h2>{top}{note}{table(shown, sortable=True, row_class='empty_rule')}"
+    volumes = {"reference (ml)": 2, "predicted (ml)": 2}
+    return f"<h2>Test metrics</h2>{top}{note}{table(shown, sortable=True, row_class='empty rule', decimals=volumes)}"
 
 
 def overlay_section(overlays_dir: str | Path) -> str:
     figures = []
     for name in ("best", "median", "worst"):
-        caption = (f"{name} case with tumour, three axial slices through it (radiological view: the patient's right "
+        caption = (f"{name} test case with tumour by mean Dice over the regions, three axial slices through it, at "
+                   f"the quartiles of its tumour (radiological view: the patient's right "
                    f"on the left, R/L/A/P at the edges): reference and prediction as label maps (red: necrotic core, "
                    f"green: oedema, yellow: enhancing), then each region's errors (teal: agree, magenta: missed, "
                    f"orange: false positive)")
@@ -165,6 +178,9 @@ def warnings_section(warnings: list[str]) -> str:
     return f'<div class="warn"><b>Read this first</b><ul>{items}</ul></div>'
 
 
+SHOWN_IDS = 30  # patient ids in the split table itself; a longer list folds out below it
+
+
 def split_section(cases: pd.DataFrame) -> str:
     """Who is in which split: patients and cases per split, and every patient id (cases.parquet's rows)."""
     if cases.empty:
@@ -173,9 +189,12 @@ def split_section(cases: pd.DataFrame) -> str:
     for split in ("train", "val", "test"):
         part = cases[cases["split"] == split]
         patients = sorted(part["patient_id"].unique())
-        rows.append({"split": split, "patients": len(patients), "cases": len(part)})
-        lists.append(f"<details><summary>{split}: {len(patients)} patient{'' if len(patients) == 1 else 's'}</summary>"
-                     f"<p class=\"note\">{html.escape(', '.join(patients)) or 'none'}</p></details>")
+        shown = ", ".join(patients[:SHOWN_IDS]) + (f" and {len(patients) - SHOWN_IDS} more" if len(patients) > SHOWN_IDS
+                                                  else "")
+        rows.append({"split": split, "patients": len(patients), "cases": len(part), "patient ids": shown or "none"})
+        if len(patients) > SHOWN_IDS:
+            lists.append(f"<details><summary>every {split} patient ({len(patients)})</summary>"
+                         f"<p class=\"note\">{html.escape(', '.join(patients))}</p></details>")
     note = ('<p class="note">By a hash of each patient id and base.seed: adding or removing cases moves nobody '
             "else (docs/design.md).</p>")
     return f"<h2>Splits</h2>{note}{table(pd.DataFrame(rows))}{''.join(lists)}"
@@ -185,8 +204,9 @@ def gate_section(gate: dict, comparison: pd.DataFrame) -> str:
     """The promotion gate at report time: the decision, its numbers and reason, and champion versus challenger
     on the same test patients (``comparison``: one row per patient and compared score). Both also go into the page
     as JSON (``#gate-data``; raw text inside ``<script>``, so ``</`` is escaped), for scripts that read it."""
-    verdict = {"promote": f"the gate promotes v{gate['challenger']} to champion",
-               "keep": f"the gate keeps {'champion v' + str(gate['champion']) if gate['champion'] else 'no champion'}",
+    kept = f"champion v{gate['champion']}" if gate["champion"] else "no champion"
+    verdict = {"promote": f"the gate would promote v{gate['challenger']} to champion",
+               "keep": f"the gate would keep {kept}",
                "champion": f"v{gate['challenger']} is the champion",
                "unregistered": f"v{gate['challenger']} is not in the registry"}[gate["decision"]]
     numbers = {f"v{gate['challenger']} (this run)": _number(gate.get("challenger_value"))}
@@ -194,14 +214,22 @@ def gate_section(gate: dict, comparison: pd.DataFrame) -> str:
         numbers[f"champion v{gate['champion']}"] = _number(gate.get("champion_value"))
     numbers["test patients"] = gate.get("test_patients") or "?"
     data = json.dumps({**gate, "patients": comparison.to_dict("records")}, sort_keys=True).replace("</", "<\\/")
+    rules = (f"The rules: the challenger's value must reach <code>promote.min_dice</code> = {gate.get('min_dice')} and "
+             f"beat the champion's, on the same test patients, by more than 0 and at least "
+             f"<code>promote.min_improvement</code> = {gate.get('min_improvement')}.")
     body = (f'<p class="verdict">At report time ({html.escape(gate["at"])}), <b>{html.escape(verdict)}</b>, by '
             f"{html.escape(gate['metric_name'])} (<code>promote.metric</code>: {html.escape(gate['metric'])}).</p>"
-            f"{cards(numbers)}<p>{html.escape(gate['reason'])}</p>"
-            f'<p class="note">`brats-seg promote` applies the gate (the demo and the scheduled flow run it after this '
-            f"report); `brats-seg audit` lists every decision it made.</p>")
+            f"{cards(numbers)}<p>{html.escape(_sentence(gate['reason']))}</p><p>{rules}</p>"
+            f'<p class="note">Nothing is promoted by this report: <code>brats-seg promote</code> applies the gate (the '
+            f"demo and the scheduled flow run it right after the pipeline, a <code>dvc exp run</code> does not), "
+            f"and <code>brats-seg audit</code> lists every decision it made.</p>")
     if not comparison.empty:
         body += f"<h3>Champion versus challenger, per test patient</h3>{table(comparison, sortable=True)}"
     return (f'<h2>Promotion gate</h2>{body}<script type="application/json" id="gate-data">{data}</script>')
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def _number(value: object) -> str:

@@ -29,7 +29,10 @@ def evaluate_stage(params: EvaluateParams, base: BaseParams, split: str = "test"
     summary = summarise_cases(frame, slice_level)
     write_json(base.eval_report, summary)
     write_json(base.eval_metrics, headline(summary))
-    for path, table in ((base.eval_cases, frame.drop(columns="official", errors="ignore")),
+    # case_region labels one bar of `dvc plots` per case and region (a bar per case would stack the regions' Dice)
+    cases = frame.drop(columns="official", errors="ignore").assign(
+        case_region=frame["case_id"] + " " + frame["region"].str.upper())
+    for path, table in ((base.eval_cases, cases),
                         (base.eval_lesions, lesion_table(frame))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path, index=False)

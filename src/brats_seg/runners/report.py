@@ -49,13 +49,27 @@ def model_lineage(registered: dict, run: dict, aliases: list[str] | None) -> dic
             "training fingerprint": tags.get("fingerprint"), "params": run["params"]}
 
 
+def model_summary(registered: dict, params: dict) -> str:
+    """The report's subtitle: which model this is, in words (its run's logged params)."""
+    def param(key: str) -> str:
+        return str(params.get(key, "?"))
+
+    regions = "WT, TC, ET" if param("train.target") == "regions" else "whole tumour"
+    modalities = param("slice.modalities").strip("[]()").replace("'", "").replace('"', "")
+    return (f"{registered['name']} v{registered['version']}: a 2D U-Net (base {param('train.base')}, depth "
+            f"{param('train.depth')}) on {param('slice.size')} x {param('slice.size')} axial slices of {modalities}, "
+            f"segmenting {regions}; {param('train.epochs')} epochs, lr {param('train.lr')}; MLflow run "
+            f"{registered['run_id']}")
+
+
 def gate_view(registered: dict, seen: Preview | None, cases: pd.DataFrame, params: PromoteParams) -> dict:
     """The gate's decision at report time as plain numbers (the report's card and its ``#gate-data`` JSON)."""
     at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     regions = gate.version_regions(seen.challenger["tags"]) if seen else tuple(dict.fromkeys(cases["region"]))
     metric = gate.resolve(params.metric, regions)
     base = {"at": at, "challenger": registered["version"], "metric": metric,
-            "metric_name": gate.describe(metric, regions), "test_patients": int(cases["case_id"].nunique())}
+            "metric_name": gate.describe(metric, regions), "test_patients": int(cases["case_id"].nunique()),
+            "min_dice": params.min_dice, "min_improvement": params.min_improvement}
     if seen is None:
         return {**base, "champion": None, "decision": "unregistered",
                 "reason": f"{registered['name']} v{registered['version']} is not in the registry at "
@@ -139,8 +153,7 @@ def report_stage(base: BaseParams, params: PromoteParams | None = None) -> Path:
         "training": curve_section(base.train_curve_png),
         "lineage": lineage_section(model_lineage(registered, run, None if version is None else version["aliases"])),
     }
-    page = render_report(sections, "brats-seg run report",
-                         f"{registered['name']} v{registered['version']}, MLflow run {registered['run_id']}")
+    page = render_report(sections, "brats-seg run report", model_summary(registered, run["params"]))
     with atomic_path(base.report) as tmp:
         tmp.write_text(page)
     with tracking.start_run(base.experiment, run_id=registered["run_id"]) as active:
