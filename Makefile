@@ -80,7 +80,7 @@ mlflow-server: setup
 		--artifacts-destination '$(ARTIFACTS)' --host '$(HOST)' --port '$(PORT)' --workers '$(WORKERS)' $(OPTS)
 
 lint: setup
-	$(BIN)/ruff check src stages flows tests benchmarks
+	$(BIN)/ruff check src stages flows tests benchmarks scripts
 
 bench: setup
 	$(BIN)/python benchmarks/slice_throughput.py

@@ -1,10 +1,10 @@
 """Inference throughput of `brats-seg predict`, next to a plain baseline, in one process.
 
-  - slices/s: brats_seg.inference.predict_slices (batches of 256, inference mode, bf16 autocast and
+  - slices/s: brats_seg.inference.bundle.predict_slices (batches of 256, inference mode, bf16 autocast and
     channels_last on CUDA) vs the baseline: one slice at a time, fp32, under no_grad (what a first
     implementation does);
   - slices/s of the registered model as an application runs it: the ONNX graph that `register` logs
-    (brats_seg.registered_model.export_onnx) in onnxruntime on the CPU, batches of 8, beside torch;
+    (brats_seg.registry.registered_model.export_onnx) in onnxruntime on the CPU, batches of 8, beside torch;
   - cases/s: whole cases, as `brats-seg predict` runs them: read the four NIfTI files, preprocess, predict,
     restore the mask to the original grid, write it (brats_seg.predict.predict_dirs), vs the same steps with
     the baseline's slice loop; and where the time of a case goes.
@@ -38,11 +38,12 @@ from brats_seg.data.layouts import discover_cases, write_case  # noqa: E402
 from brats_seg.data.preprocess import preprocess_case, restore_volume  # noqa: E402
 from brats_seg.data.slicing import SliceParams  # noqa: E402
 from brats_seg.data.synthetic import make_case  # noqa: E402
-from brats_seg.inference import load_model, predict_slices, save_model  # noqa: E402
+from brats_seg.inference.bundle import load_model, predict_slices, save_model  # noqa: E402
 from brats_seg.io.nifti import write_like  # noqa: E402
-from brats_seg.models.unet import UNet, UNetConfig  # noqa: E402
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet  # noqa: E402
 from brats_seg.predict import check_case, predict_dirs, read_modality  # noqa: E402
-from brats_seg.registered_model import export_onnx  # noqa: E402
+from brats_seg.registry.registered_model import export_onnx  # noqa: E402
 
 
 def baseline_slices(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
@@ -119,7 +120,7 @@ def main() -> None:
             case = make_case(i, seed=7)
             write_case(tmp / "raw", case.case_id, case.images, case.seg, case.affine)
         torch.manual_seed(0)
-        model = UNet(UNetConfig(4, 1, args.base, args.depth))
+        model = UNet(ModelConfig(4, 1, args.base, args.depth))
         slice_params = dataclasses.asdict(SliceParams(size=args.size))
         save_model(tmp / "unet.pt", model, ("wt",), slice_params)
         for folder in ("ours", "base", "steps"):

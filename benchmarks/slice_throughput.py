@@ -36,7 +36,7 @@ import pandas as pd
 from brats_seg.data.layouts import canonical_files, list_canonical_cases, write_case
 from brats_seg.data.slicing import SliceParams, fitting_seeds, run_slice
 from brats_seg.data.synthetic import make_case
-from brats_seg.pool import LOCAL, Executor, run_parallel
+from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
 
 
 def _write_one(index: int, root: str) -> None:

@@ -1,7 +1,7 @@
 """Training past one process: DistributedDataParallel 2 processes vs 1, and streaming vs in-memory training sets.
 
   - DDP: the same global batch trained by 1 process (all cores) and by 2 processes under torchrun (gloo on
-    CPU, NCCL on GPUs, a GPU each); samples/s of brats_seg.train's epoch loop after a warm-up epoch.
+    CPU, NCCL on GPUs, a GPU each); samples/s of brats_seg.training.loop's epoch loop after a warm-up epoch.
   - memory: the train stage's data path (brats_seg.runners.train.open_splits, then train_model) run twice in
     fresh processes on one cohort of shards: the split loaded into memory, and streamed from the shards
     (train.memory_gb: 0); peak resident memory and time of each, and whether the two models are identical.
@@ -31,10 +31,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from brats_seg.distributed import Ranks, process_group  # noqa: E402
 from brats_seg.io.shards import write_shard  # noqa: E402
-from brats_seg.models.unet import UNet, UNetConfig  # noqa: E402
-from brats_seg.train import DeviceData, TrainParams, _parallel, _train_epoch, make_step  # noqa: E402
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet  # noqa: E402
+from brats_seg.training.distributed import Ranks, process_group  # noqa: E402
+from brats_seg.training.feed import DeviceData
+from brats_seg.training.loop import _parallel, _train_epoch, make_step  # noqa: E402
+from brats_seg.training.params import TrainParams
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import make_slices  # noqa: E402
@@ -53,7 +56,7 @@ def ddp_epoch(args: argparse.Namespace, ranks: Ranks) -> float:
     device = ranks.device
     data = make_slices(args.slices, args.channels, args.size)
     torch.manual_seed(0)
-    model = UNet(UNetConfig(args.channels, 1, args.base, args.depth, norm="instance")).to(
+    model = UNet(ModelConfig(args.channels, 1, args.base, args.depth, norm="instance")).to(
         device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step = make_step(_parallel(model, params, device, ranks), opt, params, device, ranks)
@@ -112,7 +115,7 @@ def memory_run(args: argparse.Namespace, slices: Path, budget: float, out: Path)
     """In this fresh process: the train stage's data path and one training run; writes peak RSS, time, weights."""
     from brats_seg.data.dataset import ShardedSplit, read_index
     from brats_seg.runners.train import open_splits, peak_rss
-    from brats_seg.train import train_model
+    from brats_seg.training.loop import train_model
 
     start = time.perf_counter()
     train, val = open_splits(slices, read_index(slices), budget)

@@ -2,7 +2,7 @@
 
   - baseline: fp32, eager, a torch DataLoader whose Dataset reads every slice from its .npz shard on each
     __getitem__ (what a first implementation does), Adam, soft Dice;
-  - ours: brats_seg.train's step: the set held in device memory, batches drawn and augmented on the
+  - ours: brats_seg.training.loop's step: the set held in device memory, batches drawn and augmented on the
     device (flips, rotations, intensity), bf16 autocast and channels_last on CUDA, optional
     torch.compile, losses accumulated on the device;
   - ours, streamed: the same step, the set left in its shards (a training set over train.memory_gb),
@@ -13,7 +13,7 @@ Reports slices/s after warm-up, the ratio, and the share of step time spent prod
     python benchmarks/train_throughput.py --device cuda --size 128 --base 32 --depth 4 --batch 256 --compile
     python benchmarks/train_throughput.py --device cuda ... --epochs 20 --slices 30000   # end to end
 
-With --epochs, also times brats_seg.train.train_model end to end (validation and checkpoints included) on
+With --epochs, also times brats_seg.training.loop.train_model end to end (validation and checkpoints included) on
 a set of --slices training slices: the first epoch (compilation, warm-up) and the rest.
 """
 
@@ -34,12 +34,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from brats_seg.augment import augment_batch  # noqa: E402
 from brats_seg.data.dataset import SliceSet, open_split  # noqa: E402
 from brats_seg.io.shards import read_shard, write_shard  # noqa: E402
-from brats_seg.losses import segmentation_loss  # noqa: E402
-from brats_seg.models.unet import UNet, UNetConfig  # noqa: E402
-from brats_seg.train import DeviceData, StreamData, TrainParams, make_step, train_model  # noqa: E402
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet  # noqa: E402
+from brats_seg.training.augment import augment_batch  # noqa: E402
+from brats_seg.training.feed import DeviceData, StreamData
+from brats_seg.training.loop import make_step, train_model  # noqa: E402
+from brats_seg.training.losses import segmentation_loss  # noqa: E402
+from brats_seg.training.params import TrainParams
 
 
 def make_slices(n: int, channels: int, size: int, seed: int = 0) -> SliceSet:
@@ -81,7 +84,7 @@ def bench_baseline(data: SliceSet, args: argparse.Namespace, device: torch.devic
     loader = torch.utils.data.DataLoader(ShardItems(shards, per_shard), batch_size=args.batch, shuffle=True,
                                          drop_last=True, num_workers=args.workers, pin_memory=device.type == "cuda")
     torch.manual_seed(0)
-    model = UNet(UNetConfig(data.images.shape[1], 1, args.base, args.depth)).to(device)
+    model = UNet(ModelConfig(data.images.shape[1], 1, args.base, args.depth)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     return _timed(lambda: iter(loader), lambda batch: _plain_step(model, opt, batch, device), args, device)
 
@@ -100,7 +103,7 @@ def bench_ours(data: SliceSet, args: argparse.Namespace, device: torch.device, s
                          device=device.type)
     torch.manual_seed(0)
     fmt = torch.channels_last
-    model = UNet(UNetConfig(data.images.shape[1], 1, args.base, args.depth)).to(device, memory_format=fmt)
+    model = UNet(ModelConfig(data.images.shape[1], 1, args.base, args.depth)).to(device, memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step = make_step(model, opt, params, device)
     feed = DeviceData(data, ("wt",), device) if shards is None else StreamData(open_split(shards, "train"), ("wt",),

@@ -8,21 +8,17 @@ from __future__ import annotations
 import pandas as pd
 from prefect import flow
 
-from brats_seg import tracking
-from brats_seg.config import BaseParams, load_section, read_params
+from brats_seg.base_params import BaseParams
+from brats_seg.config import load_section, read_params
 from brats_seg.data.layouts import discover_cases
 from brats_seg.errors import exit_on_user_error
-from brats_seg.history import DEMO_BRANCH, record_run
-from brats_seg.inference import ModelBundle
-from brats_seg.orchestration import current_aliases, working_directory
-from brats_seg.predict import (
-    DEFAULT_MODEL,
-    cohort_summary,
-    cohort_warning,
-    describe_case,
-    predict_case,
-    resolve_model,
-)
+from brats_seg.inference.bundle import ModelBundle, cohort_summary, cohort_warning
+from brats_seg.orchestration.driver import working_directory
+from brats_seg.orchestration.history import DEMO_BRANCH, record_run
+from brats_seg.predict import describe_case, predict_case
+from brats_seg.registry import tracking
+from brats_seg.registry.resolve import DEFAULT_MODEL, resolve_model
+from brats_seg.reporting.summary import current_aliases
 from flows.failures import run_name, server_start_in_one_sentence
 from flows.pipeline import pipeline
 from flows.promote import promote_flow

@@ -16,14 +16,14 @@ from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from brats_seg.errors import exit_on_user_error
-from brats_seg.orchestration import (
+from brats_seg.orchestration.driver import (
     STAGES,
     check_workspace_params,
     flow_stages,
-    pipeline_summary,
     run_dvc_stage,
     workspace_lock,
 )
+from brats_seg.reporting.summary import pipeline_summary
 from flows.failures import fail_on_user_error, is_not_a_user_error, run_name, server_start_in_one_sentence
 
 

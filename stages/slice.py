@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
-from brats_seg.config import BaseParams, load_section, stage_params
+from brats_seg.base_params import BaseParams
+from brats_seg.config import load_section
 from brats_seg.data.slicing import SliceParams, run_slice
 from brats_seg.data.validation import read_manifest
 from brats_seg.errors import exit_on_user_error
-from brats_seg.pool import choose_executor
+from brats_seg.orchestration.executors import choose_executor
+from brats_seg.params_file import stage_params
 
 
 @exit_on_user_error

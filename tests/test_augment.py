@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from brats_seg.augment import augment_batch
+from brats_seg.training.augment import augment_batch
 
 
 def test_geometry_moves_images_and_targets_together_and_background_stays_zero():

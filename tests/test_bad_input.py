@@ -23,8 +23,9 @@ import yaml
 
 from brats_seg.data.layouts import write_case
 from brats_seg.data.synthetic import make_case
-from brats_seg.inference import save_model
-from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.inference.bundle import save_model
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
 from tests.conftest import PROJECT_ROOT
 
 SHAPE = (48, 48, 24)
@@ -34,7 +35,7 @@ Builder = Callable[[Path, Path], list[str]]
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    net = UNet(UNetConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
+    net = UNet(ModelConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
     return save_model(tmp_path_factory.mktemp("model") / "unet.pt", net, ("wt",), SLICE)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from brats_seg.checkpoint import KEEP_OTHER_CHECKPOINTS, prune_checkpoints, save_checkpoint
+from brats_seg.io.checkpoint import KEEP_OTHER_CHECKPOINTS, prune_checkpoints, save_checkpoint
 
 
 def _checkpoint(folder: Path, key: str, age_s: int, run_file: bool = True) -> list[Path]:
@@ -63,9 +63,9 @@ def test_only_the_most_recent_other_checkpoints_stay_and_nothing_the_project_did
 def test_a_completed_training_run_prunes_abandoned_checkpoints(slices, tmp_path, monkeypatch):
     """The train stage's runner, in process: two abandoned checkpoints of other fingerprints and the one of an
     older interrupted run; after the run, the two most recent stay (resumable) and its own is gone."""
-    from brats_seg.config import BaseParams
+    from brats_seg.base_params import BaseParams
     from brats_seg.runners.train import train_stage
-    from brats_seg.train import TrainParams
+    from brats_seg.training.params import TrainParams
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -6,11 +6,12 @@ from typing import Literal
 
 import pytest
 
-from brats_seg.config import SECTIONS, BaseParams, check_cross_section, check_params, load_section, read_params
+from brats_seg.base_params import BaseParams
+from brats_seg.config import SECTIONS, check_cross_section, check_params, load_section, read_params
 from brats_seg.data.download import DownloadParams
 from brats_seg.data.slicing import SliceParams
 from brats_seg.errors import ConfigError
-from brats_seg.train import TrainParams
+from brats_seg.training.params import TrainParams
 from tests.conftest import PROJECT_ROOT
 
 
@@ -76,7 +77,7 @@ def test_slice_params_check_their_meaning():
 
 
 def test_params_set_keeps_comments_and_refuses_unknown_keys(tmp_path):
-    from brats_seg.config import set_params
+    from brats_seg.params_file import set_params
 
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  epochs: 20   # the seed's default\n  lr: 1.0e-4\n")
@@ -228,7 +229,7 @@ def test_messages_name_the_file_they_came_from():
     (["=5"], "'=5' is not KEY=VALUE"),
 ])
 def test_params_set_refuses_bad_values_before_writing(tmp_path, assignments, message):
-    from brats_seg.config import set_params
+    from brats_seg.params_file import set_params
 
     path = tmp_path / "params.yaml"
     path.write_bytes((PROJECT_ROOT / "params.yaml").read_bytes())

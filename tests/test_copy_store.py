@@ -25,18 +25,19 @@ import pytest
 import torch
 from mlflow.artifacts import download_artifacts
 
-from brats_seg import tracking
-from brats_seg.audit import record_decision
+from brats_seg.base_params import BaseParams
 from brats_seg.cli import main as cli
-from brats_seg.config import BaseParams
-from brats_seg.copy_store import COPYING_TAG, MODEL_TAG, VERSION_TAG, copy_store
 from brats_seg.errors import UserError
-from brats_seg.inference import save_model
+from brats_seg.inference.bundle import save_model
 from brats_seg.io.tables import write_json
-from brats_seg.models.unet import UNet, UNetConfig
-from brats_seg.predict import resolve_model
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
+from brats_seg.registry import tracking, versions
+from brats_seg.registry.audit import record_decision
+from brats_seg.registry.copy_store import COPYING_TAG, MODEL_TAG, VERSION_TAG, copy_store
+from brats_seg.registry.resolve import resolve_model
+from brats_seg.registry.tracking import COPIED_FROM_TAG
 from brats_seg.runners.register import RegisterParams, register_stage
-from brats_seg.tracking import COPIED_FROM_TAG
 from mlflow import MlflowClient
 from tests.conftest import MLFLOW_README, PROJECT_ROOT, Service, bash_commands, free_port, run_cmd
 
@@ -94,7 +95,7 @@ def _train_and_register(root: Path, seed: int) -> str:
         (root / "overlay.png").write_bytes(bytes(range(256)) * (seed + 1))
         run.log_artifact(root / "overlay.png", "overlays")
     torch.manual_seed(seed)
-    model = save_model(root / "models" / "unet.pt", UNet(UNetConfig(in_channels=2, out_channels=2, base=4, depth=1)),
+    model = save_model(root / "models" / "unet.pt", UNet(ModelConfig(in_channels=2, out_channels=2, base=4, depth=1)),
                        ("wt", "tc"), SLICE, extra={"split_digest": "split-a", "fingerprint": f"{seed}" * 16})
     shutil.copy(model, root / f"unet-{seed}.pt")
     write_json(root / "reports" / "train_run.json", {"run_id": run.run_id})
@@ -116,7 +117,7 @@ def workspace(tmp_path_factory) -> Path:
         client.delete_model_version(NAME, "2")  # the copy must give version 3 its number all the same
         client.update_model_version(NAME, "1", description="the first model of the project")
         client.update_registered_model(NAME, description="brats-seg's U-Net")
-        tracking.set_alias(NAME, "champion", "1")
+        versions.set_alias(NAME, "champion", "1")
         record_decision(NAME, "1", {"promotion_challenger_dice": "0.700000"}, True, "forced")
         record_decision(NAME, "3", {"promotion_challenger_dice": "0.720000"}, False, "not better than the champion")
         with tracking.start_run("brats-seg", run_name="deleted") as gone:

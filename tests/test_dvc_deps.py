@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from brats_seg.provenance import PROJECT_ROOT, code_manifest, import_closure
+from brats_seg.orchestration.provenance import PROJECT_ROOT, code_manifest, import_closure
 
 STAGES = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -23,8 +23,24 @@ def test_code_deps_are_the_stage_modules_import_closure(name):
     closure = {p.relative_to(PROJECT_ROOT).as_posix() for p in import_closure(match[1])}
     deps = _code_deps(STAGES[name])
     missing, extra = sorted(closure - deps), sorted(deps - closure)
-    assert not missing, f"dvc.yaml stage {name} misses deps it imports: {', '.join(missing)}"
-    assert not extra, f"dvc.yaml stage {name} lists deps it never imports (needless reruns): {', '.join(extra)}"
+    fix = "run `python scripts/update_dvc_deps.py`"
+    assert not missing, f"dvc.yaml stage {name} misses deps it imports: {', '.join(missing)}; {fix}"
+    assert not extra, f"dvc.yaml stage {name} lists deps it never imports (needless reruns): {', '.join(extra)}; {fix}"
+
+
+def test_the_update_script_writes_the_closure_and_keeps_the_rest():
+    """scripts/update_dvc_deps.py: a dvc.yaml whose code deps are wrong comes back with the closure, its other
+    deps, params, outs and comments untouched."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_dvc_deps", PROJECT_ROOT / "scripts" / "update_dvc_deps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (PROJECT_ROOT / "dvc.yaml").read_text()
+    assert module.updated(text) == text
+    broken = text.replace("      - src/brats_seg/errors.py\n", "", 1).replace("      - stages/train.py\n",
+                                                                             "      - stages/train.py\n      - x.py\n")
+    assert broken != text and module.updated(broken) == text
 
 
 def test_the_closure_follows_function_level_relative_and_package_imports(tmp_path):
@@ -47,11 +63,11 @@ def test_the_closure_follows_function_level_relative_and_package_imports(tmp_pat
 
 
 def test_the_training_code_manifest_covers_what_training_runs():
-    files = code_manifest(("brats_seg.train",))
-    assert {"src/brats_seg/losses.py", "src/brats_seg/augment.py", "src/brats_seg/data/labels.py",
-            "src/brats_seg/models/unet.py", "src/brats_seg/checkpoint.py"} <= set(files)
+    files = code_manifest(("brats_seg.training.loop",))
+    assert {"src/brats_seg/training/losses.py", "src/brats_seg/training/augment.py", "src/brats_seg/data/labels.py",
+            "src/brats_seg/models/unet.py", "src/brats_seg/io/checkpoint.py"} <= set(files)
     assert all(len(v) == 16 for v in files.values())
-    assert "src/brats_seg/tracking.py" not in files  # training itself never logs
+    assert "src/brats_seg/registry/tracking.py" not in files  # training itself never logs
 
 
 def test_editing_any_training_module_changes_the_manifest_and_names_the_file(tmp_path):
@@ -59,11 +75,12 @@ def test_editing_any_training_module_changes_the_manifest_and_names_the_file(tmp
 
     shutil.copytree(PROJECT_ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     roots = (tmp_path, tmp_path / "src")
-    before = code_manifest(("brats_seg.train",), roots, tmp_path)
-    for rel in ("src/brats_seg/losses.py", "src/brats_seg/augment.py", "src/brats_seg/data/labels.py"):
+    before = code_manifest(("brats_seg.training.loop",), roots, tmp_path)
+    edited = ("src/brats_seg/training/losses.py", "src/brats_seg/training/augment.py", "src/brats_seg/data/labels.py")
+    for rel in edited:
         with open(tmp_path / rel, "a") as fh:
             fh.write("\n# edited\n")
-        after = code_manifest(("brats_seg.train",), roots, tmp_path)
+        after = code_manifest(("brats_seg.training.loop",), roots, tmp_path)
         assert [k for k in after if after[k] != before[k]] == [rel]
         before = after
 
@@ -80,7 +97,8 @@ def derived_params(stage_module: str) -> set[str]:
     paths are deps and outs)."""
     from brats_seg.config import result_keys, section_class
 
-    uses_seed = any("base.seed" in p.read_text() for p in import_closure(stage_module) if p.name != "config.py")
+    uses_seed = any("base.seed" in p.read_text() for p in import_closure(stage_module)
+                    if p.name not in ("config.py", "base_params.py"))  # where base.seed is defined
     keys = {f"{name}.{key}" for name in _sections_read(stage_module) - {"base"}
             for key in result_keys(section_class(name))}
     return keys | ({"base.seed"} if uses_seed else set())
@@ -109,8 +127,9 @@ def test_the_derivation_reads_the_stages_sections():
 
 def test_lineage_and_the_fingerprint_use_the_same_mark():
     from brats_seg.config import result_keys, runtime_keys
-    from brats_seg.lineage import RUNTIME_PARAMS
-    from brats_seg.train import TrainParams, computation
+    from brats_seg.registry.lineage import RUNTIME_PARAMS
+    from brats_seg.training.loop import computation
+    from brats_seg.training.params import TrainParams
 
     assert set(RUNTIME_PARAMS) == set(runtime_keys("train")) | set(runtime_keys("slice"))
     resolved = computation(TrainParams(), "cpu")

@@ -77,7 +77,7 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
 
     import yaml
 
-    from brats_seg import tracking
+    from brats_seg.registry import tracking, versions
 
     monkeypatch.chdir(repo)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -88,7 +88,7 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
     assert run["tags"]["dvc_raw_md5"] == lock["download"]["outs"][0]["md5"]
     assert run["tags"]["dvc_slices_md5"] == lock["slice"]["outs"][0]["md5"]
     assert run["tags"]["slice_index_digest"][:36] in run["inputs"] and len(run["inputs"]) == 4  # + 3 split tables
-    splits = tracking.split_tables(train["run_id"]).sort_values("case_id", ignore_index=True)
+    splits = versions.split_tables(train["run_id"]).sort_values("case_id", ignore_index=True)
     cases = pd.read_parquet(repo / "data" / "slices" / "cases.parquet", columns=list(splits.columns))
     assert splits.equals(cases.sort_values("case_id", ignore_index=True).astype(str))
     assert [step for step, _ in tracking.metric_history(train["run_id"], "val_dice")] == [1, 2]
@@ -166,8 +166,8 @@ def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_ep
 
 def test_data_drift_on_a_branch_where_the_pipeline_never_ran_says_so_in_words(dvc_project):
     """`lineage --verify` on a branch without dvc.lock (e.g. main after the demo): no Python None in the sentence."""
-    from brats_seg.config import BaseParams
-    from brats_seg.lineage import _data_drift
+    from brats_seg.base_params import BaseParams
+    from brats_seg.registry.lineage import _data_drift
 
     chain = {"data": {"raw_md5": "b33c0ffee.dir", "slices_md5": None}}
     drift = _data_drift(chain, BaseParams(), dvc_project.path)

@@ -9,8 +9,8 @@ import pytest
 from brats_seg.data.labels import region_mask
 from brats_seg.data.preprocess import preprocess_case, restore_volume
 from brats_seg.data.synthetic import MODALITIES, make_case
-from brats_seg.evaluate import score_case, summarise_cases
-from brats_seg.metrics import HD95_ONE_EMPTY_MM
+from brats_seg.evaluation.evaluate import score_case, summarise_cases
+from brats_seg.evaluation.metrics import HD95_ONE_EMPTY_MM
 
 REGIONS = ("wt", "tc", "et")
 

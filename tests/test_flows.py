@@ -14,7 +14,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from brats_seg.cli import main as cli
 from brats_seg.errors import UserError
-from brats_seg.orchestration import STAGES, flow_stages, workspace_lock
+from brats_seg.orchestration.driver import STAGES, flow_stages, workspace_lock
 from tests.conftest import PROJECT_ROOT, make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
@@ -130,7 +130,7 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
     repo = ran[0]
     record = promote_flow(str(repo))
     assert record["promoted"] and record["version"] == "1"
-    from brats_seg.orchestration import pipeline_summary
+    from brats_seg.reporting.summary import pipeline_summary
 
     assert pipeline_summary(repo, [])["model"]["aliases"] == ["challenger", "champion"]  # not registration's view
     monkeypatch.chdir(repo)
@@ -169,7 +169,7 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
     assert code == 1 and out.count("DRIFT") == 1
     assert "DRIFT    params.yaml train.lr: the model was trained with 0.003, params.yaml now says 0.5" in out
 
-    from brats_seg.lineage import lineage, verify
+    from brats_seg.registry.lineage import lineage, verify
 
     chain = lineage("models:/brats-unet@champion")
     edited = next(f for f in chain["code"]["files"] if f.endswith("losses.py"))

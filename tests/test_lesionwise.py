@@ -1,4 +1,5 @@
-"""brats_seg.lesionwise: hand-computed multi-lesion cases, and number-by-number equality with the official package.
+"""brats_seg.evaluation.lesionwise: hand-computed multi-lesion cases, and number-by-number equality with the
+official package.
 
 The official package (brats-evaluation 0.0.10 on panoptica 2.1.7) cannot live in the project's environment (it
 wants pandas<3, numpy<2.3, rich<14), so the slow tests build it once in an environment of its own, cached under
@@ -26,9 +27,16 @@ from brats_seg.cli import main
 from brats_seg.data.labels import from_canonical
 from brats_seg.data.synthetic import lps_affine, make_case
 from brats_seg.errors import UserError
+from brats_seg.evaluation.lesionwise import (
+    CONFIGS,
+    HD95_PENALTY_MM,
+    LESION_DICE,
+    get_config,
+    region_metrics,
+    score_canonical,
+)
+from brats_seg.evaluation.scoring import score_files
 from brats_seg.io.tables import json_safe
-from brats_seg.lesionwise import CONFIGS, HD95_PENALTY_MM, LESION_DICE, get_config, region_metrics, score_canonical
-from brats_seg.scoring import score_files
 from tests.conftest import require
 
 SHAPE = (64, 64, 48)
@@ -340,10 +348,11 @@ def _predicted_by_a_model_of_regions(folder: Path) -> tuple[str, str]:
     import torch
 
     from brats_seg.data.layouts import write_case
-    from brats_seg.inference import save_model
-    from brats_seg.models.unet import UNet, UNetConfig
+    from brats_seg.inference.bundle import save_model
+    from brats_seg.models.config import ModelConfig
+    from brats_seg.models.unet import UNet
 
-    net = UNet(UNetConfig(in_channels=4, out_channels=3, base=4, depth=2)).eval()
+    net = UNet(ModelConfig(in_channels=4, out_channels=3, base=4, depth=2)).eval()
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.copy_(torch.tensor([9.0, 9.0, 9.0]))

@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from brats_seg import tracking
 from brats_seg.data.layouts import write_case
 from brats_seg.data.synthetic import make_case
-from brats_seg.evaluate import evaluate_cases
+from brats_seg.evaluation.evaluate import evaluate_cases
 from brats_seg.io.tables import read_json
-from brats_seg.lineage import case_lineage
-from brats_seg.orchestration import flow_stages
-from brats_seg.predict import resolve_model
+from brats_seg.orchestration.driver import flow_stages
+from brats_seg.registry import versions
+from brats_seg.registry.lineage import case_lineage
+from brats_seg.registry.resolve import resolve_model
 from tests.conftest import TINY_SHAPE, make_dvc_project
 
 pytestmark = pytest.mark.slow
@@ -109,13 +109,13 @@ def test_new_cases_retrain_keep_every_split_and_promote_like_with_like(lifecycle
     assert record["champion_dice"] == pytest.approx(expected, abs=1e-6)
     assert record["challenger_dice"] == pytest.approx(challenger, abs=1e-6)
     assert record["promoted"] == (challenger > expected)
-    tags = tracking.model_version("brats-unet", version="2")["tags"]
+    tags = versions.model_version("brats-unet", version="2")["tags"]
     assert tags["promotion_decision"] == ("promoted" if record["promoted"] else "kept")
     assert tags["promotion_test_patients"] == str(len(test_patients))
     assert tags["promotion_test_split"] == meta["split_digest"] and tags["promotion_champion_rescored"] == "true"
     assert tags["promotion_champion_dice"] == f"{record['champion_dice']:.6f}"
     assert tags["promotion_challenger_dice"] == f"{record['challenger_dice']:.6f}"
-    assert tracking.model_version("brats-unet", alias="champion")["version"] == ("2" if record["promoted"] else "1")
+    assert versions.model_version("brats-unet", alias="champion")["version"] == ("2" if record["promoted"] else "1")
 
     # the run report decided the same before the promotion ran: champion v1 against v2 on v2's test patients
     page = (repo / "reports" / "index.html").read_text()
@@ -143,4 +143,4 @@ def test_new_cases_retrain_keep_every_split_and_promote_like_with_like(lifecycle
     # nothing new: the source check runs, every other stage is skipped, no new version
     assert _statuses(third) == [("source", "checked")] + [(stage, "skipped") for stage in stages[1:]]
     assert third["model"]["version"] == "2" and v3_splits == v2_splits
-    assert [v["version"] for v in tracking.model_versions("brats-unet")] == ["1", "2"]
+    assert [v["version"] for v in versions.model_versions("brats-unet")] == ["1", "2"]

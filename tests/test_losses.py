@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brats_seg.losses import segmentation_loss, soft_dice_loss
+from brats_seg.training.losses import segmentation_loss, soft_dice_loss
 
 
 def test_soft_dice_loss_matches_the_formula_with_smoothing():

@@ -8,7 +8,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
 
-from brats_seg.metrics import case_metrics, hd95, scores_from_counts, summarise, surface
+from brats_seg.evaluation.metrics import case_metrics, hd95, scores_from_counts, summarise, surface
 
 # (tp, fp, fn) -> expected dice, iou, precision, recall, computed by hand. docs/design.md's empty-case rules:
 # both empty -> all 1; recall with an empty reference = 1 if the prediction is empty else 0; precision with

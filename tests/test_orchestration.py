@@ -12,7 +12,7 @@ import time
 import pytest
 
 from brats_seg.errors import UserError
-from brats_seg.orchestration import StageFailed, run_dvc_stage, workspace_lock
+from brats_seg.orchestration.driver import StageFailed, run_dvc_stage, workspace_lock
 
 
 def test_a_second_holder_waits_for_the_first(tmp_path):
@@ -45,7 +45,7 @@ def test_a_second_holder_gives_up_with_one_sentence_naming_the_holder(tmp_path):
 
 _HOLDER = """
 import sys, time
-from brats_seg.orchestration import StageFailed, run_dvc_stage, workspace_lock
+from brats_seg.orchestration.driver import StageFailed, run_dvc_stage, workspace_lock
 with workspace_lock(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(60)
@@ -125,7 +125,7 @@ def test_a_stage_gives_up_on_a_busy_dvc_with_one_sentence_and_fails_fast_otherwi
 
 
 def test_dvc_push_advice_is_left_out_of_flow_logs_until_a_default_remote_exists(tmp_path):
-    from brats_seg.orchestration import default_remote, dvc_hints
+    from brats_seg.orchestration.driver import default_remote, dvc_hints
 
     (tmp_path / ".dvc").mkdir()
     (tmp_path / ".dvc" / "config").write_text("[core]\n    analytics = false\n")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brats_seg.data.synthetic import lps_affine
-from brats_seg.overlays import axial_view, pick_slices
+from brats_seg.reporting.overlays import axial_view, pick_slices
 
 SHAPE = (6, 8, 5)
 AFFINES = {

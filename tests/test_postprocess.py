@@ -10,7 +10,8 @@ import pytest
 
 from brats_seg.data.labels import ENHANCING, NECROTIC, OEDEMA, region_mask, regions_to_labels
 from brats_seg.errors import UserError
-from brats_seg.postprocess import NONE, Choice, PostProcess, apply, choose
+from brats_seg.evaluation.choose_postprocess import Choice, choose
+from brats_seg.inference.postprocess import NONE, PostProcess, apply
 
 SHAPE = (48, 48, 32)
 SIZES = (0, 10, 25, 50, 100, 250, 500, 1000)
@@ -270,7 +271,7 @@ def test_with_the_gates_lesion_wise_dice_false_et_specks_are_removed_and_real_tc
     """The score the train stage maximises (evaluate.lesion_score: the official lesion-wise Dice, an empty region
     where the reference has none scoring 1): ET specks in ET-free cases score 0 until removed, so a size above 0
     is chosen; TC's real satellites and the tumour are left alone."""
-    from brats_seg.evaluate import lesion_score
+    from brats_seg.evaluation.evaluate import lesion_score
 
     score = lesion_score("gli")
     choice = choose(et_specks, score, candidates_mm3=SIZES, et_candidates_mm3=ETS)

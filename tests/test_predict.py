@@ -12,8 +12,9 @@ from brats_seg.cli import main as cli
 from brats_seg.data.layouts import write_case
 from brats_seg.data.synthetic import make_case
 from brats_seg.errors import UserError
-from brats_seg.inference import save_model
-from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.inference.bundle import save_model
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
 from brats_seg.predict import predict_dirs
 
 SLICE = {"size": 32, "margin": 4, "modalities": ["flair", "t1", "t1ce", "t2"]}
@@ -22,7 +23,7 @@ SLICE = {"size": 32, "margin": 4, "modalities": ["flair", "t1", "t1ce", "t2"]}
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """A real (untrained) U-Net saved as the train stage saves one: these tests are about grids and files."""
-    torch_model = UNet(UNetConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
+    torch_model = UNet(ModelConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
     path = tmp_path_factory.mktemp("model") / "unet.pt"
     return save_model(path, torch_model, ("wt",), SLICE)
 
@@ -152,7 +153,7 @@ def test_every_mask_says_what_made_it(tmp_path, caplog, cohort, warning):
 
     from brats_seg import __version__
 
-    net = UNet(UNetConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
+    net = UNet(ModelConfig(in_channels=4, out_channels=1, base=4, depth=2)).eval()
     model = save_model(tmp_path / "unet.pt", net, ("wt",), SLICE,
                        extra={"fingerprint": "f00d" * 4, **({"cohort": cohort} if cohort else {})})
     case = make_case(1, 0, (48, 48, 24))
@@ -177,7 +178,7 @@ def _constant_regions_model(path, logits: tuple[float, float, float], convention
     """A WT/TC/ET U-Net whose head ignores its input: each region's probability is sigmoid(logit) everywhere."""
     import torch
 
-    net = UNet(UNetConfig(in_channels=4, out_channels=3, base=4, depth=2)).eval()
+    net = UNet(ModelConfig(in_channels=4, out_channels=3, base=4, depth=2)).eval()
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.copy_(torch.tensor(logits))

@@ -23,19 +23,20 @@ import torch
 import yaml
 
 import mlflow
-from brats_seg import registered_model, tracking
-from brats_seg.checkpoint import load_checkpoint
+from brats_seg.base_params import BaseParams
 from brats_seg.cli import main as cli
-from brats_seg.config import BaseParams
 from brats_seg.data.layouts import discover_cases
 from brats_seg.data.preprocess import preprocess_case
 from brats_seg.data.synthetic import make_case
 from brats_seg.errors import UserError
-from brats_seg.inference import load_model, predict_slices, save_model
+from brats_seg.inference.bundle import load_model, predict_slices, save_model
+from brats_seg.io.checkpoint import load_checkpoint
 from brats_seg.io.nifti import read_volume
 from brats_seg.io.tables import write_json
-from brats_seg.models.unet import UNet, UNetConfig
-from brats_seg.predict import resolve_model
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
+from brats_seg.registry import registered_model, tracking, versions
+from brats_seg.registry.resolve import resolve_model
 from brats_seg.runners.register import RegisterParams, register_stage, synthetic_example
 from tests.conftest import PROJECT_ROOT, write_synthetic_cohort
 
@@ -53,7 +54,7 @@ def store(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _unet(config: UNetConfig, seed: int = 0, size: int = 16) -> UNet:
+def _unet(config: ModelConfig, seed: int = 0, size: int = 16) -> UNet:
     """A U-Net with random weights, normalisation statistics moved off their defaults (a few training-mode
     passes) and a head scaled up, so that every parameter and buffer shapes probabilities that vary."""
     torch.manual_seed(seed)
@@ -68,7 +69,7 @@ def _unet(config: UNetConfig, seed: int = 0, size: int = 16) -> UNet:
 def _register(store: Path) -> Path:
     """models/unet.pt written as the train stage writes it, registered by the register stage's own code under
     the default base paths with the default alias (challenger); returns the model file."""
-    model_file = save_model(store / "models" / "unet.pt", _unet(UNetConfig(in_channels=2, out_channels=2, base=4,
+    model_file = save_model(store / "models" / "unet.pt", _unet(ModelConfig(in_channels=2, out_channels=2, base=4,
                                                                            depth=1)),
                             REGIONS, SLICE, extra={"split_digest": "split-a", "fingerprint": "f" * 16})
     with tracking.start_run("brats-seg") as run:
@@ -158,6 +159,8 @@ def test_the_readme_snippet_loads_it_without_brats_seg_or_unpickling_and_predict
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-4)
     meta = info["metadata"]
     assert meta["regions"] == ["wt", "tc"] and meta["threshold"] == {"wt": 0.5, "tc": 0.5}
+    assert meta["model"] == {"in_channels": 2, "out_channels": 2, "base": 4, "depth": 1, "norm": "batch",
+                             "architecture": "unet"}
     assert meta["label_convention"] == "brats2020" and set(meta["postprocess"]) == {"min_component_mm3", "et_min_mm3"}
     assert {k: meta["slice"][k] for k in SLICE} == SLICE
     assert "z-score each modality over the case's brain voxels" in meta["preprocessing"]
@@ -188,7 +191,7 @@ def test_the_version_holds_no_code_and_the_registry_holds_the_sha256_of_each_of_
     example = np.array(json.loads(files["input_example.json"].read_text()), dtype=np.float32)
     assert np.array_equal(example, synthetic_example(SLICE))  # z-scored noise, never a patient's slice
 
-    tags = tracking.model_version(NAME, alias="challenger")["tags"]
+    tags = versions.model_version(NAME, alias="challenger")["tags"]
     import hashlib
 
     assert {k: v for k, v in tags.items() if k.startswith("sha256/")} == {
@@ -208,7 +211,7 @@ def _plant_loader(folder: Path, marker: Path) -> None:
 
 
 def _other_graph(folder: Path, marker: Path) -> None:
-    other = _unet(UNetConfig(in_channels=2, out_channels=2, base=4, depth=1), seed=7)
+    other = _unet(ModelConfig(in_channels=2, out_channels=2, base=4, depth=1), seed=7)
     (folder / "model.onnx").write_bytes(registered_model.export_onnx(other, _slices()[:2]))
 
 
@@ -311,7 +314,7 @@ def test_crafted_weights_are_refused_by_every_loader_and_never_run(store, form):
     _register(store)
     weights = _stored_files() / "extra_files" / "weights.pt"
     weights.write_bytes(evil)
-    tracking.set_version_tags(NAME, "1", {"sha256/extra_files/weights.pt": tracking.file_sha256(weights)})
+    versions.set_version_tags(NAME, "1", {"sha256/extra_files/weights.pt": versions.file_sha256(weights)})
     with pytest.raises(UserError) as caught:
         resolve_model(URI, "cpu")
     assert str(caught.value) == f"the weights file of {URI} {CRAFTED}; use a model or checkpoint written by brats-seg."
@@ -322,10 +325,10 @@ def test_a_version_without_recorded_digests_is_refused_unopened(store):
     with tracking.start_run("brats-seg") as run:
         pass
     with mlflow.start_run(run_id=run.run_id):
-        info = mlflow.pytorch.log_model(UNet(UNetConfig(in_channels=2, base=4, depth=1)), name="model",
+        info = mlflow.pytorch.log_model(UNet(ModelConfig(in_channels=2, base=4, depth=1)), name="model",
                                         serialization_format="pickle")
     mlflow.register_model(info.model_uri, NAME)
-    tracking.set_alias(NAME, "challenger", "1")
+    versions.set_alias(NAME, "challenger", "1")
     (weights,) = Path("mlflow/artifacts").rglob("model.pth")
     weights.write_bytes(pickle.dumps(_RunsCode(store / "payload-ran")))
     with pytest.raises(UserError, match=rf"^{URI} \(version 1\) was registered without the SHA-256 of its files "
@@ -341,13 +344,13 @@ def test_a_registration_killed_before_its_alias_is_adopted_not_registered_twice(
     client.delete_registered_model_alias(NAME, "challenger")
     client.delete_model_version_tag(NAME, "1", "brats_seg.registration")
     register_stage(RegisterParams(model_name=NAME), BaseParams())
-    versions = tracking.model_versions(NAME)
-    assert [v["version"] for v in versions] == ["1"] and versions[0]["aliases"] == ["challenger"]
-    assert versions[0]["tags"]["brats_seg.registration"] == "complete"
+    found = versions.model_versions(NAME)
+    assert [v["version"] for v in found] == ["1"] and found[0]["aliases"] == ["challenger"]
+    assert found[0]["tags"]["brats_seg.registration"] == "complete"
     assert resolve_model(URI, "cpu").regions == REGIONS
     # a complete registration is never adopted: the same run registered again is a new version
     register_stage(RegisterParams(model_name=NAME), BaseParams())
-    assert [v["version"] for v in tracking.model_versions(NAME)] == ["1", "2"]
+    assert [v["version"] for v in versions.model_versions(NAME)] == ["1", "2"]
 
 
 def test_registering_against_a_store_without_the_training_run_is_one_sentence(store, monkeypatch):
@@ -361,7 +364,7 @@ def test_registering_against_a_store_without_the_training_run_is_one_sentence(st
     assert str(caught.value) == (f"the tracking store at sqlite:///{store / 'team' / 'mlflow.db'} has no run {run_id}: "
                                  f"the model was trained against another store; train it again against this one (dvc "
                                  f"repro -f train), or set MLFLOW_TRACKING_URI to the store that holds the run.")
-    assert tracking.model_versions() == []  # nothing half-registered there
+    assert versions.model_versions() == []  # nothing half-registered there
 
 
 def _equal_outputs(net: UNet, slices: np.ndarray) -> None:
@@ -376,7 +379,7 @@ def _equal_outputs(net: UNet, slices: np.ndarray) -> None:
 @pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
 @pytest.mark.parametrize("depth", [1, 2])
 def test_the_onnx_graph_computes_what_the_torch_unet_computes(norm, depth):
-    config = UNetConfig(in_channels=2, out_channels=3, base=4, depth=depth, norm=norm)
+    config = ModelConfig(in_channels=2, out_channels=3, base=4, depth=depth, norm=norm)
     net = _unet(config, seed=depth)
     _equal_outputs(net, _slices())
     assert not net.training  # exporting leaves the model in eval mode as it was
@@ -388,7 +391,7 @@ def test_the_onnx_graph_computes_what_torch_computes_on_real_slices(real_data):
     volumes = [read_volume(case.images[m][0]) for m in ("flair", "t1", "t1ce", "t2")]
     pre = preprocess_case(np.stack([v[0] for v in volumes]).astype(np.float32), volumes[0][1].affine, 128, 8)
     slices = pre.images[pre.brain_pixels > 0][::10].astype(np.float32)
-    _equal_outputs(_unet(UNetConfig(in_channels=4, out_channels=3, base=32, depth=4), size=128), slices)
+    _equal_outputs(_unet(ModelConfig(in_channels=4, out_channels=3, base=32, depth=4), size=128), slices)
 
 
 # --- the tracking UI ---------------------------------------------------------------------------------------

@@ -15,22 +15,23 @@ import pandas as pd
 import pytest
 import torch
 
-from brats_seg import registered_model, tracking
-from brats_seg.audit import history
+from brats_seg.base_params import BaseParams
 from brats_seg.cli import main as cli
-from brats_seg.config import BaseParams
 from brats_seg.data.dataset import load_split
 from brats_seg.data.inspect import inspect_case
 from brats_seg.data.labels import region_mask
 from brats_seg.data.slicing import SliceParams, run_slice
 from brats_seg.errors import ConfigError, UserError
-from brats_seg.evaluate import evaluate_cases
-from brats_seg.inference import save_model
-from brats_seg.lineage import case_lineage
-from brats_seg.models.unet import UNet, UNetConfig
-from brats_seg.predict import resolve_model
-from brats_seg.promotion import PromoteParams, promote
-from brats_seg.provenance import code_manifest, eval_code_digest
+from brats_seg.evaluation.evaluate import evaluate_cases
+from brats_seg.inference.bundle import save_model
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
+from brats_seg.orchestration.provenance import code_manifest, eval_code_digest
+from brats_seg.registry import registered_model, tracking, versions
+from brats_seg.registry.audit import history
+from brats_seg.registry.lineage import case_lineage
+from brats_seg.registry.promotion import PromoteParams, promote
+from brats_seg.registry.resolve import resolve_model
 from tests.conftest import COHORT_SEED, write_synthetic_cohort
 
 NAME = "brats-unet-test"
@@ -52,7 +53,7 @@ def _register(dice: float, split: str = "split-a", slice_params: dict | None = N
     split tables when given, tested on split ``split`` whose images and labels have digest ``content`` by
     scoring code ``eval_code`` (default: this checkout's); its run records this checkout's code files."""
     slice_params = slice_params or TINY_SLICE
-    model = model or UNet(UNetConfig(in_channels=len(slice_params["modalities"]), out_channels=len(regions), base=4,
+    model = model or UNet(ModelConfig(in_channels=len(slice_params["modalities"]), out_channels=len(regions), base=4,
                                      depth=1)).eval()
     size = slice_params["size"]
     example = np.zeros((1, len(slice_params["modalities"]), size, size), np.float32)
@@ -65,7 +66,7 @@ def _register(dice: float, split: str = "split-a", slice_params: dict | None = N
         out = model(torch.from_numpy(example)).numpy()
     model_file = save_model(Path(tempfile.mkdtemp(dir=".")) / "unet.pt", model, regions, slice_params)
     graph = registered_model.export_onnx(model, example)
-    record = tracking.register_model(run.run_id, graph, model_file, NAME, example, out,
+    record = versions.register_model(run.run_id, graph, model_file, NAME, example, out,
                                      {"regions": list(regions), "slice": slice_params, "threshold": 0.5},
                                      {"test_wt_dice_mean": str(dice), "split_digest": split,
                                       "test_content_digest": content, "regions": ",".join(regions),
@@ -75,12 +76,12 @@ def _register(dice: float, split: str = "split-a", slice_params: dict | None = N
 
 
 def _champion() -> str | None:
-    found = tracking.model_version(NAME, alias="champion")
+    found = versions.model_version(NAME, alias="champion")
     return None if found is None else found["version"]
 
 
 def _tags(version: str) -> dict:
-    return tracking.model_version(NAME, version=version)["tags"]
+    return versions.model_version(NAME, version=version)["tags"]
 
 
 def test_first_champion_better_promoted_worse_refused_on_one_split(store):
@@ -174,7 +175,7 @@ def test_registered_model_loads_with_its_metadata_and_batches(store):
     bundle = resolve_model(f"models:/{NAME}/{version}", "cpu")
     assert bundle.regions == ("wt",) and bundle.slice_params["size"] == 16
     assert bundle.model(torch.zeros(3, 1, 16, 16)).shape == (3, 1, 16, 16)
-    info = tracking.model_version(NAME, alias="challenger")
+    info = versions.model_version(NAME, alias="challenger")
     assert info["version"] == version and info["tags"]["split_digest"] == "split-a"
 
 
@@ -257,7 +258,7 @@ def _fit(slice_params: SliceParams, seed: int, steps: int = 60) -> UNet:
     x = torch.from_numpy(data.images.astype(np.float32))
     y = torch.from_numpy(region_mask(data.labels).astype(np.float32))[:, None]
     torch.manual_seed(seed)
-    model = UNet(UNetConfig(in_channels=x.shape[1], base=4, depth=1))
+    model = UNet(ModelConfig(in_channels=x.shape[1], base=4, depth=1))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     balance = (y.numel() - y.sum()) / y.sum().clamp(min=1)  # tumour is rare: weigh it up
     for _ in range(steps):
@@ -325,7 +326,7 @@ def test_a_champion_without_split_tables_or_unloadable_is_refused(workspace):
 
     broken = _register(0.6, split="old-split", splits=_table(["nobody"]))
     promote(NAME, PARAMS, version=broken, force=True)
-    model_id = tracking.model_version(NAME, version=broken)["source"].rsplit("/", 1)[-1]  # models:/m-...
+    model_id = versions.model_version(NAME, version=broken)["source"].rsplit("/", 1)[-1]  # models:/m-...
     (folder,) = [p.parent for p in Path("mlflow/artifacts").rglob("MLmodel") if model_id in str(p)]
     shutil.rmtree(folder)  # the weights are gone: the champion cannot be loaded
     _register(0.9, split=workspace["digest"], content=workspace["content"])
@@ -396,7 +397,7 @@ def test_a_challenger_scored_by_other_evaluation_code_is_scored_again_too(worksp
 def test_a_champion_preprocessed_by_other_code_is_refused_naming_the_file(workspace):
     others = [c for c in workspace["cases"]["case_id"] if c not in workspace["test"]]
     champion = _register(0.6, split="old-split", splits=_table(others))
-    run_id = tracking.model_version(NAME, version=champion)["run_id"]
+    run_id = versions.model_version(NAME, version=champion)["run_id"]
     files = json.loads(tracking.get_run(run_id)["tags"]["code_files"])
     files["src/brats_seg/data/preprocess.py"] = "0" * 16  # as if the preprocessing changed since it was trained
     tracking.mlflow.MlflowClient(tracking.tracking_uri()).set_tag(run_id, "code_files", json.dumps(files))
@@ -437,13 +438,13 @@ def test_split_tables_round_trip_through_the_tracking_store(store):
                           "split": ["test", "test", "train", "val"], "image_sha256": ["a1", "a2", "b", "c"]})
     with tracking.start_run("registry-test") as run:
         digests = run.log_split_tables(table)
-    back = tracking.split_tables(run.run_id)
+    back = versions.split_tables(run.run_id)
     assert back.sort_values("case_id", ignore_index=True).equals(table.sort_values("case_id", ignore_index=True))
     inputs = tracking.get_run(run.run_id)["inputs"]
     assert sorted(inputs) == sorted(d[:36] for d in digests.values())
     with tracking.start_run("registry-test") as bare:
         pass
-    assert tracking.split_tables(bare.run_id) is None
+    assert versions.split_tables(bare.run_id) is None
 
 
 def test_lineage_case_lists_every_version_whose_splits_held_the_patient(store, capsys):
@@ -465,8 +466,8 @@ def test_lineage_case_lists_every_version_whose_splits_held_the_patient(store, c
     code, out, _ = _cli(["lineage", "--case", "B"], capsys)
     assert code == 0 and out.splitlines()[:3] == [
         "B is in the splits of 2 of 3 registered model versions:",
-        f"  {NAME} v{v1} @champion: train (patient B: B; run {tracking.model_version(NAME, version=v1)['run_id']})",
-        f"  {NAME} v{v2}: val (patient B: B; run {tracking.model_version(NAME, version=v2)['run_id']})"]
+        f"  {NAME} v{v1} @champion: train (patient B: B; run {versions.model_version(NAME, version=v1)['run_id']})",
+        f"  {NAME} v{v2}: val (patient B: B; run {versions.model_version(NAME, version=v2)['run_id']})"]
     code, out, _ = _cli(["lineage", "--case", "Z"], capsys)
     assert code == 0 and out.startswith(f"no registered model version in {tracking.tracking_uri()} had Z in its "
                                         f"train, val or test split (3 versions searched).")
@@ -499,5 +500,5 @@ def test_split_tables_logged_through_a_tracking_server_keep_their_rows(store):
         tracking.mlflow.log_text(table.to_csv(index=False), "splits/test.csv")
         tracking._log_table_input(table, "mlflow-artifacts:/0/x/artifacts/splits/test.csv", "test-split", "0" * 64,
                                   "testing", {tracking.ARTIFACT_TAG: "splits/test.csv"})
-    back = tracking.split_tables(run.run_id)
+    back = versions.split_tables(run.run_id)
     assert back.astype(str).equals(table.assign(image_sha256="").astype(str))  # no image digest recorded: empty

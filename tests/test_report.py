@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brats_seg import tracking
-from brats_seg.config import BaseParams
-from brats_seg.evaluate import score_case, summarise_cases
-from brats_seg.plots import plot_overlay, plot_training_curve
+from brats_seg.base_params import BaseParams
+from brats_seg.evaluation.evaluate import score_case, summarise_cases
+from brats_seg.registry import tracking
+from brats_seg.reporting.plots import plot_overlay, plot_training_curve
 from brats_seg.runners.report import report_stage
 from tests.conftest import PROJECT_ROOT
 

@@ -16,12 +16,13 @@ import psutil
 import pytest
 import torch
 
-from brats_seg.checkpoint import load_checkpoint
 from brats_seg.config import ConfigError
 from brats_seg.data.dataset import ShardedSplit, load_split, open_split
 from brats_seg.errors import exit_on_user_error
+from brats_seg.io.checkpoint import load_checkpoint
 from brats_seg.io.shards import ShardError
-from brats_seg.train import TrainParams, fingerprint, train_model
+from brats_seg.training.loop import fingerprint, train_model
+from brats_seg.training.params import TrainParams
 from tests.conftest import make_dvc_project, run_cmd
 
 # instance norm: each sample is normalised on its own, so a batch split over processes is the same computation
@@ -45,13 +46,14 @@ def _weights(result) -> dict[str, torch.Tensor]:
 def _prediction_gap(slices: Path, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
     """Largest difference of two weight sets' probabilities on the validation slices, and the share of pixels
     whose thresholded prediction differs."""
-    from brats_seg.models.unet import UNet, UNetConfig
+    from brats_seg.models.config import ModelConfig
+    from brats_seg.models.unet import UNet
 
     images = torch.from_numpy(load_split(slices, "val").images.astype("float32"))
     probs = []
     for weights in (a, b):
         regions = int(weights["head.bias"].shape[0])  # 3 with the default train.target (regions)
-        model = UNet(UNetConfig(in_channels=4, out_channels=regions, base=8, depth=2, norm="instance"))
+        model = UNet(ModelConfig(in_channels=4, out_channels=regions, base=8, depth=2, norm="instance"))
         model.load_state_dict(weights)
         with torch.no_grad():
             probs.append(torch.sigmoid(model.eval()(images)))
@@ -112,8 +114,9 @@ import sys
 from pathlib import Path
 import torch
 from brats_seg.data.dataset import load_split
-from brats_seg.distributed import process_group
-from brats_seg.train import TrainParams, train_model
+from brats_seg.training.distributed import process_group
+from brats_seg.training.loop import train_model
+from brats_seg.training.params import TrainParams
 slices, ckpt, out, epochs, seed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 params = TrainParams(epochs=epochs, batch_size=8, lr=3e-3, base=8, depth=2, norm="instance", threads=1, nproc=2)
 with process_group(2, "cpu") as ranks:
@@ -155,14 +158,16 @@ def test_two_gloo_processes_train_what_one_process_does_with_the_same_global_bat
 _GRADIENT = """
 import sys
 import torch
-from brats_seg.distributed import process_group
-from brats_seg.models.unet import UNet, UNetConfig
-from brats_seg.train import TrainParams, _parallel, make_step
+from brats_seg.training.distributed import process_group
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
+from brats_seg.training.loop import _parallel, make_step
+from brats_seg.training.params import TrainParams
 batch, out = torch.load(sys.argv[1], weights_only=True), sys.argv[2]
 params = TrainParams(batch_size=8, base=8, depth=2, norm="instance", bce_weight=0.5, amp=False, threads=1, nproc=2)
 with process_group(2, "cpu") as ranks:
     torch.manual_seed(0)
-    model = UNet(UNetConfig(in_channels=4, out_channels=1, base=8, depth=2, norm="instance"))
+    model = UNet(ModelConfig(in_channels=4, out_channels=1, base=8, depth=2, norm="instance"))
     step = make_step(_parallel(model, params, ranks.device, ranks), torch.optim.SGD(model.parameters(), lr=0.0),
                      params, ranks.device, ranks)
     part = slice(ranks.rank * 4, ranks.rank * 4 + 4)  # this rank's half of the global batch of 8
@@ -174,7 +179,7 @@ with process_group(2, "cpu") as ranks:
 def _one_step_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ranks=None) -> tuple:
     """(loss, {parameter: gradient}) of one training step of the project's own step function; lr 0 keeps the
     weights, so the gradients are the step's."""
-    from brats_seg.train import make_step
+    from brats_seg.training.loop import make_step
 
     params = TrainParams(batch_size=len(x), base=8, depth=2, norm="instance", bce_weight=0.5, amp=False, threads=1)
     loss = make_step(model, torch.optim.SGD(model.parameters(), lr=0.0), params, torch.device("cpu"), ranks)(x, y)
@@ -185,7 +190,8 @@ def test_one_step_on_two_gloo_ranks_has_the_gradients_of_one_process_on_the_glob
     """The gradients themselves, not the trained model: Adam divides a uniform gradient scale away, so a step
     whose gradient is halved (a missing all-reduce in the backward pass) trains almost the same model."""
     from brats_seg.data.labels import region_targets
-    from brats_seg.models.unet import UNet, UNetConfig
+    from brats_seg.models.config import ModelConfig
+    from brats_seg.models.unet import UNet
 
     train = load_split(slices, "train")
     pick = np.flatnonzero(train.labels.reshape(len(train), -1).max(axis=1) > 0)[:6].tolist() + [0, 1]
@@ -194,7 +200,7 @@ def test_one_step_on_two_gloo_ranks_has_the_gradients_of_one_process_on_the_glob
     torch.save(batch, tmp_path / "batch.pt")
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    one_loss, one = _one_step_gradients(UNet(UNetConfig(in_channels=4, out_channels=1, base=8, depth=2,
+    one_loss, one = _one_step_gradients(UNet(ModelConfig(in_channels=4, out_channels=1, base=8, depth=2,
                                                         norm="instance")), batch["x"], batch["y"])
     script = tmp_path / "gradient.py"
     script.write_text(_GRADIENT)
@@ -277,7 +283,7 @@ def test_a_user_error_under_torchrun_is_said_once(tmp_path):
     """Both ranks meet it; rank 0 says it, torchrun's failure report stays out, the exit code is the stage's."""
     import yaml
 
-    from brats_seg.provenance import PROJECT_ROOT
+    from brats_seg.orchestration.provenance import PROJECT_ROOT
 
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["train"].update(nproc=2, batch_size=8)

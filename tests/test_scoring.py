@@ -9,7 +9,7 @@ import pytest
 from brats_seg.cli import main
 from brats_seg.data.synthetic import make_case
 from brats_seg.errors import DataError
-from brats_seg.scoring import score_files
+from brats_seg.evaluation.scoring import score_files
 
 
 def _save(path, data, affine):

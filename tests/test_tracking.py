@@ -11,11 +11,11 @@ import time
 import pytest
 
 import mlflow
-from brats_seg import tracking
+from brats_seg.registry import tracking
 
 _HOLD_A_RUN = """
 import sys, time
-from brats_seg import tracking
+from brats_seg.registry import tracking
 with tracking.start_run("orphans") as run:
     open(sys.argv[1], "w").write(run.run_id)
     time.sleep(600)

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from brats_seg.checkpoint import load_checkpoint
 from brats_seg.data.dataset import load_split
 from brats_seg.errors import DataError
-from brats_seg.train import TrainParams, fingerprint, train_model, validate
+from brats_seg.io.checkpoint import load_checkpoint
+from brats_seg.training.loop import fingerprint, train_model, validate
+from brats_seg.training.params import TrainParams
 
 # Dice alone (bce_weight 0, the seed's loss): on this tiny cohort it leaves the 0.5 start within 2 epochs, so that
 # the comparisons below are not decided by pixels sitting on the threshold
@@ -43,11 +44,40 @@ def test_regions_target_has_three_channels(slices, tmp_path):
     assert result.model.config.out_channels == 3 and result.regions == ("wt", "tc", "et")
 
 
+def test_the_architecture_lever_trains_a_residual_unet_and_its_default_the_seeds_unet(slices, tmp_path):
+    """train.model picks the network built by models.build: its default trains the U-Net exactly as before the
+    lever existed (a U-Net built directly, same seed, same weights after training); resunet trains another
+    network, which the model file names and load_model builds again."""
+    from brats_seg.inference.bundle import load_model, save_model
+    from brats_seg.models.config import ModelConfig
+    from brats_seg.models.resunet import ResUNet
+    from brats_seg.models.unet import UNet
+
+    params = dataclasses.replace(PARAMS, epochs=1)
+    default = _train(slices, params, tmp_path / "a.pt")
+    torch.manual_seed(0)
+    direct = UNet(ModelConfig(in_channels=4, out_channels=1, base=8, depth=2))
+    assert type(default.model) is UNet and default.model.config.architecture == "unet"
+    assert default.model.state_dict().keys() == direct.state_dict().keys()
+    residual = _train(slices, dataclasses.replace(params, model="resunet"), tmp_path / "b.pt")
+    assert type(residual.model) is ResUNet and residual.model.config.architecture == "resunet"
+    assert residual.history[0]["val_dice"] != default.history[0]["val_dice"]
+    x = torch.from_numpy(load_split(slices, "val").images[:4].astype("float32"))
+    saved = save_model(tmp_path / "resunet.pt", residual.model, residual.regions,
+                       {"size": 32, "margin": 4, "modalities": ["flair", "t1", "t1ce", "t2"]})
+    bundle = load_model(saved)
+    assert type(bundle.model) is ResUNet
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(x), residual.model.eval()(x))  # channels_last: rounding only
+        assert not torch.allclose(bundle.model(x), default.model.eval()(x))
+
+
 _KILLED = """
 import sys
 from pathlib import Path
 from brats_seg.data.dataset import load_split
-from brats_seg.train import TrainParams, train_model
+from brats_seg.training.loop import train_model
+from brats_seg.training.params import TrainParams
 slices, ckpt = Path(sys.argv[1]), Path(sys.argv[2])
 params = TrainParams(epochs=int(sys.argv[3]), batch_size=8, lr=3e-3, base=8, depth=2, threads=1, target="wt",
                      bce_weight=0.0)
@@ -67,7 +97,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(slices, 
     proc.wait()
     done = load_checkpoint(ckpt)["epoch"]
     assert 1 <= done < epochs, "the kill should land after the first checkpoint and before the end"
-    with caplog.at_level("INFO", logger="brats_seg.train"):
+    with caplog.at_level("INFO", logger="brats_seg.training.loop"):
         resumed = _train(slices, params, ckpt)
     # it did resume (the killed process trained these very params: same fingerprint), not start over
     assert f"resuming from the checkpoint after epoch {done} of {epochs}" in caplog.text
@@ -134,6 +164,7 @@ def test_the_fingerprint_covers_settings_data_content_val_set_epochs_seed_and_co
         "seed": _key(train, val, seed=1),
         "device": _key(train, val, device="cuda"),
         "code": _key(train, val, code="code-b"),
+        "architecture": _key(train, val, params=dataclasses.replace(PARAMS, model="resunet")),
     }
     assert len(set(changed.values()) | {key}) == len(changed) + 1, changed
 
@@ -162,13 +193,13 @@ def test_the_fingerprint_keys_the_resolved_computation(slices, monkeypatch):
 
 def test_a_batch_larger_than_the_training_set_is_said(slices, tmp_path, caplog):
     n = len(load_split(slices, "train"))
-    with caplog.at_level("WARNING", logger="brats_seg.train"):
+    with caplog.at_level("WARNING", logger="brats_seg.training.loop"):
         _train(slices, dataclasses.replace(PARAMS, epochs=1, batch_size=n + 1), tmp_path / "ckpt.pt")
     said = [r.getMessage() for r in caplog.records if "larger than the training set" in r.getMessage()]
     assert said == [f"train.batch_size {n + 1} is larger than the training set ({n} slices): every epoch is a single "
                     f"step on all of them; lower train.batch_size or add cases"]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="brats_seg.train"):
+    with caplog.at_level("WARNING", logger="brats_seg.training.loop"):
         _train(slices, dataclasses.replace(PARAMS, epochs=1, batch_size=n), tmp_path / "ckpt2.pt")
     assert not [r for r in caplog.records if "larger than the training set" in r.getMessage()]
 
@@ -215,7 +246,7 @@ def test_validation_dice_is_per_case_then_per_region():
 
 
 def test_validation_loss_uses_the_training_loss_terms(slices):
-    from brats_seg.losses import segmentation_loss
+    from brats_seg.training.losses import segmentation_loss
 
     val = load_split(slices, "val")
     model = _Threshold(1)
@@ -231,7 +262,7 @@ def test_validation_loss_uses_the_training_loss_terms(slices):
 
 
 def test_the_learning_rate_schedules_by_hand():
-    from brats_seg.train import lr_at
+    from brats_seg.training.params import lr_at
 
     params = dataclasses.replace(PARAMS, epochs=4, lr=1e-3)
     assert [lr_at(params, e) for e in range(4)] == [1e-3] * 4  # constant: the seed's Adam 1e-4 style
@@ -253,7 +284,7 @@ def _stop_after_second(epoch: int, metrics: dict) -> None:
 
 @pytest.mark.parametrize("schedule", ["cosine", "poly"])
 def test_a_decaying_schedule_is_what_the_optimiser_steps_with_and_resumes_exactly(slices, tmp_path, schedule):
-    from brats_seg.train import lr_at
+    from brats_seg.training.params import lr_at
 
     params = dataclasses.replace(PARAMS, epochs=3, schedule=schedule)
     straight = _train(slices, params, tmp_path / "straight.pt")

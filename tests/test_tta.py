@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from brats_seg import registered_model
 from brats_seg.data.preprocess import CaseGeometry
 from brats_seg.errors import UserError
-from brats_seg.inference import ModelBundle, load_model, predict_mirrored, predict_slices, save_model
-from brats_seg.models.unet import UNet, UNetConfig
-from brats_seg.segment import segment_case, slice_probabilities
+from brats_seg.inference.bundle import ModelBundle, load_model, predict_mirrored, predict_slices, save_model
+from brats_seg.inference.segment import segment_case, slice_probabilities
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
+from brats_seg.registry import registered_model
 
 SLICE = {"size": 16, "margin": 2, "modalities": ["flair", "t1"]}
 
@@ -20,7 +21,7 @@ SLICE = {"size": 16, "margin": 2, "modalities": ["flair", "t1"]}
 @pytest.fixture(scope="module")
 def net() -> UNet:
     torch.manual_seed(3)  # random weights: a network that is not symmetric, so mirroring changes its output
-    return UNet(UNetConfig(in_channels=2, out_channels=3, base=4, depth=2)).eval()
+    return UNet(ModelConfig(in_channels=2, out_channels=3, base=4, depth=2)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from brats_seg.config import BaseParams, load_section, read_params
+from brats_seg.base_params import BaseParams
+from brats_seg.config import load_section, read_params
 from brats_seg.console import setup_logging
 from brats_seg.errors import UserError, exit_on_user_error
 from brats_seg.io.tables import json_safe, read_json
@@ -155,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(summary(args.params) + "\n")
     elif args.command == "score":
-        from brats_seg.scoring import score_files
+        from brats_seg.evaluation.scoring import score_files
 
         scores = score_files(args.ref, args.pred, args.labels, lesionwise=args.lesionwise)
         sys.stdout.write(json.dumps(json_safe(scores), indent=2) + "\n")
@@ -166,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         for r in predict_dirs(args.cases, args.model, args.out, args.device, args.labels, args.wt_mask, tta):
             sys.stdout.write(describe_case(r) + "\n")
     elif args.command == "promote":
-        from brats_seg.promotion import PromoteParams, promote
+        from brats_seg.registry.promotion import PromoteParams, promote
         from brats_seg.runners.register import RegisterParams
 
         params = read_params(args.params)
@@ -175,14 +176,14 @@ def _run(args: argparse.Namespace) -> int:
                          load_section(BaseParams, params, "base"))
         sys.stdout.write(json.dumps(json_safe(record), indent=2) + "\n")
     elif args.command == "versions":
-        from brats_seg import tracking
-        from brats_seg.audit import format_versions
+        from brats_seg.registry import versions
+        from brats_seg.registry.audit import format_versions
         from brats_seg.runners.register import RegisterParams
 
         name = args.model or load_section(RegisterParams, read_params(args.params), "register").model_name
-        sys.stdout.write(format_versions(name, tracking.model_versions(name)) + "\n")
+        sys.stdout.write(format_versions(name, versions.model_versions(name)) + "\n")
     elif args.command == "audit":
-        from brats_seg.audit import format_history, history
+        from brats_seg.registry.audit import format_history, history
         from brats_seg.runners.register import RegisterParams
 
         name = args.model or load_section(RegisterParams, read_params(args.params), "register").model_name
@@ -191,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "lineage" and args.case is not None:
         return _case_lineage(args)
     elif args.command == "lineage":
-        from brats_seg.lineage import format_chain, lineage, verify
+        from brats_seg.registry.lineage import format_chain, lineage, verify
 
         if args.model_uri is None:
             raise UserError("brats-seg lineage needs a MODEL_URI (e.g. models:/brats-unet@champion) or --case ID.")
@@ -204,12 +205,12 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write("verify   workspace matches the model's params, code and data\n" if not drift else "")
             return 1 if drift else 0
     elif args.command == "params":
-        from brats_seg.config import set_params
+        from brats_seg.params_file import set_params
 
         for key, value in set_params(args.params, args.assignments).items():
             sys.stdout.write(f"{key} = {value}\n")
     elif args.command == "copy-store":
-        from brats_seg.copy_store import copy_store, describe
+        from brats_seg.registry.copy_store import copy_store, describe
 
         counts = copy_store(args.source, args.destination)
         sys.stdout.write(describe(counts, args.source, args.destination) + "\n")
@@ -218,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _case_lineage(args: argparse.Namespace) -> int:
     """`brats-seg lineage --case ID`: every registered version whose splits held that patient."""
-    from brats_seg.lineage import case_lineage, format_case_lineage
+    from brats_seg.registry.lineage import case_lineage, format_case_lineage
 
     if args.model_uri is not None or args.verify:
         raise UserError("brats-seg lineage --case searches every registered model version; pass it without "

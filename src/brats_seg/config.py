@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -49,15 +49,15 @@ PARAMS_FILE = "params.yaml"  # how __post_init__ messages name the file; build()
 # Every section of params.yaml and the dataclass that checks it, imported only when a whole document is
 # checked, so that loading one section never imports torch or mlflow.
 SECTIONS: dict[str, str] = {
-    "base": "brats_seg.config:BaseParams",
+    "base": "brats_seg.base_params:BaseParams",
     "download": "brats_seg.data.download:DownloadParams",
     "validate": "brats_seg.data.validation:ValidateParams",
     "slice": "brats_seg.data.slicing:SliceParams",
-    "train": "brats_seg.train:TrainParams",
-    "evaluate": "brats_seg.evaluate:EvaluateParams",
+    "train": "brats_seg.training.params:TrainParams",
+    "evaluate": "brats_seg.evaluation.evaluate:EvaluateParams",
     "register": "brats_seg.runners.register:RegisterParams",
-    "promote": "brats_seg.promotion:PromoteParams",
-    "schedule": "brats_seg.config:ScheduleParams",
+    "promote": "brats_seg.registry.promotion:PromoteParams",
+    "schedule": "brats_seg.base_params:ScheduleParams",
 }
 _CROSS_SECTION = ("slice", "train")
 
@@ -285,192 +285,3 @@ def _scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is Any:
         return value
     raise TypeError(f"unsupported parameter type {hint!r} at {where}")  # a programming error, not the user's
-
-
-ExecutorKind = Literal["auto", "local", "dask"]
-_DASK_ADDRESS = r"|([a-z][a-z0-9+]*://)?([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d+)?"  # '', host[:port], [v6]:port
-
-
-# What the repository itself holds: no base path may name one of them or lie inside one.
-_PROJECT_OWNED = frozenset({".git", ".dvc", ".ci", ".dvcignore", ".gitignore", "Makefile", "README.md", "benchmarks",
-                            "constraints.txt", "docs", "dvc.yaml", "dvc.lock", "flows", "mlflow", "params.yaml",
-                            "prefect.toml", "prefect.yaml", "pyproject.toml", "src", "stages", "tests", ".venv"})
-# Untracked folders (no dvc.yaml output), which may also be absolute: a cache on a scratch disk.
-_ANYWHERE = ("cache_dir", "checkpoint_dir")
-# The kind of file each base path that names a file holds (the others are folders).
-_PATH_SUFFIX = {"source_manifest": ".json", "manifest": ".parquet", "validation_metrics": ".json", "model": ".pt",
-                "train_report": ".json", "train_run": ".json", "train_curve": ".csv", "train_curve_png": ".png",
-                "eval_report": ".json", "eval_metrics": ".json",
-                "eval_cases": ".csv", "eval_lesions": ".csv", "registered_report": ".json", "report": ".html"}
-
-
-def check_project_path(key: str, value: str) -> None:
-    """``value`` (params key ``key``, e.g. ``base.model``) names a file or folder the pipeline may write: a
-    relative path inside the repository, not its root, not one of the repository's own files or folders, and,
-    for a file, of its kind (``base.model`` a .pt file). Raises the one-sentence ConfigError otherwise."""
-    text = value.strip()
-    require(key, value, bool(text), "a non-empty path or name")
-    if key.rpartition(".")[2] in _ANYWHERE and Path(text).is_absolute():  # e.g. a scratch disk
-        home = Path.home().resolve()
-        resolved = Path(text).resolve()
-        require(key, value, resolved != Path(resolved.anchor) and resolved not in (home, *home.parents),
-                "a folder of its own, not the file system's root or a home folder or one above it")
-        return
-    parts = Path(text).parts
-    inside = not Path(text).is_absolute() and not text.startswith("~") and ".." not in parts
-    require(key, value, inside and bool(parts) and parts != (".",), "a relative path inside the repository, "
-            "below its root (e.g. data/raw); an absolute path, ~ or .. would let a stage write outside it")
-    first = next(p for p in parts if p != ".")
-    require(key, value, first not in _PROJECT_OWNED, f"a path the pipeline owns, not {first} (a file or folder of "
-            f"the repository itself); use one under data/, models/ or reports/")
-    suffix = _PATH_SUFFIX.get(key.rpartition(".")[2])
-    if suffix:
-        require(key, value, Path(text).suffix == suffix, f"a {suffix} file (the kind {key} holds)")
-
-
-@dataclasses.dataclass(frozen=True)
-class BaseParams:
-    """params.yaml ``base`` section: the seed and every path, written once and used by dvc.yaml too, and where
-    per-case work runs (``executor``, ``dask_address``)."""
-
-    seed: int = 42
-    raw_dir: str = path_field("data/raw")
-    cache_dir: str = path_field("data/cache")
-    source_manifest: str = path_field("data/source.json")
-    manifest: str = path_field("data/validated/manifest.parquet")
-    validation_reports: str = path_field("reports/validation")
-    validation_metrics: str = path_field("reports/validation.json")
-    slices_dir: str = path_field("data/slices")
-    checkpoint_dir: str = path_field("data/cache/checkpoints")
-    model: str = path_field("models/unet.pt")
-    train_report: str = path_field("reports/train.json")
-    train_run: str = path_field("reports/train_run.json")
-    train_curve: str = path_field("reports/train_curve.csv")
-    train_curve_png: str = path_field("reports/train_curve.png")
-    eval_report: str = path_field("reports/eval.json")
-    eval_metrics: str = path_field("reports/eval_metrics.json")
-    eval_cases: str = path_field("reports/eval_cases.csv")
-    eval_lesions: str = path_field("reports/eval_lesions.csv")
-    overlays_dir: str = path_field("reports/overlays")
-    registered_report: str = path_field("reports/registered.json")
-    report: str = path_field("reports/index.html")
-    experiment: str = runtime_field("brats-seg")  # where runs are tracked, not what they make
-    # Where validate, slice and synthetic download run their per-case work (brats_seg.pool.choose_executor):
-    # never part of any output, so never among a dvc.yaml stage's params.
-    executor: ExecutorKind = runtime_field("auto")
-    dask_address: str = runtime_field("")
-
-    def __post_init__(self) -> None:
-        require_at_least("base.seed", self.seed, 0)
-        require("base.experiment", self.experiment, bool(self.experiment.strip()), "a non-empty name")
-        for field in dataclasses.fields(self):
-            if field.metadata.get("path"):
-                check_project_path(f"base.{field.name}", getattr(self, field.name))
-        require("base.executor", self.executor, self.executor in typing.get_args(ExecutorKind), "auto, local or dask")
-        require_match("base.dask_address", self.dask_address, _DASK_ADDRESS,
-                      "empty or a Dask scheduler address such as tcp://10.0.0.5:8786")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleParams:
-    """params.yaml ``schedule`` section: when the served pipeline retrains (flows/serve.py)."""
-
-    cron: str = "0 3 * * 1"
-    timezone: str = "UTC"
-
-    def __post_init__(self) -> None:
-        import zoneinfo
-
-        fields = self.cron.split()
-        cron_ok = len(fields) == 5 and all(re.fullmatch(r"[0-9A-Za-z*,/?LW#-]+", f) for f in fields)
-        require("schedule.cron", self.cron, cron_ok, "a cron expression of five fields (minute hour day month "
-                "weekday), e.g. '0 3 * * 1'")
-        try:
-            zoneinfo.ZoneInfo(self.timezone)
-            tz_ok = bool(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            tz_ok = False
-        require("schedule.timezone", self.timezone, tz_ok, "an IANA time zone such as UTC or Europe/Berlin")
-
-
-def stage_params(description: str, argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse a stage's command line (``--params PATH``, ``-v``), set up logging, return the params file."""
-    import argparse
-
-    from brats_seg.console import setup_logging
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    return read_params(args.params)
-
-
-def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
-    """Apply ``KEY=VALUE`` assignments (dotted keys, YAML values) to a params file, keeping its comments.
-
-    The same edit ``dvc exp run -S`` makes; returns the new values. Unknown keys are refused, and the whole
-    resulting document is checked (:func:`check_params`) before the file is replaced, atomically.
-    """
-    import io
-
-    from ruamel.yaml import YAML
-
-    from brats_seg.io.atomic import atomic_path
-
-    yaml_rt = YAML()
-    yaml_rt.preserve_quotes = True
-    path = Path(path)
-    read_params(path)  # exists and is a mapping, else one sentence
-    doc = yaml_rt.load(path.read_text())
-    changed = {key: _assign(doc, key, raw, path) for key, raw in (_split_assignment(a) for a in assignments)}
-    text = io.StringIO()
-    yaml_rt.dump(doc, text)
-    check_params(yaml.safe_load(text.getvalue()) or {}, str(path))
-    _check_set_paths(changed, path.parent)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text.getvalue())
-    return changed
-
-
-# Folders a stage replaces whole: naming one the project did not create is refused when it is set.
-_REPLACED_DIRS = ("base.raw_dir", "base.slices_dir")
-
-
-def _check_set_paths(changed: dict[str, Any], root: Path) -> None:
-    """Refuse, when it is set, a path the pipeline would delete or could not read (relative to ``root``)."""
-    from brats_seg.io.atomic import check_removable
-
-    for key, value in changed.items():
-        where = root / Path(str(value).strip()).expanduser()
-        if key in _REPLACED_DIRS:
-            check_removable(where, key)
-        elif key == "download.local.path" and value and not where.exists():
-            raise ConfigError(f"download.local.path {value} does not exist; point it at a folder of BraTS cases or "
-                              f"an archive of them.")
-
-
-def _split_assignment(item: str) -> tuple[str, str]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"'{item}' is not KEY=VALUE (for example train.epochs=5).")
-    return key, raw
-
-
-def _assign(doc: Any, key: str, raw: str, path: Path) -> Any:
-    """Set dotted ``key`` in the round-trip document ``doc`` to the YAML value ``raw``; returns the value."""
-    *parents, leaf = key.split(".")
-    node = doc
-    for part in parents:
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
-        node = node[part]
-    if not isinstance(node, dict) or leaf not in node:
-        raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
-    try:
-        node[leaf] = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"{key}={raw} does not hold a YAML value; quote strings and close brackets "
-                          f"(for example slice.split=[0.7,0.15,0.15]).") from None
-    return node[leaf]

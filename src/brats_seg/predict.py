@@ -2,7 +2,7 @@
 
 Cases may use any naming the download stage recognises. Preprocessing is the slice stage's own
 (:func:`brats_seg.data.preprocess.preprocess_case`) with the parameters stored with the model, then the one
-predict step that evaluation uses too (:mod:`brats_seg.segment`: post-processing included). Inputs are
+predict step that evaluation uses too (:mod:`brats_seg.inference.segment`: post-processing included). Inputs are
 checked before anything is written: each modality decodes, is 3D and lies on the case's one grid.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,52 +21,13 @@ from brats_seg.data.labels import from_canonical, regions_to_labels
 from brats_seg.data.layouts import MODALITIES, CaseSource, discover_cases
 from brats_seg.data.preprocess import preprocess_case
 from brats_seg.errors import DataError, UserError
-from brats_seg.inference import ModelBundle, load_model, pick_device
+from brats_seg.inference.bundle import ModelBundle, cohort_summary, cohort_warning
+from brats_seg.inference.segment import segment_case
 from brats_seg.io.nifti import Meta, read_header, read_volume, write_like
 from brats_seg.io.tables import write_json
-from brats_seg.segment import segment_case
+from brats_seg.registry.resolve import resolve_model
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "models:/brats-unet@champion"
-
-
-def resolve_model(model: str | None, device: str = "auto") -> ModelBundle:
-    """A model from a file (``models/unet.pt``) or the MLflow registry (``models:/NAME@ALIAS``,
-    ``models:/NAME/VERSION``)."""
-    dev = pick_device(device)
-    model = model or DEFAULT_MODEL
-    if Path(model).is_file():
-        return load_model(model, dev)
-    if not model.startswith("models:/"):
-        what = "is a folder, not a model file" if Path(model).is_dir() else "does not exist"
-        raise UserError(f"--model {model} {what}; pass a model file (models/unet.pt) or a registry URI such as "
-                        f"{DEFAULT_MODEL}.")
-    return _load_registered(model, dev)
-
-
-def _load_registered(uri: str, device: torch.device) -> ModelBundle:
-    """The model file of a registry version, downloaded with every file of the version and checked against the
-    SHA-256 the registry recorded (:func:`brats_seg.tracking.fetch_registered_model`), then read by
-    :func:`load_model` (``weights_only``: never unpickles; crafted weights are refused naming ``uri``)."""
-    from brats_seg import tracking
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            folder, version = tracking.fetch_registered_model(uri, tmp)
-        except UserError:
-            raise  # not there, not checkable or tampered with: its own sentence
-        except Exception as exc:  # noqa: BLE001 - mlflow raises several kinds for "not there"
-            raise UserError(f"cannot load {uri} from the registry at {tracking.shown_uri()} ({str(exc)[:120]}); "
-                            f"promote a model first (brats-seg promote) or pass --model models/unet.pt.") from None
-        weights = folder / tracking.WEIGHTS_IN_VERSION
-        try:
-            bundle = load_model(weights, device)
-        except UserError as exc:
-            raise UserError(str(exc).replace(str(weights), f"the weights file of {uri}")) from None
-    name = tracking.parse_model_uri(uri)["name"]
-    return dataclasses.replace(bundle, origin=f"{name} v{version} ({uri})")
-
 
 def check_case(case: CaseSource, modalities: tuple[str, ...]) -> Meta:
     """Check a case from the file headers alone before any prediction: every modality the model needs is
@@ -138,10 +98,6 @@ def describe_case(result: dict) -> str:
         f"{result['case_id']}: tumour {volumes['wt']:.1f} ml -> {files}"
 
 
-# Fewer real training patients than this and every prediction says so: BraTS models learn from hundreds.
-MIN_REAL_PATIENTS = 100
-
-
 def provenance(bundle: ModelBundle) -> dict:
     """What made a mask, for its JSON sidecar: the model, its fingerprint (training settings, data and code), what
     it learnt from, the threshold, the date and brats-seg's version."""
@@ -149,32 +105,6 @@ def provenance(bundle: ModelBundle) -> dict:
             "threshold": bundle.threshold, "postprocess": bundle.postprocess.to_dict(), "tta": bundle.tta,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "brats_seg_version": __version__, "warning": cohort_warning(bundle)}
-
-
-def cohort_summary(bundle: ModelBundle) -> str:
-    """``trained on 17 cases of 17 patients (synthetic)``, or that the model records no cohort."""
-    c = bundle.cohort
-    if not c:
-        return "its training cohort is not recorded"
-    return f"trained on {c.get('train_cases', '?')} cases of {c.get('train_patients', '?')} patients " \
-           f"({c.get('source', 'unknown')})"
-
-
-def cohort_warning(bundle: ModelBundle) -> str | None:
-    """A sentence for every mask of a model that learnt from synthetic cases, from few real patients, or from
-    an unknown cohort; None otherwise."""
-    c = bundle.cohort
-    if not c:
-        return (f"{bundle.origin} records no training cohort (trained by an older brats-seg): what it learnt from "
-                f"is unknown; check every mask")
-    patients = int(c.get("train_patients", 0))
-    if c.get("source") == "synthetic":
-        return (f"{bundle.origin} was trained on synthetic cases only ({patients} patients): its masks demonstrate "
-                f"the pipeline and say nothing reliable about a real scan")
-    if patients < MIN_REAL_PATIENTS:
-        return (f"{bundle.origin} was trained on {patients} real patients only (fewer than {MIN_REAL_PATIENTS}): "
-                f"check every mask")
-    return None
 
 
 def read_modality(case: CaseSource, modality: str) -> np.ndarray:

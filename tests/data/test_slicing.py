@@ -158,7 +158,7 @@ def test_the_slice_stage_refuses_an_empty_split_before_it_writes_anything(tmp_pa
 
 
 def test_a_split_given_a_fraction_of_0_is_refused_by_the_stage_that_needs_it_in_one_sentence(tmp_path):
-    from brats_seg.evaluate import evaluate_cases
+    from brats_seg.evaluation.evaluate import evaluate_cases
 
     raw = tmp_path / "raw"
     write_synthetic_cohort(raw, 3, shape=(32, 32, 16))

@@ -3,12 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.unet import UNet
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
 def test_shapes_and_gradients(norm):
-    model = UNet(UNetConfig(in_channels=2, out_channels=3, base=4, depth=3, norm=norm))
+    model = UNet(ModelConfig(in_channels=2, out_channels=3, base=4, depth=3, norm=norm))
     x = torch.randn(2, 2, 32, 32, requires_grad=True)
     y = model(x)
     assert y.shape == (2, 3, 32, 32)
@@ -17,16 +18,16 @@ def test_shapes_and_gradients(norm):
 
 
 def test_width_and_depth_set_the_size():
-    small = sum(p.numel() for p in UNet(UNetConfig(base=8, depth=2)).parameters())
-    wide = sum(p.numel() for p in UNet(UNetConfig(base=16, depth=2)).parameters())
-    deep = sum(p.numel() for p in UNet(UNetConfig(base=8, depth=3)).parameters())
+    small = sum(p.numel() for p in UNet(ModelConfig(base=8, depth=2)).parameters())
+    wide = sum(p.numel() for p in UNet(ModelConfig(base=16, depth=2)).parameters())
+    deep = sum(p.numel() for p in UNet(ModelConfig(base=8, depth=3)).parameters())
     assert 3.5 < wide / small < 4.1  # conv parameters scale with width squared
     assert deep > 3 * small
 
 
 def test_skip_connections_carry_spatial_detail():
     # with the bottleneck zeroed, the output still depends on the input through the skips
-    model = UNet(UNetConfig(in_channels=1, base=4, depth=2, norm="none")).eval()
+    model = UNet(ModelConfig(in_channels=1, base=4, depth=2, norm="none")).eval()
     for p in model.bottleneck.parameters():
         torch.nn.init.zeros_(p)
     a, b = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)

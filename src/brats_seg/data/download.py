@@ -37,7 +37,7 @@ from brats_seg.data.layouts import (
 from brats_seg.errors import DataError
 from brats_seg.io.archives import extract_archive, is_archive
 from brats_seg.io.atomic import check_removable, mark_output_dir, remove_output_dir
-from brats_seg.pool import LOCAL, Executor, run_parallel
+from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
 
 log = logging.getLogger(__name__)
 

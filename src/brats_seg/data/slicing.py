@@ -32,7 +32,7 @@ from brats_seg.io.atomic import mark_output_dir, remove_output_dir
 from brats_seg.io.nifti import read_volume
 from brats_seg.io.shards import write_shard
 from brats_seg.io.tables import write_json, write_parquet
-from brats_seg.pool import LOCAL, Executor, run_parallel
+from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from brats_seg.data.layouts import UNLABELLED_DIR, list_canonical_cases
 from brats_seg.errors import DataError
 from brats_seg.io.atomic import mark_output_dir, remove_output_dir
 from brats_seg.io.tables import write_json, write_parquet
-from brats_seg.pool import LOCAL, Executor, run_parallel
+from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from brats_seg import tracking
-from brats_seg.config import BaseParams
-from brats_seg.evaluate import EvaluateParams, evaluate_cases, lesion_table, summarise_cases
-from brats_seg.inference import load_model, pick_device
+from brats_seg.base_params import BaseParams
+from brats_seg.evaluation.evaluate import EvaluateParams, evaluate_cases, lesion_table, summarise_cases
+from brats_seg.inference.bundle import load_model, pick_device
 from brats_seg.io.tables import read_json, write_json
-from brats_seg.overlays import write_overlays
-from brats_seg.provenance import eval_code_digest
+from brats_seg.orchestration.provenance import eval_code_digest
+from brats_seg.registry import tracking
+from brats_seg.reporting.overlays import write_overlays
 
 
 def headline(summary: dict) -> dict:

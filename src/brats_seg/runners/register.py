@@ -1,5 +1,5 @@
 """Runner of the DVC stage `register`: log the trained model to MLflow as an ONNX graph (a model that carries no
-code, :mod:`brats_seg.registered_model`) and register a new version with the SHA-256 of its files."""
+code, :mod:`brats_seg.registry.registered_model`) and register a new version with the SHA-256 of its files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import logging
 import numpy as np
 import torch
 
-from brats_seg import gate, registered_model, tracking
-from brats_seg.config import BaseParams
-from brats_seg.inference import ModelBundle, load_model, predict_slices
+from brats_seg.base_params import BaseParams
+from brats_seg.inference.bundle import ModelBundle, load_model, predict_slices
 from brats_seg.io.tables import read_json, write_json
+from brats_seg.registry import gate, registered_model, tracking, versions
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,11 @@ MODEL_CONTRACT = {
 
 
 def model_metadata(bundle: ModelBundle) -> dict:
-    """The registered model's metadata: target regions, the label convention of its label maps, slice
-    preprocessing, threshold per region, the post-processing chosen on validation, and its contract."""
-    return {"regions": list(bundle.regions), "label_convention": bundle.cohort.get("label_convention", "brats2020"),
+    """The registered model's metadata: the network (architecture and sizes), target regions, the label convention
+    of its label maps, slice preprocessing, threshold per region, the post-processing chosen on validation, and its
+    contract."""
+    return {"model": dataclasses.asdict(bundle.model.config), "regions": list(bundle.regions),
+            "label_convention": bundle.cohort.get("label_convention", "brats2020"),
             "slice": bundle.slice_params, "threshold": {r: bundle.threshold for r in bundle.regions},
             "postprocess": bundle.postprocess.to_dict(), "tta": bundle.tta, **MODEL_CONTRACT}
 
@@ -75,7 +77,7 @@ def synthetic_example(slice_params: dict, batch: int = 2) -> np.ndarray:
 
 def register_stage(params: RegisterParams, base: BaseParams) -> dict:
     """Register the model file as a new version (its ONNX graph, with the model file beside it, see
-    :mod:`brats_seg.registered_model`) with alias ``register.alias``, tagged with its run's provenance."""
+    :mod:`brats_seg.registry.registered_model`) with alias ``register.alias``, tagged with its run's provenance."""
     bundle = load_model(base.model)
     train = read_json(base.train_run)
     evaluation = read_json(base.eval_report)
@@ -98,7 +100,7 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
     tags.update(run_id=train["run_id"], regions=",".join(bundle.regions), postprocess=bundle.postprocess.describe(),
                 tta=str(bundle.tta).lower())
     graph = registered_model.export_onnx(bundle.model, example, bundle.tta)
-    record = tracking.register_model(train["run_id"], graph, base.model, params.model_name, example, output,
+    record = versions.register_model(train["run_id"], graph, base.model, params.model_name, example, output,
                                      model_metadata(bundle), tags, params.alias)
     record["test_wt_dice_mean"] = evaluation.get("wt", {}).get("dice_mean")
     write_json(base.registered_report, record)

@@ -1,7 +1,7 @@
 """Runner of the DVC stage `report`: the self-contained run report, logged to the model's MLflow run.
 
 The report decides: besides what the run made, it shows the promotion gate as it stands when the report is
-written (the same :func:`brats_seg.promotion.decide` that `brats-seg promote` runs, with nothing recorded), the
+written (the same :func:`brats_seg.registry.promotion.decide` that `brats-seg promote` runs, with nothing recorded), the
 champion and this run's model on the same test patients, who is in which split, and what a reader must know
 before trusting a number (synthetic data, few test patients, quarantined cases).
 """
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from brats_seg import gate, tracking
-from brats_seg.config import BaseParams
+from brats_seg.base_params import BaseParams
+from brats_seg.inference.bundle import MIN_REAL_PATIENTS
 from brats_seg.io.atomic import atomic_path
 from brats_seg.io.tables import read_json
-from brats_seg.predict import MIN_REAL_PATIENTS
-from brats_seg.promotion import Preview, PromoteParams, preview
-from brats_seg.report import (
+from brats_seg.models.config import DESCRIPTIONS
+from brats_seg.registry import gate, tracking, versions
+from brats_seg.registry.promotion import Preview, PromoteParams, preview
+from brats_seg.reporting.report import (
     curve_section,
     evaluation_section,
     gate_section,
@@ -56,7 +57,8 @@ def model_summary(registered: dict, params: dict) -> str:
 
     regions = "WT, TC, ET" if param("train.target") == "regions" else "whole tumour"
     modalities = param("slice.modalities").strip("[]()").replace("'", "").replace('"', "")
-    return (f"{registered['name']} v{registered['version']}: a 2D U-Net (base {param('train.base')}, depth "
+    described = DESCRIPTIONS.get(param("train.model"), DESCRIPTIONS["unet"])  # runs logged before it: a U-Net
+    return (f"{registered['name']} v{registered['version']}: a {described} (base {param('train.base')}, depth "
             f"{param('train.depth')}) on {param('slice.size')} x {param('slice.size')} axial slices of {modalities}, "
             f"segmenting {regions}; {param('train.epochs')} epochs, lr {param('train.lr')}; MLflow run "
             f"{registered['run_id']}")
@@ -132,7 +134,7 @@ def report_stage(base: BaseParams, params: PromoteParams | None = None) -> Path:
     params = params or PromoteParams()
     registered = read_json(base.registered_report)
     run = tracking.get_run(registered["run_id"])
-    version = tracking.model_version(registered["name"], version=registered["version"])
+    version = versions.model_version(registered["name"], version=registered["version"])
     seen = None if version is None else preview(version, params, base)
     quarantine_csv = Path(base.validation_reports) / "quarantine.csv"
     quarantine = pd.read_csv(quarantine_csv) if quarantine_csv.is_file() else pd.DataFrame()

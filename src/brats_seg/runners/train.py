@@ -12,18 +12,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from brats_seg import tracking
-from brats_seg.checkpoint import prune_checkpoints
-from brats_seg.config import BaseParams
+from brats_seg.base_params import BaseParams
 from brats_seg.data.dataset import ShardedSplit, SliceSet, index_digest, open_split, read_index
-from brats_seg.distributed import Ranks, process_group
-from brats_seg.evaluate import EvaluateParams, choose_postprocessing
-from brats_seg.inference import ModelBundle, save_model
+from brats_seg.evaluation.evaluate import EvaluateParams, choose_postprocessing
+from brats_seg.inference.bundle import ModelBundle, save_model
+from brats_seg.inference.postprocess import NONE
+from brats_seg.io.checkpoint import prune_checkpoints
 from brats_seg.io.tables import read_json, write_json
-from brats_seg.plots import plot_training_curve
-from brats_seg.postprocess import NONE
-from brats_seg.provenance import code_digest, code_manifest, dvc_lock_hashes, git_state
-from brats_seg.train import TrainParams, computation, fingerprint, train_model
+from brats_seg.orchestration.provenance import code_digest, code_manifest, dvc_lock_hashes, git_state
+from brats_seg.registry import tracking
+from brats_seg.reporting.plots import plot_training_curve
+from brats_seg.training.distributed import Ranks, process_group
+from brats_seg.training.loop import computation, fingerprint, train_model
+from brats_seg.training.params import TrainParams, model_params
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ def training_cohort(meta: dict) -> dict:
     return {"source": meta.get("source", "unknown"), "label_convention": meta.get("label_convention", "brats2020"),
             **{f"{split}_{what}": int(meta.get(what, {}).get(split, 0)) for split in ("train", "val")
                for what in ("cases", "patients")}}
-
-
-def model_params(params: TrainParams, slice_params: dict, seed: int) -> dict:
-    """The parameters that made a model, as logged to its run (and compared by `brats-seg lineage --verify`)."""
-    return {"train": dataclasses.asdict(params), "slice": slice_params, "seed": seed}
 
 
 def split_table(slices_dir: str | Path) -> pd.DataFrame:

@@ -3,8 +3,8 @@
 ``models:/brats-unet@champion`` is logged with MLflow's ``onnx`` flavor: loading it runs the graph in
 onnxruntime, and nothing stored with the version is Python that a loader would execute. Whoever can write the
 artifact store (a bucket, a shared folder) can still swap a file, so the SHA-256 of every file of the version
-is recorded in the registry at registration (:func:`brats_seg.tracking.register_model`) and checked by every
-loader before use (:func:`brats_seg.tracking.fetch_registered_model`, and the README's snippet for
+is recorded in the registry at registration (:func:`brats_seg.registry.versions.register_model`) and checked by every
+loader before use (:func:`brats_seg.registry.versions.fetch_registered_model`, and the README's snippet for
 applications).
 
 The graph takes preprocessed slices float32 ``[N, C, H, W]`` (input ``slices``; C = the metadata's
@@ -44,14 +44,14 @@ class _Probabilities(nn.Module):
 
 def probability_module(net: nn.Module, tta: bool = False) -> nn.Module:
     """``net`` with its sigmoid, averaged over the mirrorings with ``tta``, in eval mode: what the graph computes."""
-    from brats_seg.inference import MIRRORS
+    from brats_seg.inference.bundle import MIRRORS
 
     return _Probabilities(net, MIRRORS if tta else ((),)).eval()
 
 
 def export_onnx(net: nn.Module, example: np.ndarray, tta: bool = False) -> bytes:
     """The serialised ONNX graph of ``net`` in eval mode with a sigmoid on its logits (averaged over the
-    mirrorings of :data:`brats_seg.inference.MIRRORS` with ``tta``), for inputs shaped like ``example`` float32
+    mirrorings of :data:`brats_seg.inference.bundle.MIRRORS` with ``tta``), for inputs shaped like ``example`` float32
     ``[N, C, H, W]`` with any N. ``net`` is left in the mode it was in."""
     was_training = net.training
     wrapped = probability_module(net, tta)

@@ -1,7 +1,7 @@
 """The promotion audit trail: every decision (promoted, kept, refused, forced) is a record of its own, never
 overwritten, with its numbers, who ran it (user, host) and when.
 
-Records are runs of the MLflow experiment ``brats-seg-audit`` (:func:`brats_seg.tracking.log_decision_record`):
+Records are runs of the MLflow experiment ``brats-seg-audit`` (:func:`brats_seg.registry.versions.log_decision_record`):
 they live in the tracking store beside the models, survive every later decision, and a team's server holds them
 for everyone. The version's own ``promotion_*`` tags only say its latest decision.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import socket
 
-from brats_seg import gate, tracking
+from brats_seg.registry import gate, tracking, versions
 
 
 def decision_kind(promoted: bool, reason: str) -> str:
@@ -32,12 +32,12 @@ def record_decision(model_name: str, version: str, tags: dict[str, str], promote
         user = "unknown"
     record = {key.removeprefix("promotion_"): value for key, value in tags.items()}
     record.update(decision=decision_kind(promoted, reason), user=user, host=socket.gethostname())
-    return tracking.log_decision_record(model_name, version, record)
+    return versions.log_decision_record(model_name, version, record)
 
 
 def history(model_name: str, version: str | None = None) -> list[dict]:
     """The decisions recorded for a model (or one version), oldest first."""
-    return tracking.decision_records(model_name, version)
+    return versions.decision_records(model_name, version)
 
 
 def format_history(model_name: str, records: list[dict]) -> str:

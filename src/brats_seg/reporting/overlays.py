@@ -14,11 +14,11 @@ import pandas as pd
 from brats_seg.data.labels import region_mask
 from brats_seg.data.layouts import canonical_files
 from brats_seg.data.preprocess import CaseGeometry
-from brats_seg.inference import ModelBundle
+from brats_seg.inference.bundle import ModelBundle
+from brats_seg.inference.segment import segment_case
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
-from brats_seg.plots import SliceView, plot_case_overlay
-from brats_seg.segment import segment_case
+from brats_seg.reporting.plots import SliceView, plot_case_overlay
 
 
 def pick_cases(frame: pd.DataFrame, metric: str = "dice") -> dict[str, str]:

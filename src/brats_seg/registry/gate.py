@@ -4,8 +4,9 @@ re-score's per-case rows.
 A metric is the per-patient mean over the test cases of one kind of score, for one region (``wt_dice``,
 ``et_lesion_dice``, ...) or averaged over the model's regions (``dice``, ``lesion_dice``, ``lesion_pq``: the mean
 of the regions' means). ``lesion_dice`` is the BraTS lesion-wise Dice with every lesion counted, missed and false
-ones as 0 (:func:`brats_seg.evaluate.lesion_columns`); ``lesion_pq`` is panoptica's ``pq_dsc``. ``auto`` is
-``lesion_dice`` for a model of several regions (the BraTS ranking since 2023, :mod:`brats_seg.lesionwise`) and
+ones as 0 (:func:`brats_seg.evaluation.evaluate.lesion_columns`); ``lesion_pq`` is panoptica's ``pq_dsc``. ``auto`` is
+``lesion_dice`` for a model of several regions (the BraTS ranking since 2023,
+:mod:`brats_seg.evaluation.lesionwise`) and
 ``wt_dice`` for a whole-tumour model (the seed's gate).
 """
 
@@ -16,7 +17,7 @@ import math
 import pandas as pd
 
 from brats_seg.data.labels import REGIONS
-from brats_seg.metrics import summarise
+from brats_seg.evaluation.metrics import summarise
 
 KINDS = {"dice": "Dice", "lesion_dice": "lesion-wise Dice", "lesion_pq": "lesion-wise panoptic quality"}
 AUTO = "auto"
@@ -82,6 +83,6 @@ def from_tags(tags: dict[str, str], metric: str, regions: tuple[str, ...] | list
 
 
 def from_frame(frame: pd.DataFrame, metric: str, regions: tuple[str, ...] | list[str]) -> float:
-    """The metric from per-case rows (:func:`brats_seg.evaluate.score_case`'s columns)."""
+    """The metric from per-case rows (:func:`brats_seg.evaluation.evaluate.score_case`'s columns)."""
     values = [summarise(frame.loc[frame["region"] == r, k].tolist())["mean"] for r, k in parts(metric, regions)]
     return math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)

@@ -3,7 +3,7 @@
 The promotion gate uses this to compare a champion with a challenger that was tested on another split: the
 champion is scored on the challenger's test patients exactly as the evaluate stage scores a model (the same
 brain slices, :func:`~brats_seg.data.preprocess.preprocess_case` with the slice parameters stored with the
-model, the prediction mapped back to each case's own grid, :func:`~brats_seg.evaluate.score_case`), so that
+model, the prediction mapped back to each case's own grid, :func:`~brats_seg.evaluation.evaluate.score_case`), so that
 for a model whose slice parameters match the workspace's it reproduces the evaluate stage's numbers.
 """
 
@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 from brats_seg.data.layouts import canonical_files
 from brats_seg.data.preprocess import preprocess_case
 from brats_seg.errors import DataError
-from brats_seg.evaluate import score_case
-from brats_seg.inference import ModelBundle
+from brats_seg.evaluation.evaluate import score_case
+from brats_seg.inference.bundle import ModelBundle
+from brats_seg.inference.segment import segment_case
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.tables import read_json
-from brats_seg.segment import segment_case
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,8 @@ def score_model(bundle: ModelBundle, raw_dir: str | Path, case_ids: list[str], l
 def score_raw_case(bundle: ModelBundle, case_dir: Path, lesion_config: str = "gli",
                    batch_size: int | None = None) -> list[dict]:
     """Preprocess one canonical case with the model's slice parameters and segment its brain slices by the one
-    predict step (:func:`~brats_seg.segment.segment_case`, the model's own post-processing included); score every
+    predict step (:func:`~brats_seg.inference.segment.segment_case`, the model's own post-processing included);
+    score every
     region against its label map."""
     files = canonical_files(case_dir)
     params = bundle.slice_params

@@ -8,7 +8,7 @@ checkpoint with model, optimiser and RNG states is written atomically after ever
 interrupted run continues from it and ends where an uninterrupted run would. The best weights by validation
 Dice (per case, in slice space) are the result.
 
-With several processes (``train.nproc``, see :mod:`brats_seg.distributed`) every process draws the same
+With several processes (``train.nproc``, see :mod:`brats_seg.training.distributed`) every process draws the same
 permutation of each epoch and trains on its own part of every global batch; Dice sums and gradients are
 added up over processes, so a step is the global batch's step. Rank 0 alone validates and writes.
 """
@@ -19,98 +19,37 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from brats_seg.augment import augment_batch
-from brats_seg.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from brats_seg.config import check_training_memory, result_keys, runtime_field
+from brats_seg.config import check_training_memory, result_keys
 from brats_seg.data.dataset import ShardedSplit, SliceSet
 from brats_seg.data.labels import region_targets
-from brats_seg.distributed import Ranks
 from brats_seg.errors import DataError, UserError
-from brats_seg.inference import pick_device, predict_slices
-from brats_seg.losses import dice_loss_from_sums, segmentation_loss
-from brats_seg.models.unet import UNet, UNetConfig
+from brats_seg.inference.bundle import pick_device, predict_slices
+from brats_seg.io.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.factory import build
+from brats_seg.orchestration.provenance import code_digest, code_manifest
 from brats_seg.progress import progress
-from brats_seg.provenance import code_digest, code_manifest
+from brats_seg.training.augment import augment_batch
+from brats_seg.training.distributed import Ranks
+from brats_seg.training.feed import DeviceData, StreamData
+from brats_seg.training.losses import dice_loss_from_sums, segmentation_loss
+from brats_seg.training.params import TARGET_REGIONS, TrainParams, lr_at
 
 log = logging.getLogger(__name__)
 
-TARGET_REGIONS = {"wt": ("wt",), "regions": ("wt", "tc", "et")}
-# Sane upper bounds: beyond them a value is a typo (1e9 epochs is 30 years of 1 s epochs), refused at load.
-MAXIMA = {"epochs": 100_000, "batch_size": 65_536, "base": 4096, "depth": 10}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainParams:
-    """params.yaml ``train`` section."""
-
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-4
-    schedule: Literal["constant", "cosine", "poly"] = "constant"  # the learning rate over the epochs (lr_at)
-    bce_weight: float = 1.0  # Dice + BCE per region: measured on real patients (README, Accuracy on real patients)
-    target: Literal["wt", "regions"] = "regions"
-    base: int = 32
-    depth: int = 4
-    norm: Literal["batch", "instance", "group", "none"] = "batch"
-    augment: bool = True
-    # Where it runs (like base.executor): the fingerprint and the run record the device it resolved to.
-    device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    resume: bool = runtime_field(True)
-    threads: int = 0  # shapes the result: CPU kernels sum in per-thread order (see fingerprint)
-    nproc: int = 1
-    memory_gb: float | Literal["auto"] = runtime_field("auto")  # same rows, same order in memory or streamed
-    postprocess: bool = True  # choose post-processing on the validation patients (brats_seg.postprocess)
-
-    def __post_init__(self) -> None:
-        from brats_seg.config import require, require_at_least, require_positive
-
-        for key in ("epochs", "batch_size", "base", "depth"):
-            require_at_least(f"train.{key}", getattr(self, key), 1)
-        for key, most in MAXIMA.items():
-            require(f"train.{key}", getattr(self, key), getattr(self, key) <= most, f"an integer from 1 to {most}")
-        require_positive("train.lr", self.lr)
-        require_at_least("train.bce_weight", self.bce_weight, 0)
-        require_at_least("train.threads", self.threads, 0)
-        require_at_least("train.nproc", self.nproc, 1)
-        require("train.batch_size", self.batch_size, self.batch_size % self.nproc == 0,
-                f"a multiple of train.nproc ({self.nproc}): each process trains on an equal part of every batch")
-        if self.memory_gb != "auto":
-            require_at_least("train.memory_gb", self.memory_gb, 0)
-        require("train.base", self.base, self.norm != "group" or self.base in (1, 2, 4) or self.base % 8 == 0,
-                "1, 2, 4 or a multiple of 8 when train.norm is 'group' (GroupNorm splits channels into 8 groups)")
-
-
-def lr_at(params: TrainParams, epoch: int) -> float:
-    """The learning rate of epoch ``epoch`` (0-based): ``lr`` throughout (constant), or decayed from ``lr`` at the
-    first epoch towards 0 after the last, by half a cosine (cosine) or nnU-Net's polynomial ``(1 - e / E) ** 0.9``
-    (poly). A function of the epoch alone, so a resumed run goes on exactly where it stopped."""
-    progress = epoch / params.epochs
-    if params.schedule == "cosine":
-        return params.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    if params.schedule == "poly":
-        return params.lr * (1.0 - progress) ** 0.9
-    return params.lr
-
-
 # The code that shapes a trained model: this module's import closure inside the project.
-TRAINING_CODE = ("brats_seg.train",)
+TRAINING_CODE = ("brats_seg.training.loop",)
 
 
 @dataclasses.dataclass
 class TrainResult:
-    model: UNet
+    model: torch.nn.Module
     regions: tuple[str, ...]
     history: list[dict]
     best_epoch: int
@@ -174,10 +113,10 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
     if params.threads > 0:
         torch.set_num_threads(params.threads)
     torch.manual_seed(seed)
-    config = UNetConfig(in_channels=slice_channels, out_channels=len(regions), base=params.base,
-                        depth=params.depth, norm=params.norm)
+    config = ModelConfig(in_channels=slice_channels, out_channels=len(regions), base=params.base,
+                        depth=params.depth, norm=params.norm, architecture=params.model)
     fmt = torch.channels_last if params.channels_last else torch.contiguous_format
-    model = UNet(config).to(device, memory_format=fmt)
+    model = build(config).to(device, memory_format=fmt)
     optimiser = torch.optim.Adam(model.parameters(), lr=params.lr, fused=device.type == "cuda")
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
@@ -212,12 +151,12 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
             if on_epoch:
                 on_epoch(epoch + 1, metrics)
         ranks.barrier()  # the others wait while rank 0 validates and writes the checkpoint
-    best = UNet(config)  # a plain U-Net whatever the training ran (SyncBatchNorm, DDP), on the CPU, contiguous
+    best = build(config)  # a plain network whatever the training ran (SyncBatchNorm, DDP), on the CPU, contiguous
     best.load_state_dict(state["best"]["weights"] if state["best"]["weights"] is not None else model.state_dict())
     return TrainResult(best.eval(), regions, state["history"], state["best"]["epoch"], str(device))
 
 
-def _parallel(model: UNet, params: TrainParams, device: torch.device, ranks: Ranks) -> torch.nn.Module:
+def _parallel(model: torch.nn.Module, params: TrainParams, device: torch.device, ranks: Ranks) -> torch.nn.Module:
     """The module the training step runs: ``model`` itself, or wrapped in DistributedDataParallel (batch norm
     synchronised over processes on GPUs, so that its statistics are the global batch's)."""
     if ranks.world == 1:
@@ -247,64 +186,6 @@ def _check_tumour(data: Split, split: str) -> None:
     if not data.has_tumour():
         raise DataError(f"the {split} split has no slice with tumour, so nothing can be learnt or measured; "
                         f"add cases with tumours or change slice.split / base.seed.")
-
-
-class DeviceData:
-    """Training images and labels on the device (or pinned host memory when they don't fit)."""
-
-    def __init__(self, data: SliceSet, regions: tuple[str, ...], device: torch.device) -> None:
-        self.regions, self.device = regions, device
-        images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if images.nbytes + labels.nbytes < 0.5 * free:
-                images, labels = images.to(device), labels.to(device)
-            else:
-                log.info("training set (%.1f GB) kept in pinned host memory", images.nbytes / 1e9)
-                images, labels = images.pin_memory(), labels.pin_memory()
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = idx.to(self.images.device)
-        x = self.images[idx].to(self.device, non_blocking=True).float()
-        y = region_targets(self.labels[idx].to(self.device, non_blocking=True), self.regions)
-        return x, y
-
-    def batches(self, order: torch.Tensor, starts: list[int], size: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The batches ``order[start:start + size]`` for each start, in turn."""
-        for start in starts:
-            yield self.batch(order[start:start + size])
-
-
-class StreamData:
-    """Training batches read from the shards as they are needed, one batch ahead in a background thread
-    (into pinned memory on CUDA); the same batches as :class:`DeviceData` for the same order."""
-
-    def __init__(self, data: ShardedSplit, regions: tuple[str, ...], device: torch.device) -> None:
-        self.data, self.regions, self.device = data, regions, device
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def _read(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = (torch.from_numpy(a) for a in self.data.take(idx))
-        if self.device.type == "cuda":
-            images, labels = images.pin_memory(), labels.pin_memory()
-        return images, labels
-
-    def batches(self, order: torch.Tensor, starts: list[int], size: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = order.cpu().numpy()
-        with ThreadPoolExecutor(1, thread_name_prefix="brats-seg-batches") as reader:
-            ahead = [reader.submit(self._read, order[start:start + size]) for start in starts[:1]]
-            for i in range(len(starts)):
-                images, labels = ahead.pop().result()
-                if i + 1 < len(starts):
-                    ahead.append(reader.submit(self._read, order[starts[i + 1]:starts[i + 1] + size]))
-                x = images.to(self.device, non_blocking=True).float()
-                yield x, region_targets(labels.to(self.device, non_blocking=True), self.regions)
 
 
 def make_step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, params: TrainParams,
@@ -356,7 +237,7 @@ def _train_epoch(step: Callable, data: DeviceData | StreamData, params: TrainPar
     return float(ranks.mean(total) / n_steps)
 
 
-def validate(model: UNet, data: Split, regions: tuple[str, ...], bce_weight: float = 0.0,
+def validate(model: torch.nn.Module, data: Split, regions: tuple[str, ...], bce_weight: float = 0.0,
              amp: bool = True, chunk: int = 256) -> dict[str, float]:
     """Validation loss (the training loss's terms, over the whole set) and Dice in slice space, computed
     ``chunk`` slices at a time (the set need not fit in memory).

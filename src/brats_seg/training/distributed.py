@@ -119,7 +119,7 @@ def process_group(nproc: int, device: str) -> Iterator[Ranks]:
 
     Raises UserError when the processes torchrun started are not ``nproc`` in all.
     """
-    from brats_seg.inference import pick_device
+    from brats_seg.inference.bundle import pick_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != nproc:

@@ -12,8 +12,9 @@ import torch
 
 from brats_seg.data.labels import REGIONS
 from brats_seg.errors import UserError
-from brats_seg.models.unet import UNet, UNetConfig
-from brats_seg.postprocess import NONE, PostProcess
+from brats_seg.inference.postprocess import NONE, PostProcess
+from brats_seg.models.config import ModelConfig
+from brats_seg.models.factory import build
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class ModelBundle:
     """A trained model and what is needed to use it: target regions, slice preprocessing, threshold and the
     post-processing chosen on its validation patients."""
 
-    model: UNet
+    model: torch.nn.Module
     regions: tuple[str, ...]
     slice_params: dict
     threshold: float = 0.5
@@ -52,14 +53,15 @@ def _warn_cpu() -> None:
     log.warning("no CUDA GPU available: running on the CPU")  # once per process
 
 
-def save_model(path: str | Path, model: UNet, regions: tuple[str, ...], slice_params: dict,
+def save_model(path: str | Path, model: torch.nn.Module, regions: tuple[str, ...], slice_params: dict,
                extra: dict | None = None) -> Path:
-    """Write the model file: weights, U-Net config, target regions, slice preprocessing (and ``extra``).
+    """Write the model file: weights, model config (architecture and sizes), target regions, slice
+    preprocessing (and ``extra``).
 
     Only what made the weights goes in (no run id, no time), so the same training gives the same bytes and
     DVC can tell that a run reproduced. Loads with ``weights_only=True``.
     """
-    from brats_seg.checkpoint import save_checkpoint
+    from brats_seg.io.checkpoint import save_checkpoint
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_checkpoint(path, {"state_dict": state, "config": dataclasses.asdict(model.config),
@@ -68,7 +70,7 @@ def save_model(path: str | Path, model: UNet, regions: tuple[str, ...], slice_pa
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBundle:
     """A model file written by :func:`save_model`; anything else is refused with one sentence."""
-    from brats_seg.checkpoint import load_weights_file
+    from brats_seg.io.checkpoint import load_weights_file
 
     path = Path(path)
     if not path.is_file():
@@ -78,11 +80,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelBun
         raise UserError(f"{path} is a torch file but not a brats-seg model (it lacks state_dict, config, regions "
                         f"or slice); pass a model written by the train stage (models/unet.pt).")
     try:
-        config = UNetConfig(**data["config"])
-        model = UNet(config)
+        config = ModelConfig(**data["config"])
+        model = build(config)
         model.load_state_dict(data["state_dict"])
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path} does not hold weights that fit its U-Net config ({str(exc)[:100]}); retrain "
+        raise UserError(f"{path} does not hold weights that fit its model config ({str(exc)[:100]}); retrain "
                         f"the model (dvc repro train).") from None
     problem = field_problem(data, config)
     if problem:
@@ -100,8 +102,8 @@ def _postprocess(data: dict) -> PostProcess:
     return NONE if data.get("postprocess") is None else PostProcess.from_dict(data["postprocess"])
 
 
-def field_problem(data: dict, config: UNetConfig) -> str | None:
-    """What is wrong with a model file's regions, slice settings or threshold for its U-Net ``config``, as a
+def field_problem(data: dict, config: ModelConfig) -> str | None:
+    """What is wrong with a model file's regions, slice settings or threshold for its model ``config``, as a
     clause ("an invalid threshold 'abc' (...)"); None when every field can be used as it is."""
     regions, spec, threshold = data["regions"], data["slice"], data.get("threshold", 0.5)
     if not (isinstance(regions, (list, tuple)) and len(regions) == config.out_channels
@@ -196,3 +198,33 @@ def predict_slices(model: torch.nn.Module, images: np.ndarray | torch.Tensor, ba
             out.append(torch.sigmoid(logits).half() if sigmoid else logits)
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, device=device, dtype=torch.float16 if sigmoid else torch.float32)
+
+
+# Fewer real training patients than this and every prediction says so: BraTS models learn from hundreds.
+MIN_REAL_PATIENTS = 100
+
+
+def cohort_summary(bundle: ModelBundle) -> str:
+    """``trained on 17 cases of 17 patients (synthetic)``, or that the model records no cohort."""
+    c = bundle.cohort
+    if not c:
+        return "its training cohort is not recorded"
+    return f"trained on {c.get('train_cases', '?')} cases of {c.get('train_patients', '?')} patients " \
+           f"({c.get('source', 'unknown')})"
+
+
+def cohort_warning(bundle: ModelBundle) -> str | None:
+    """A sentence for every mask of a model that learnt from synthetic cases, from few real patients, or from
+    an unknown cohort; None otherwise."""
+    c = bundle.cohort
+    if not c:
+        return (f"{bundle.origin} records no training cohort (trained by an older brats-seg): what it learnt from "
+                f"is unknown; check every mask")
+    patients = int(c.get("train_patients", 0))
+    if c.get("source") == "synthetic":
+        return (f"{bundle.origin} was trained on synthetic cases only ({patients} patients): its masks demonstrate "
+                f"the pipeline and say nothing reliable about a real scan")
+    if patients < MIN_REAL_PATIENTS:
+        return (f"{bundle.origin} was trained on {patients} real patients only (fewer than {MIN_REAL_PATIENTS}): "
+                f"check every mask")
+    return None

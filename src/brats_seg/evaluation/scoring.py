@@ -4,7 +4,8 @@ Both files are checked first: readable NIfTI, 3D, on one grid, and holding only 
 The scheme is an explicit choice: a label map in ``brats2020``, ``brats2023`` or ``msd`` labels is scored
 for WT, TC and ET; ``binary`` scores a 0/1 whole-tumour mask for WT only (the reference may then be a 0/1
 mask or a label map in any scheme: WT is its non-zero voxels). The result names the scheme used.
-``lesionwise`` names an official BraTS lesion-wise config (:mod:`brats_seg.lesionwise`): each scored region then
+``lesionwise`` names an official BraTS lesion-wise config
+(:mod:`brats_seg.evaluation.lesionwise`): each scored region then
 also holds a ``"lesionwise"`` dict of that package's metrics and the project's ``lesion_dice``, ``lesion_hd95`` and
 ``lesion_pq`` (every lesion counted, as the evaluate stage and the promotion gate count them), and the result names
 the config.
@@ -27,9 +28,9 @@ from brats_seg.data.labels import (
     unexpected_labels,
 )
 from brats_seg.errors import DataError, UserError
+from brats_seg.evaluation.lesionwise import LesionConfig, get_config, lesion_columns, region_metrics, score_canonical
+from brats_seg.evaluation.metrics import case_metrics
 from brats_seg.io.nifti import Meta, read_volume
-from brats_seg.lesionwise import LesionConfig, get_config, lesion_columns, region_metrics, score_canonical
-from brats_seg.metrics import case_metrics
 
 BINARY = "binary"
 SCHEMES: tuple[str, ...] = (*SOURCE_LABELS, BINARY)

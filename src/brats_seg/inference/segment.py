@@ -2,7 +2,7 @@
 
 Evaluation, the promotion gate's re-score and ``brats-seg predict`` all segment a case through
 :func:`segment_case`, so that what is scored is exactly what a user gets: region masks on the input's grid,
-post-processed as the model's file says (:mod:`brats_seg.postprocess`) and nested as a BraTS label map holds
+post-processed as the model's file says (:mod:`brats_seg.inference.postprocess`) and nested as a BraTS label map holds
 them (ET inside TC inside WT).
 """
 
@@ -13,8 +13,8 @@ import dataclasses
 import numpy as np
 
 from brats_seg.data.preprocess import CaseGeometry, restore_volume
-from brats_seg.inference import ModelBundle, predict_mirrored, predict_slices
-from brats_seg.postprocess import NONE, apply
+from brats_seg.inference.bundle import ModelBundle, predict_mirrored, predict_slices
+from brats_seg.inference.postprocess import NONE, apply
 
 
 @dataclasses.dataclass(frozen=True)

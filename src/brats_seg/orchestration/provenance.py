@@ -22,7 +22,7 @@ IMPORT_ROOTS = (PROJECT_ROOT, PROJECT_ROOT / "src")
 MODEL_STAGES = ("stages.download", "stages.validate", "stages.slice", "stages.train")
 # What scores a model on its test cases (the evaluate stage and the promotion's re-score share it), and what turns
 # a case into the model's input: recorded scores compare only when made by the same code.
-EVAL_CODE = ("brats_seg.evaluate",)
+EVAL_CODE = ("brats_seg.evaluation.evaluate",)
 PREPROCESS_CODE = ("brats_seg.data.preprocess",)
 
 

@@ -9,11 +9,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from brats_seg import tracking
-from brats_seg.config import BaseParams, load_section, runtime_keys
-from brats_seg.dvc_cli import dvc_run
+from brats_seg.base_params import BaseParams
+from brats_seg.config import load_section, runtime_keys
 from brats_seg.errors import UserError
-from brats_seg.provenance import code_manifest, dvc_lock_hashes, git_state
+from brats_seg.orchestration.dvc import dvc_run
+from brats_seg.orchestration.provenance import code_manifest, dvc_lock_hashes, git_state
+from brats_seg.registry import tracking, versions
 
 # Settings logged with a run that do not shape the model: a different value in params.yaml is no drift.
 RUNTIME_PARAMS = (*runtime_keys("train"), *runtime_keys("slice"))  # marked once, on the params dataclasses
@@ -22,10 +23,10 @@ RUNTIME_PARAMS = (*runtime_keys("train"), *runtime_keys("slice"))  # marked once
 def lineage(uri: str) -> dict:
     """The chain behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
     try:
-        ref = tracking.parse_model_uri(uri)
+        ref = versions.parse_model_uri(uri)
     except ValueError:
         raise UserError(f"{uri} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION.") from None
-    version = tracking.model_version(ref["name"], version=ref.get("version"), alias=ref.get("alias"))
+    version = versions.model_version(ref["name"], version=ref.get("version"), alias=ref.get("alias"))
     if version is None:
         raise UserError(f"{uri} does not exist in the registry at {tracking.tracking_uri()}; list versions with "
                         f"`mlflow ui` or register one (dvc repro register).")
@@ -43,7 +44,7 @@ def lineage(uri: str) -> dict:
         "data": {"raw_md5": tags.get("dvc_raw_md5"), "slices_md5": tags.get("dvc_slices_md5"),
                  "split_digest": tags.get("split_digest"), "slice_index_digest": tags.get("slice_index_digest")},
         "metrics": {k: v for k, v in run["metrics"].items() if k.startswith(("test_", "best_val"))},
-        "decisions": tracking.decision_records(ref["name"], version["version"]),
+        "decisions": versions.decision_records(ref["name"], version["version"]),
     }
 
 
@@ -56,8 +57,7 @@ def verify(chain: dict, params: dict, repo: str | Path = ".") -> list[str]:
 
 def _params_drift(chain: dict, params: dict) -> list[str]:
     from brats_seg.data.slicing import SliceParams
-    from brats_seg.runners.train import model_params
-    from brats_seg.train import TrainParams
+    from brats_seg.training.params import TrainParams, model_params
 
     slice_params = {k: v for k, v in dataclasses.asdict(load_section(SliceParams, params, "slice")).items()
                     if k != "workers"}
@@ -148,15 +148,15 @@ def case_lineage(case: str, images: set[str] = frozenset()) -> dict:
     Versions whose run logged none are listed apart."""
     from brats_seg.data.slicing import patient_id
 
-    versions = tracking.model_versions()
+    found_versions = versions.model_versions()
     tables = {}  # run id -> its split tables (versions of one run share them)
-    for version in versions:
+    for version in found_versions:
         if version["run_id"] not in tables:
-            tables[version["run_id"]] = tracking.split_tables(version["run_id"])
+            tables[version["run_id"]] = versions.split_tables(version["run_id"])
     known = [t for t in tables.values() if t is not None]
     digests = {d for t in known for d in t.loc[t["case_id"] == case, "image_sha256"] if d} | {d for d in images if d}
     found, unrecorded = [], []
-    for version in versions:
+    for version in found_versions:
         table = tables[version["run_id"]]
         if table is None:
             unrecorded.append(_version_ref(version))
@@ -166,7 +166,7 @@ def case_lineage(case: str, images: set[str] = frozenset()) -> dict:
         for (split, patient), group in rows.groupby(["split", "patient_id"], sort=True):
             found.append({**_version_ref(version), "split": split, "patient_id": patient,
                           "case_ids": sorted(group["case_id"]), "same_images_only": patient not in patients})
-    return {"case": case, "registry": tracking.shown_uri(), "versions_searched": len(versions),
+    return {"case": case, "registry": tracking.shown_uri(), "versions_searched": len(found_versions),
             "found": found, "unrecorded": unrecorded}
 
 

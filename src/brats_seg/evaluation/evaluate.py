@@ -1,9 +1,9 @@
 """Per-patient evaluation in the original grid, by the legacy and the lesion-wise BraTS rules.
 
-Each case's brain slices are segmented by the one predict step (:mod:`brats_seg.segment`: probabilities mapped
+Each case's brain slices are segmented by the one predict step (:mod:`brats_seg.inference.segment`: probabilities mapped
 back to the case's own grid, thresholded, post-processed as the model says, nested as a label map) and scored
-per region against the case's label map: the legacy metrics of :mod:`brats_seg.metrics` (``eval_cases.csv``)
-and the official lesion-wise ones of :mod:`brats_seg.lesionwise` (``eval_lesions.csv``, named as the official
+per region against the case's label map: the legacy metrics of :mod:`brats_seg.evaluation.metrics` (``eval_cases.csv``)
+and the official lesion-wise ones of :mod:`brats_seg.evaluation.lesionwise` (``eval_lesions.csv``, named as the official
 package names them). Slice-level means in slice space are reported too, labelled as such: they are what a
 Keras-style loop prints and are not comparable with BraTS results.
 """
@@ -19,21 +19,21 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from brats_seg import lesionwise
 from brats_seg.config import runtime_field
 from brats_seg.data.dataset import empty_split_error
 from brats_seg.data.labels import region_mask, regions_to_labels
 from brats_seg.data.layouts import canonical_files
 from brats_seg.data.preprocess import CaseGeometry
 from brats_seg.errors import DataError
-from brats_seg.inference import ModelBundle
+from brats_seg.evaluation import lesionwise
+from brats_seg.evaluation.choose_postprocess import Choice, choose
+from brats_seg.evaluation.lesionwise import lesion_columns
+from brats_seg.evaluation.metrics import METRICS, case_metrics, empty_rule, scores_from_counts, summarise
+from brats_seg.inference.bundle import ModelBundle
+from brats_seg.inference.segment import segment_case
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
-from brats_seg.lesionwise import lesion_columns
-from brats_seg.metrics import METRICS, case_metrics, empty_rule, scores_from_counts, summarise
-from brats_seg.postprocess import Choice, choose
 from brats_seg.progress import progress
-from brats_seg.segment import segment_case
 
 # The lesion-wise numbers beside the legacy ones in eval_cases.csv, which the promotion gate compares (every
 # official one, under its official name and with the official NaN and inf, is in eval_lesions.csv).
@@ -176,7 +176,8 @@ def summarise_cases(frame: pd.DataFrame, slice_level: dict) -> dict:
 def choose_postprocessing(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path,
                           lesion_config: str = "gli", split: str = "val") -> Choice:
     """Post-processing for ``bundle`` chosen on the patients of ``split`` (the validation split: never the test
-    patients) to maximise each region's lesion-wise Dice (:data:`brats_seg.lesionwise.LESION_DICE`, the number
+    patients) to maximise each region's lesion-wise Dice
+    (:data:`brats_seg.evaluation.lesionwise.LESION_DICE`, the number
     the promotion gate averages), on the raw masks of the one predict step."""
     cases = [(case.masks, case.seg, case.spacing)
              for case in predicted_cases(bundle, slices_dir, raw_dir, split, postprocess=False)]

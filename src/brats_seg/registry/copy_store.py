@@ -28,9 +28,9 @@ from mlflow.entities import Dataset, DatasetInput, LoggedModelInput, LoggedModel
 from mlflow.exceptions import MlflowException
 
 import mlflow
-from brats_seg import tracking
 from brats_seg.errors import UserError, mask_credentials
 from brats_seg.progress import progress
+from brats_seg.registry import tracking
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def copy_store(source: str, destination: str | None = None) -> dict[str, int]:
     destination = destination or os.environ.get("MLFLOW_TRACKING_URI")
     _check_stores(source, destination)
     job = Copy(source, destination)
-    tracking._set_uri(destination)  # MLflow's registry finds a version's models:/ source through the global URI
-    with tracking._no_progress_bars(), contextlib.redirect_stdout(io.StringIO()):  # mlflow's "View run" lines
+    tracking.set_uri(destination)  # MLflow's registry finds a version's models:/ source through the global URI
+    with tracking.no_progress_bars(), contextlib.redirect_stdout(io.StringIO()):  # mlflow's "View run" lines
         plans = _plan_registry(job)
         _copy_runs(job, _copy_experiments(job))
         for plan in plans:

@@ -1,0 +1,166 @@
+"""Choosing post-processing (:mod:`brats_seg.inference.postprocess`) on the validation patients: per region the
+smallest connected component kept, and ET's relabel volume, each maximising the mean of a per-case score; greedily
+from the inside out (ET, TC, WT: a label map nests each region in the next, so a speck left in ET stays in TC and
+WT whatever their own sizes); a threshold above 0 is taken only when it strictly beats 0."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from brats_seg.data.labels import REGIONS, region_mask
+from brats_seg.errors import UserError
+from brats_seg.inference.postprocess import (
+    INNER,
+    Components,
+    PostProcess,
+    as_mm3,
+    below,
+    checked_masks,
+    finish,
+    voxel_mm3,
+)
+from brats_seg.progress import progress
+
+log = logging.getLogger(__name__)
+
+Score = Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float]
+Case = tuple[Mapping[str, np.ndarray], np.ndarray, Sequence[float]]
+SIZE_CANDIDATES_MM3 = (0, 10, 25, 50, 100, 250, 500, 1000)
+ET_CANDIDATES_MM3 = (0, 50, 100, 200, 500, 1000)
+@dataclass(frozen=True)
+class Choice:
+    """What :func:`choose` picked, and the mean score per region over the validation cases: ``before`` on the
+    raw masks (nested), ``after`` with ``postprocess`` applied, ``tried`` per candidate (mm3 -> mean) at the
+    time each region was chosen (keys wt, tc, et, and et_relabel for the ET relabel threshold)."""
+
+    postprocess: PostProcess
+    before: dict[str, float]
+    after: dict[str, float]
+    tried: dict[str, dict[float, float]]
+
+    def to_dict(self) -> dict:
+        """JSON-ready numbers (candidate keys written as strings)."""
+        return {"postprocess": self.postprocess.to_dict(), "before": dict(self.before), "after": dict(self.after),
+                "tried": {k: {f"{c:g}": s for c, s in v.items()} for k, v in self.tried.items()}}
+
+
+def _candidates(values: Sequence[float], name: str) -> list[float]:
+    """Sorted distinct candidates (mm3), 0 first: a threshold must beat doing nothing."""
+    return sorted({0.0, *(as_mm3(v, f"{name} candidate") for v in values)})
+
+
+def _best(candidates: list[float], means: list[float]) -> float:
+    """The candidate with the highest mean; ties (and anything not strictly better than 0) go to the smaller."""
+    best = 0
+    for i, mean in enumerate(means):
+        if mean > means[best]:
+            best = i
+    return candidates[best]
+
+
+class _Table(NamedTuple):  # one case and region
+    scores: list[float]  # per candidate size
+    kept_mm3: list[float]  # the volume kept per candidate size
+    empty: float  # the score of an empty mask (ET only, for the relabelling; NaN otherwise)
+    comps: Components
+
+
+def _case_table(case: Case, region: str, score: Score, candidates: list[float],
+                done: dict[str, np.ndarray]) -> _Table:
+    """Score every candidate for ``region`` on the nested masks (the regions inside it as already chosen: ``done``,
+    else raw); candidates that remove the same components share one score."""
+    masks, ref_labels, spacing = case
+    ref = region_mask(ref_labels, region)
+    inner = [done.get(r, masks[r]) for r in INNER[region] if r in masks]
+    rest = np.logical_or.reduce(inner) if inner else None
+    comps = Components(masks[region], voxel_mm3(spacing, ref.ndim), candidates[-1])
+    cache: dict[int, float] = {}
+    scores = []
+    for min_mm3 in candidates:
+        key = int(np.count_nonzero(below(comps.volumes, min_mm3)))  # the same count means the same mask
+        if key not in cache:
+            pred = comps.mask(min_mm3)
+            cache[key] = float(score(pred if rest is None else pred | rest, ref, spacing))
+        scores.append(cache[key])
+    kept = [float(comps.volumes[~below(comps.volumes, c)].sum()) for c in candidates]
+    empty = float(score(np.zeros(ref.shape, dtype=bool), ref, spacing)) if region == "et" else math.nan
+    return _Table(scores, kept, empty, comps)
+
+
+def _checked_cases(cases: Sequence[Case], regions: Sequence[str]) -> tuple[list[Case], list[str]]:
+    if not regions or any(r not in REGIONS for r in regions):
+        raise ValueError(f"regions {tuple(regions)} are not a choice of {', '.join(REGIONS)}; name at least one.")
+    if not cases:
+        raise UserError("choosing post-processing needs validation cases and got none; put cases in the "
+                        "validation split or skip post-processing.")
+    checked = []
+    for i, (masks, ref, spacing) in enumerate(cases):
+        masks = checked_masks(masks)
+        if (missing := next((r for r in regions if r not in masks), None)) is not None:
+            raise ValueError(f"case {i} has no {missing} mask; predict every region that is to be chosen.")
+        if np.shape(ref) != masks["wt"].shape:
+            raise ValueError(f"case {i}'s reference is {np.shape(ref)} but its masks are {masks['wt'].shape}; "
+                             "give both on the case's own grid.")
+        voxel_mm3(spacing, masks["wt"].ndim)
+        checked.append((masks, np.asarray(ref), tuple(float(s) for s in spacing)))
+    return checked, [r for r in REGIONS if r in regions]
+
+
+def _mean_after(cases: list[Case], score: Score, pp: PostProcess, tables: dict[str, list]) -> dict[str, float]:
+    """Mean score per chosen region with ``pp`` applied, from the labellings ``choose`` made (no new ones)."""
+    totals = dict.fromkeys(tables, 0.0)
+    for i, (masks, ref, spacing) in enumerate(cases):
+        kept = {r: tables[r][i].comps.mask(pp.min_component_mm3[r]) if r in tables else m for r, m in masks.items()}
+        out = finish(kept, voxel_mm3(spacing, ref.ndim), pp.et_min_mm3)
+        for r in tables:
+            totals[r] += float(score(out[r], region_mask(ref, r), spacing))
+    return {r: totals[r] / len(cases) for r in tables}
+
+
+def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", "tc", "et"),
+           candidates_mm3: Sequence[float] = SIZE_CANDIDATES_MM3,
+           et_candidates_mm3: Sequence[float] = ET_CANDIDATES_MM3) -> Choice:
+    """Choose a :class:`PostProcess` on validation ``cases``: ``(masks, ref_labels, spacing)``, the raw predicted
+    boolean masks ``[X, Y, Z]``, the canonical uint8 reference label map of that shape and the spacing in mm;
+    ``score(pred_mask, ref_mask, spacing)`` is the per-case metric to maximise. Greedily ET, TC, WT (those in
+    ``regions``; inner first, since nesting puts what an inner region keeps into the outer ones): the
+    smallest-component size maximising the region's mean score on the nested masks, the inner regions as chosen
+    (ties: the smaller); ET's relabel threshold maximising ET's mean. Each case and region is labelled once."""
+    cases, order = _checked_cases(cases, regions)
+    order = order[::-1]
+    done: list[dict[str, np.ndarray]] = [{} for _ in cases]
+    sizes = _candidates(candidates_mm3, "candidates_mm3")
+    thresholds = _candidates(et_candidates_mm3, "et_candidates_mm3")
+    chosen: dict[str, float] = {}
+    tried: dict[str, dict[float, float]] = {}
+    tables: dict[str, list[_Table]] = {}
+    with progress(total=len(cases) * len(order), desc="choose post-processing", unit="case") as bar:
+        for region in order:
+            tables[region] = []
+            for case, kept in zip(cases, done):
+                tables[region].append(_case_table(case, region, score, sizes, kept))
+                bar.update(1)
+            means = [float(np.mean([t.scores[i] for t in tables[region]])) for i in range(len(sizes))]
+            chosen[region] = _best(sizes, means)
+            tried[region] = dict(zip(sizes, means))
+            for table, kept in zip(tables[region], done):
+                kept[region] = table.comps.mask(chosen[region])
+    if "et" in order:  # the relabel threshold, on the ET kept at the chosen size: no new masks, no new scores
+        j = sizes.index(chosen["et"])
+        relabel = [float(np.mean([t.empty if below(t.kept_mm3[j], thr) else t.scores[j] for t in tables["et"]]))
+                   for thr in thresholds]
+        tried["et_relabel"] = dict(zip(thresholds, relabel))
+    et_min = _best(thresholds, relabel) if "et" in order else 0.0
+    pp = PostProcess({r: chosen[r] for r in REGIONS if r in chosen}, et_min)
+    before = _mean_after(cases, score, PostProcess(dict.fromkeys(order, 0.0), 0.0), tables)  # raw, nested
+    order = [r for r in REGIONS if r in order]
+    after = _mean_after(cases, score, pp, tables)
+    log.info("post-processing chosen on %d validation cases: %s (mean %s)", len(cases), pp.describe(),
+             ", ".join(f"{r.upper()} {before[r]:.4f} -> {after[r]:.4f}" for r in order))
+    return Choice(pp, before, after, tried)
