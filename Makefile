@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the pipeline on the built-in synthetic cohort.
 # make test: set up .venv and run the whole test suite (installs PostgreSQL's server binaries first if missing).
+# make test-fast: the unit tests only (no DVC pipeline, Prefect flow or server), for the edit-test loop.
 # make mlflow-server: a tracking server for a team (mlflow/README.md).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -19,7 +20,7 @@ export PATH := $(BIN):$(PATH)
 DEMO_PARAMS := download.synthetic.n_cases=28 'slice.split=[0.6,0.15,0.25]' slice.size=64 train.base=16 \
 	train.depth=3 train.batch_size=16 train.epochs=12
 
-.PHONY: setup demo test test-services lint bench clean clean-checkpoints clean-tracking mlflow-server
+.PHONY: setup demo test test-fast test-services lint bench clean clean-checkpoints clean-tracking mlflow-server
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,10 @@ demo: setup
 
 test: setup test-services
 	$(BIN)/python -m pytest
+
+# Every test that runs no pipeline, server or flow (those are marked slow): the unit tests, in minutes.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 # What tests need besides Python packages, installed here when missing (as root; anyone else is told the command;
 # without them those tests fail under CI=true and are skipped elsewhere): the server binaries (initdb, postgres) of

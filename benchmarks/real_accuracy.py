@@ -93,8 +93,10 @@ def run_fold(repo: Path, params: dict, env: dict) -> tuple[pd.DataFrame, float]:
 
 
 def per_patient(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per test patient: fold, and per region Dice, lesion-wise Dice, HD95, precision and recall."""
-    metrics = ["dice", "lesion_dice", "hd95", "precision", "recall"]
+    """One row per test patient: fold, and per region Dice, lesion-wise Dice, HD95, precision, recall, and where
+    the errors come from: lesions predicted and in the reference, and false positives (ml) more than 10 mm outside
+    the reference's bounding box."""
+    metrics = ["dice", "lesion_dice", "hd95", "precision", "recall", "pred_lesions", "ref_lesions", "far_fp_ml"]
     wide = rows.pivot_table(index=["case_id", "fold"], columns="region", values=metrics)
     wide.columns = [f"{region.upper()} {metric}" for metric, region in wide.columns]
     order = [f"{r} {m}" for r in ("WT", "TC", "ET") for m in metrics]
@@ -143,7 +145,7 @@ def main() -> None:
           f"{'; ' + ', '.join(args.set) if args.set else ''}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print("command: python benchmarks/real_accuracy.py " + " ".join(sys.argv[1:]))
-    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
         print("\nmean over patients:\n" + means.to_string())
     print(f"time: {sum(times):.0f} s ({', '.join(f'{t:.0f}' for t in times)} s per fold)")

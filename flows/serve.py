@@ -18,7 +18,8 @@ from prefect import flow, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
-from brats_seg.config import read_params
+from brats_seg.base_params import ScheduleParams
+from brats_seg.config import load_section, read_params
 from brats_seg.errors import exit_on_user_error
 from flows.failures import fail_on_user_error, run_name, server_start_in_one_sentence
 from flows.pipeline import pipeline
@@ -36,10 +37,9 @@ def scheduled_pipeline(workdir: str = ".", lock_wait_s: float = 3600.0, dvc_wait
 
 def build_deployment(workdir: str = ".") -> RunnerDeployment:
     """The served deployment, its cron schedule taken from ``workdir``/params.yaml ``schedule``."""
-    schedule = read_params(Path(workdir) / "params.yaml").get("schedule") or {}
-    cron = schedule.get("cron", "0 3 * * 1")
+    schedule = load_section(ScheduleParams, read_params(Path(workdir) / "params.yaml"), "schedule")
     return scheduled_pipeline.to_deployment(
-        name="brats-seg-weekly", schedules=[Cron(cron, timezone=schedule.get("timezone", "UTC"))],
+        name="brats-seg-weekly", schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
         parameters={"workdir": str(Path(workdir).resolve())}, tags=["brats-seg"],
         description="Retrain on schedule (dvc repro of every stage), then promote if better.")
 

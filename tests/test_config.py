@@ -238,3 +238,21 @@ def test_params_set_refuses_bad_values_before_writing(tmp_path, assignments, mes
         set_params(path, assignments)
     assert message in str(err.value)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_prefect_yaml_schedules_the_work_pool_deployment_as_params_yaml_does():
+    """The schedule lives in params.yaml (flows/serve.py loads it as ScheduleParams); prefect.yaml, which Prefect
+    reads without running our code, holds a copy that must not drift."""
+    import yaml
+
+    from brats_seg.base_params import ScheduleParams
+    from brats_seg.config import load_section, read_params
+    from brats_seg.orchestration.provenance import PROJECT_ROOT
+
+    schedule = load_section(ScheduleParams, read_params(PROJECT_ROOT / "params.yaml"), "schedule")
+    deployments = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    scheduled = [d for d in deployments if d.get("schedules")]
+    assert scheduled, "prefect.yaml schedules no deployment"
+    for deployment in scheduled:
+        assert deployment["schedules"] == [{"cron": schedule.cron, "timezone": schedule.timezone}], (
+            f"prefect.yaml deployment {deployment['name']} is scheduled otherwise than params.yaml `schedule`")

@@ -94,3 +94,23 @@ def test_each_row_holds_the_lesion_wise_scores_of_the_label_map_and_the_summary_
                                                                    for r in REGIONS})
     assert summary["wt"]["lesion_dice_mean"] == 0.5 and summary["wt"]["lesion_pq_mean"] == pytest.approx(2 / 3)
     assert "lesion_hd95_median" in summary["wt"] and "lesion_dice_median" not in summary["wt"]
+
+
+def test_where_the_errors_come_from_lesion_counts_and_far_false_positives(case):
+    """Each case and region says how many lesions were predicted and are in the reference (the official
+    package's instances) and how much was predicted more than 10 mm outside the reference's bounding box."""
+    wt = region_mask(case.seg, "wt")
+    near, far = np.zeros_like(wt), np.zeros_like(wt)
+    idx = np.argwhere(wt)
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    x = min(hi[0] + 5, wt.shape[0] - 1)  # 5 voxels beyond the box: at the tumour's border
+    near[x, lo[1], lo[2]] = True
+    far_corner = tuple(0 if lo[a] > 12 else wt.shape[a] - 1 for a in range(3))  # >= 12 voxels away on some axis
+    assert any(abs(far_corner[a] - (lo[a] if far_corner[a] == 0 else hi[a])) > 10 for a in range(3))
+    far[far_corner] = True
+    (exact,) = score_case("c", {"wt": wt}, case.seg, (1.0, 1.0, 1.0))
+    (row,) = score_case("c", {"wt": wt | near | far}, case.seg, (1.0, 1.0, 1.0))
+    assert exact["far_fp_ml"] == 0.0 and exact["pred_lesions"] == exact["ref_lesions"] == 1
+    assert row["far_fp_ml"] == pytest.approx(0.001) and row["pred_lesions"] == 3 and row["ref_lesions"] == 1
+    (coarse,) = score_case("c", {"wt": wt | near | far}, case.seg, (1.0, 1.0, 4.0))  # 4 mm: 3 voxels of margin
+    assert coarse["far_fp_ml"] >= 0.004 - 1e-12

@@ -103,3 +103,19 @@ def test_hd95_agrees_with_a_brute_force_reference_on_random_blobs():
 def test_summary_ignores_and_counts_nan():
     s = summarise([1.0, math.nan, 3.0])
     assert s == {"mean": 2.0, "median": 2.0, "std": 1.0, "n_nan": 1}
+
+
+def test_far_false_positives_count_outside_the_widened_box_by_hand():
+    from brats_seg.evaluation.metrics import far_false_positives
+
+    ref = np.zeros((40, 40, 40), bool)
+    ref[15:20, 15:20, 15:20] = True
+    pred = ref.copy()
+    pred[29, 17, 17] = True  # 10 voxels beyond the box at 1 mm: inside the 10 mm margin
+    pred[30, 17, 17] = True  # 11 voxels: outside
+    pred[0:3, 0, 0] = True  # a far corner: 3 voxels
+    assert far_false_positives(pred, ref, (1.0, 1.0, 1.0)) == 4
+    assert far_false_positives(pred, ref, (2.0, 1.0, 1.0)) == 5  # 2 mm voxels: 5 of margin, both are out
+    assert far_false_positives(pred, ref, (2.0, 1.0, 1.0), margin_mm=22.0) == 3  # 11 voxels of margin: both in
+    assert far_false_positives(pred, np.zeros_like(ref), (1.0, 1.0, 1.0)) == int(pred.sum())
+    assert far_false_positives(ref, ref) == 0

@@ -11,7 +11,7 @@ import pytest
 from brats_seg.data.labels import ENHANCING, NECROTIC, OEDEMA, region_mask, regions_to_labels
 from brats_seg.errors import UserError
 from brats_seg.evaluation.choose_postprocess import Choice, choose
-from brats_seg.inference.postprocess import NONE, PostProcess, apply
+from brats_seg.inference.postprocess import NONE, PostProcess, apply, keep_main
 
 SHAPE = (48, 48, 32)
 SIZES = (0, 10, 25, 50, 100, 250, 500, 1000)
@@ -238,6 +238,9 @@ def test_to_dict_from_dict_round_trip_and_describe():
     ({"et_min_mm3": "10"}, "et_min_mm3"),
     ({"et_min": 10}, "'et_min'"),
     ([("et_min_mm3", 10)], "list"),
+    ({"main_fraction": 1.5}, "main_fraction"),
+    ({"main_fraction": -0.1}, "main_fraction"),
+    ({"main_fraction": True}, "main_fraction"),
 ])
 def test_from_dict_refuses_bad_settings_in_one_sentence(d, named):
     with pytest.raises(UserError) as err:
@@ -307,3 +310,64 @@ def test_specks_predicted_in_every_region_are_removed_from_every_region():
         out = apply(masks, spacing, choice.postprocess)
         assert all(np.array_equal(out[r], region_mask(ref, r)) for r in ("wt", "tc", "et"))
     assert all(choice.after[r] == 1.0 > choice.before[r] for r in ("wt", "tc", "et"))
+
+
+# --- the main tumour (train.main_tumour): components under a fraction of the largest, from every region ---------
+
+def _with_far_tumour(far: int, real: bool) -> tuple:
+    """A tumour (WT ball r=9, TC r=5, ET r=2) and, in a far corner, a block of ``far`` voxels a side predicted
+    as WT, TC and ET: a false tumour, or (``real``) a second real one that the reference holds and the prediction
+    finds as it is. Too big for any component size (``far`` >= 11: over 1000 mm3), smaller than the main tumour
+    (3071 voxels of WT)."""
+    ref = labels_from(ball((30, 30, 16), 9), ball((30, 30, 16), 5), ball((30, 30, 16), 2))
+    second = block((1, 1, 1), far)
+    if real:
+        ref[second] = OEDEMA
+        ref[block((2, 2, 2), far - 2)] = NECROTIC
+        return masks_of(ref), ref, (1.0, 1.0, 1.0)
+    return {r: m | second for r, m in masks_of(ref).items()}, ref, (1.0, 1.0, 1.0)
+
+
+def test_keep_main_drops_smaller_tumours_from_every_region_and_zero_keeps_all():
+    masks, _, spacing = _with_far_tumour(12, real=False)
+    nested = nested_by_hand(masks)
+    assert keep_main(nested, 0.0) == nested and all(keep_main(nested, 0.0)[r] is nested[r] for r in nested)
+    assert int(nested["wt"].sum()) == 3071 + 12**3
+    for fraction in (0.6, 1.0):  # 1728 / 3071 = 0.56: kept at 0.5, gone above
+        out = keep_main(nested, fraction)
+        assert all(not out[r][block((1, 1, 1), 12)].any() for r in out)
+        assert all(np.array_equal(out[r], nested[r] & ~block((1, 1, 1), 12)) for r in out)
+    assert np.array_equal(keep_main(nested, 0.5)["et"], nested["et"])
+    twin = {"wt": ball((12, 12, 16), 8) | ball((36, 36, 16), 8)}
+    assert np.array_equal(keep_main(twin, 1.0)["wt"], twin["wt"])  # two tumours of one size: both the largest
+    assert np.array_equal(keep_main({"wt": twin["wt"] | ball((12, 36, 16), 7)}, 1.0)["wt"], twin["wt"])
+    pp = PostProcess({"wt": 0.0}, 0.0, 0.6)
+    assert np.array_equal(apply(masks, spacing, pp)["wt"], keep_main(nested, 0.6)["wt"])  # after the nesting
+
+
+def test_main_fraction_is_written_only_when_used_and_read_back():
+    assert "main_fraction" not in PostProcess({"wt": 10}, 0).to_dict()  # model files without it: byte for byte
+    pp = PostProcess({"wt": 10}, 0, 0.2)
+    assert pp.to_dict()["main_fraction"] == 0.2 and PostProcess.from_dict(json.loads(json.dumps(pp.to_dict()))) == pp
+    assert pp.describe() == "WT >= 10 mm3; tumours under 0.2 x the largest dropped"
+
+
+def test_a_false_far_tumour_too_big_for_any_size_is_dropped_by_the_main_tumour_choice():
+    cases = [_with_far_tumour(far, real=False) for far in (11, 12, 13)]
+    plain = choose(cases, dice, candidates_mm3=SIZES, et_candidates_mm3=ETS)
+    assert plain.postprocess.main_fraction == 0.0 and "main_fraction" not in plain.tried  # the default: as before
+    chosen = choose(cases, dice, candidates_mm3=SIZES, et_candidates_mm3=ETS, main_fractions=(0.05, 0.2, 0.5, 1.0))
+    assert chosen.postprocess.min_component_mm3 == plain.postprocess.min_component_mm3
+    assert chosen.postprocess.main_fraction == 1.0  # 0.5 would keep 13**3 = 2197 voxels (0.72 of the main one)
+    assert chosen.tried["main_fraction"][0.0] < chosen.tried["main_fraction"][1.0]
+    assert all(v == 1.0 for v in chosen.after.values()) and all(v < 1.0 for v in chosen.before.values())
+    for masks, ref, spacing in cases:
+        out = apply(masks, spacing, chosen.postprocess)
+        assert all(np.array_equal(out[r], region_mask(ref, r)) for r in out)
+
+
+def test_a_second_real_tumour_keeps_the_main_fraction_at_zero():
+    cases = [_with_far_tumour(far, real=True) for far in (11, 12, 13)]
+    chosen = choose(cases, dice, candidates_mm3=SIZES, et_candidates_mm3=ETS, main_fractions=(0.05, 0.2, 0.5, 1.0))
+    assert chosen.postprocess.main_fraction == 0.0 and chosen.tried["main_fraction"][1.0] < chosen.tried[
+        "main_fraction"][0.0]

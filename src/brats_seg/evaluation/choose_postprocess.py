@@ -5,6 +5,7 @@ WT whatever their own sizes); a threshold above 0 is taken only when it strictly
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from brats_seg.inference.postprocess import (
     below,
     checked_masks,
     finish,
+    keep_main,
     voxel_mm3,
 )
 from brats_seg.progress import progress
@@ -33,6 +35,8 @@ Score = Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float]
 Case = tuple[Mapping[str, np.ndarray], np.ndarray, Sequence[float]]
 SIZE_CANDIDATES_MM3 = (0, 10, 25, 50, 100, 250, 500, 1000)
 ET_CANDIDATES_MM3 = (0, 50, 100, 200, 500, 1000)
+# Fractions of the largest tumour component under which the others go (train.main_tumour; 0 is always tried).
+MAIN_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 @dataclass(frozen=True)
 class Choice:
     """What :func:`choose` picked, and the mean score per region over the validation cases: ``before`` on the
@@ -112,26 +116,50 @@ def _checked_cases(cases: Sequence[Case], regions: Sequence[str]) -> tuple[list[
     return checked, [r for r in REGIONS if r in regions]
 
 
-def _mean_after(cases: list[Case], score: Score, pp: PostProcess, tables: dict[str, list]) -> dict[str, float]:
-    """Mean score per chosen region with ``pp`` applied, from the labellings ``choose`` made (no new ones)."""
-    totals = dict.fromkeys(tables, 0.0)
+def _finished(cases: list[Case], pp: PostProcess, tables: dict[str, list]) -> list[dict[str, np.ndarray]]:
+    """Each case's masks with ``pp``'s sizes and ET relabelling applied and nested (not ``main_fraction``), from
+    the labellings ``choose`` made (no new ones)."""
+    out = []
     for i, (masks, ref, spacing) in enumerate(cases):
         kept = {r: tables[r][i].comps.mask(pp.min_component_mm3[r]) if r in tables else m for r, m in masks.items()}
-        out = finish(kept, voxel_mm3(spacing, ref.ndim), pp.et_min_mm3)
+        out.append(finish(kept, voxel_mm3(spacing, ref.ndim), pp.et_min_mm3))
+    return out
+
+
+def _mean_after(cases: list[Case], score: Score, pp: PostProcess, tables: dict[str, list],
+                finished: list[dict[str, np.ndarray]] | None = None) -> dict[str, float]:
+    """Mean score per chosen region with ``pp`` applied (``finished``: :func:`_finished` of ``pp``, if made)."""
+    totals = dict.fromkeys(tables, 0.0)
+    for (_, ref, spacing), done in zip(cases, finished or _finished(cases, pp, tables)):
+        out = keep_main(done, pp.main_fraction)
         for r in tables:
             totals[r] += float(score(out[r], region_mask(ref, r), spacing))
     return {r: totals[r] / len(cases) for r in tables}
 
 
+def _main_fraction(cases: list[Case], score: Score, pp: PostProcess, tables: dict[str, list],
+                   candidates: list[float], tried: dict[str, dict[float, float]]) -> float:
+    """The tumour-component fraction (:func:`~brats_seg.inference.postprocess.keep_main`) maximising the mean over
+    cases of the regions' mean score, on top of ``pp``; ties (and anything not strictly better than 0) go to the
+    smaller. Records each candidate's mean in ``tried["main_fraction"]``."""
+    finished = _finished(cases, pp, tables)
+    means = [float(np.mean(list(_mean_after(cases, score, dataclasses.replace(pp, main_fraction=f), tables,
+                                            finished).values()))) for f in candidates]
+    tried["main_fraction"] = dict(zip(candidates, means))
+    return _best(candidates, means)
+
+
 def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", "tc", "et"),
            candidates_mm3: Sequence[float] = SIZE_CANDIDATES_MM3,
-           et_candidates_mm3: Sequence[float] = ET_CANDIDATES_MM3) -> Choice:
+           et_candidates_mm3: Sequence[float] = ET_CANDIDATES_MM3, main_fractions: Sequence[float] = ()) -> Choice:
     """Choose a :class:`PostProcess` on validation ``cases``: ``(masks, ref_labels, spacing)``, the raw predicted
     boolean masks ``[X, Y, Z]``, the canonical uint8 reference label map of that shape and the spacing in mm;
     ``score(pred_mask, ref_mask, spacing)`` is the per-case metric to maximise. Greedily ET, TC, WT (those in
     ``regions``; inner first, since nesting puts what an inner region keeps into the outer ones): the
     smallest-component size maximising the region's mean score on the nested masks, the inner regions as chosen
-    (ties: the smaller); ET's relabel threshold maximising ET's mean. Each case and region is labelled once."""
+    (ties: the smaller); ET's relabel threshold maximising ET's mean; with ``main_fractions`` (candidates in
+    [0, 1]), last the fraction of the largest tumour under which components are dropped, maximising the mean over
+    the regions. Each case and region is labelled once."""
     cases, order = _checked_cases(cases, regions)
     order = order[::-1]
     done: list[dict[str, np.ndarray]] = [{} for _ in cases]
@@ -158,6 +186,9 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
         tried["et_relabel"] = dict(zip(thresholds, relabel))
     et_min = _best(thresholds, relabel) if "et" in order else 0.0
     pp = PostProcess({r: chosen[r] for r in REGIONS if r in chosen}, et_min)
+    if main_fractions:
+        fractions = sorted({0.0, *(float(PostProcess(main_fraction=f).main_fraction) for f in main_fractions)})
+        pp = dataclasses.replace(pp, main_fraction=_main_fraction(cases, score, pp, tables, fractions, tried))
     before = _mean_after(cases, score, PostProcess(dict.fromkeys(order, 0.0), 0.0), tables)  # raw, nested
     order = [r for r in REGIONS if r in order]
     after = _mean_after(cases, score, pp, tables)

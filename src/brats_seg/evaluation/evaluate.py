@@ -26,9 +26,16 @@ from brats_seg.data.layouts import canonical_files
 from brats_seg.data.preprocess import CaseGeometry
 from brats_seg.errors import DataError
 from brats_seg.evaluation import lesionwise
-from brats_seg.evaluation.choose_postprocess import Choice, choose
+from brats_seg.evaluation.choose_postprocess import MAIN_FRACTIONS, Choice, choose
 from brats_seg.evaluation.lesionwise import lesion_columns
-from brats_seg.evaluation.metrics import METRICS, case_metrics, empty_rule, scores_from_counts, summarise
+from brats_seg.evaluation.metrics import (
+    METRICS,
+    case_metrics,
+    empty_rule,
+    far_false_positives,
+    scores_from_counts,
+    summarise,
+)
 from brats_seg.inference.bundle import ModelBundle
 from brats_seg.inference.segment import segment_case
 from brats_seg.io.nifti import read_nifti
@@ -132,9 +139,12 @@ def score_case(case_id: str, predicted: dict[str, np.ndarray], seg: np.ndarray, 
         n_ref, n_pred = int(ref.sum()), int(pred.sum())
         row = {"case_id": case_id, "region": region, "ref_voxels": n_ref, "pred_voxels": n_pred,
                "ref_ml": n_ref * voxel_ml, "pred_ml": n_pred * voxel_ml,
-               "empty_rule": empty_rule(n_pred, n_ref), **case_metrics(pred, ref, spacing)}
+               "empty_rule": empty_rule(n_pred, n_ref), **case_metrics(pred, ref, spacing),
+               "far_fp_ml": far_false_positives(pred, ref, spacing) * voxel_ml}
         if region in official:
-            row.update(lesion_columns(official[region], lesion_config), official=official[region])
+            row.update(lesion_columns(official[region], lesion_config), official=official[region],
+                       pred_lesions=official[region]["n_pred_instances"],
+                       ref_lesions=official[region]["n_ref_instances"])
         rows.append(row)
     return rows
 
@@ -174,14 +184,15 @@ def summarise_cases(frame: pd.DataFrame, slice_level: dict) -> dict:
 
 
 def choose_postprocessing(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path,
-                          lesion_config: str = "gli", split: str = "val") -> Choice:
+                          lesion_config: str = "gli", split: str = "val", main_tumour: bool = False) -> Choice:
     """Post-processing for ``bundle`` chosen on the patients of ``split`` (the validation split: never the test
     patients) to maximise each region's lesion-wise Dice
     (:data:`brats_seg.evaluation.lesionwise.LESION_DICE`, the number
     the promotion gate averages), on the raw masks of the one predict step."""
     cases = [(case.masks, case.seg, case.spacing)
              for case in predicted_cases(bundle, slices_dir, raw_dir, split, postprocess=False)]
-    return choose(cases, lesion_score(lesion_config), bundle.regions)
+    return choose(cases, lesion_score(lesion_config), bundle.regions,
+                  main_fractions=MAIN_FRACTIONS if main_tumour else ())
 
 
 def lesion_score(lesion_config: str = "gli") -> Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float]:

@@ -90,6 +90,24 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] =
             "tp": tp, "fp": fp, "fn": fn}
 
 
+# How far around the reference's bounding box a false positive still counts as at the tumour's border.
+FAR_MARGIN_MM = 10.0
+
+
+def far_false_positives(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+                        margin_mm: float = FAR_MARGIN_MM) -> int:
+    """Predicted voxels outside the reference's bounding box widened by ``margin_mm`` on every side: false
+    positives far from the tumour (every predicted voxel when the reference is empty)."""
+    if not ref.any():
+        return int(pred.sum())
+    box = []
+    for axis in range(ref.ndim):
+        hit = np.flatnonzero(ref.any(axis=tuple(a for a in range(ref.ndim) if a != axis)))
+        pad = int(math.ceil(margin_mm / float(spacing[axis])))
+        box.append(slice(max(int(hit[0]) - pad, 0), int(hit[-1]) + pad + 1))
+    return int(pred.sum()) - int(pred[tuple(box)].sum())
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     """Mean, median and standard deviation over cases, ignoring NaN; ``n_nan`` counts the NaN cases."""
     arr = np.asarray(values, dtype=np.float64)

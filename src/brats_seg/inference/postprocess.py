@@ -38,11 +38,14 @@ def as_mm3(value: object, name: str) -> float:
 
 @dataclass(frozen=True)
 class PostProcess:
-    """Per region, the smallest connected component kept (mm^3; 0 or absent keeps all), and the total ET volume
-    (mm^3) under which a case's ET is relabelled necrotic core (0 never relabels)."""
+    """Per region, the smallest connected component kept (mm^3; 0 or absent keeps all), the total ET volume
+    (mm^3) under which a case's ET is relabelled necrotic core (0 never relabels), and ``main_fraction``: after
+    nesting, every tumour component (26-connected, of WT) under this fraction of the case's largest one is dropped
+    from every region (0 keeps all; 1 keeps the largest alone): false tumours far from the main one."""
 
     min_component_mm3: dict[str, float] = field(default_factory=dict)
     et_min_mm3: float = 0.0
+    main_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_component_mm3, Mapping):
@@ -55,10 +58,17 @@ class PostProcess:
                  for r in REGIONS if r in self.min_component_mm3}
         object.__setattr__(self, "min_component_mm3", sizes)
         object.__setattr__(self, "et_min_mm3", as_mm3(self.et_min_mm3, "et_min_mm3"))
+        fraction = self.main_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
+            raise UserError(f"post-processing main_fraction is {fraction!r}; give a number from 0 (keep every "
+                            "tumour component) to 1 (keep the largest alone).")
+        object.__setattr__(self, "main_fraction", float(fraction))
 
     def to_dict(self) -> dict:
-        """The settings as JSON-ready numbers: ``{"min_component_mm3": {region: mm3}, "et_min_mm3": mm3}``."""
-        return {"min_component_mm3": dict(self.min_component_mm3), "et_min_mm3": self.et_min_mm3}
+        """The settings as JSON-ready numbers: ``{"min_component_mm3": {region: mm3}, "et_min_mm3": mm3}``, with
+        ``main_fraction`` where it is above 0 (so that settings without it read and write as they always did)."""
+        out = {"min_component_mm3": dict(self.min_component_mm3), "et_min_mm3": self.et_min_mm3}
+        return {**out, "main_fraction": self.main_fraction} if self.main_fraction > 0 else out
 
     @classmethod
     def from_dict(cls, d: object) -> PostProcess:
@@ -66,20 +76,21 @@ class PostProcess:
         if not isinstance(d, Mapping):
             raise UserError(f"post-processing settings are a {type(d).__name__}; give a mapping with "
                             "min_component_mm3 and et_min_mm3.")
-        if (key := next((k for k in d if k not in ("min_component_mm3", "et_min_mm3")), None)) is not None:
-            raise UserError(f"post-processing settings have unknown key {key!r}; use min_component_mm3 and "
-                            "et_min_mm3.")
-        return cls(d.get("min_component_mm3", {}), d.get("et_min_mm3", 0.0))
+        if (key := next((k for k in d if k not in ("min_component_mm3", "et_min_mm3", "main_fraction")), None)) \
+                is not None:
+            raise UserError(f"post-processing settings have unknown key {key!r}; use min_component_mm3, "
+                            "et_min_mm3 and main_fraction.")
+        return cls(d.get("min_component_mm3", {}), d.get("et_min_mm3", 0.0), d.get("main_fraction", 0.0))
 
     def describe(self) -> str:
         """One line for people, e.g. ``WT >= 50 mm3, TC keeps all, ET >= 10 mm3; ET under 200 mm3 -> necrotic
         core``."""
         text = ", ".join(f"{r.upper()} >= {v:g} mm3" if v > 0 else f"{r.upper()} keeps all"
                          for r, v in self.min_component_mm3.items())
-        if self.et_min_mm3 > 0:
-            relabel = f"ET under {self.et_min_mm3:g} mm3 -> necrotic core"
-            return f"{text}; {relabel}" if text else relabel
-        return text or "no post-processing"
+        more = [f"ET under {self.et_min_mm3:g} mm3 -> necrotic core"] if self.et_min_mm3 > 0 else []
+        if self.main_fraction > 0:
+            more.append(f"tumours under {self.main_fraction:g} x the largest dropped")
+        return "; ".join(([text] if text else []) + more) or "no post-processing"
 
 
 NONE = PostProcess({}, 0.0)
@@ -158,11 +169,24 @@ def finish(kept: dict[str, np.ndarray], voxel_mm3: float, et_min_mm3: float) -> 
     return nest(kept)
 
 
+def keep_main(masks: Mapping[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    """Nested masks without the tumour components (26-connected components of WT) under ``fraction`` of the
+    largest one's volume, removed from every region; ``fraction`` 0 keeps all (the masks themselves)."""
+    if fraction <= 0:
+        return dict(masks)
+    components = Components(masks["wt"], 1.0, math.inf)  # volumes in voxels: only their ratio matters
+    if components.volumes.size <= 1:
+        return dict(masks)
+    kept = components.mask(fraction * float(components.volumes.max()))
+    return {region: mask & kept for region, mask in masks.items()}
+
+
 def apply(masks: Mapping[str, np.ndarray], spacing: Sequence[float], pp: PostProcess) -> dict[str, np.ndarray]:
     """Post-process one case's region masks (boolean ``[X, Y, Z]`` arrays keyed wt/tc/et, ``spacing`` in mm):
-    component removal per region, the ET relabelling, then nesting; returns new arrays, the input is untouched."""
+    component removal per region, the ET relabelling, nesting, then the main tumour (``pp.main_fraction``);
+    returns new arrays, the input is untouched."""
     masks = checked_masks(masks)
     voxel = voxel_mm3(spacing, masks["wt"].ndim)
     sizes = {r: pp.min_component_mm3.get(r, 0.0) for r in masks}
     kept = {r: Components(m, voxel, sizes[r]).mask(sizes[r]) if sizes[r] > 0 else m for r, m in masks.items()}
-    return finish(kept, voxel, pp.et_min_mm3)
+    return keep_main(finish(kept, voxel, pp.et_min_mm3), pp.main_fraction)

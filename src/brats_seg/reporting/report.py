@@ -135,7 +135,8 @@ def region_table(summary: dict) -> pd.DataFrame:
 CASE_HEADERS = {"case_id": "case", "dice": "Dice", "lesion_dice": "lesion-wise Dice", "iou": "IoU", "hd95": "HD95 (mm)",
                 "lesion_hd95": "lesion-wise HD95 (mm)", "ref_voxels": "reference (voxels)",
                 "pred_voxels": "predicted (voxels)", "ref_ml": "reference (ml)", "pred_ml": "predicted (ml)",
-                "empty_rule": "empty rule"}
+                "pred_lesions": "lesions predicted", "ref_lesions": "lesions in reference",
+                "far_fp_ml": "false positives > 10 mm away (ml)", "empty_rule": "empty rule"}
 
 
 def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
@@ -148,12 +149,15 @@ def evaluation_section(summary: dict, cases: pd.DataFrame) -> str:
     top += f"<h3>Per region</h3>{table(region_table(summary).round(3))}"
     volumes = ("ref_ml", "pred_ml") if "ref_ml" in cases.columns else ("ref_voxels", "pred_voxels")
     columns = [c for c in ("case_id", "region", "dice", "lesion_dice", "iou", "precision", "recall", "hd95",
-                           "lesion_hd95", *volumes, "empty_rule") if c in cases.columns]
+                           "lesion_hd95", *volumes, "pred_lesions", "ref_lesions", "far_fp_ml", "empty_rule")
+               if c in cases.columns]
     shown = cases[columns].fillna({"empty_rule": ""}).sort_values(["region", "dice"]) if len(cases) else cases
     shown = shown.rename(columns=CASE_HEADERS)
     note = ('<p class="note">Per patient on its own grid (docs/design.md). Click a header to sort. Rows in orange: '
-            "exactly one of prediction and reference is empty (HD95 = 373.13 mm by the BraTS rule).</p>")
-    volumes = {"reference (ml)": 2, "predicted (ml)": 2}
+            "exactly one of prediction and reference is empty (HD95 = 373.13 mm by the BraTS rule). Where errors come "
+            "from: lesions (connected components) predicted and in the reference, and the volume predicted more than "
+            "10 mm outside the reference's bounding box.</p>")
+    volumes = {"reference (ml)": 2, "predicted (ml)": 2, "false positives > 10 mm away (ml)": 2}
     return f"<h2>Test metrics</h2>{top}{note}{table(shown, sortable=True, row_class='empty rule', decimals=volumes)}"
 
 

@@ -128,7 +128,8 @@ def postprocessing(params: TrainParams, base: BaseParams, evaluate: EvaluatePara
     to its run; the model file's ``postprocess`` field (none when ``train.postprocess`` is false)."""
     if not params.postprocess:
         return NONE.to_dict()
-    choice = choose_postprocessing(bundle, base.slices_dir, base.raw_dir, evaluate.lesionwise)
+    choice = choose_postprocessing(bundle, base.slices_dir, base.raw_dir, evaluate.lesionwise,
+                                   main_tumour=params.main_tumour)
     run.log_dict(choice.to_dict(), "postprocess.json")
     run.log_metrics({f"val_{r}_lesion_dice_{when}": value for when, scores in (("raw", choice.before),
                      ("postprocessed", choice.after)) for r, value in scores.items()})
