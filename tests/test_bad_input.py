@@ -26,7 +26,7 @@ from brats_seg.data.synthetic import make_case
 from brats_seg.inference.bundle import save_model
 from brats_seg.models.config import ModelConfig
 from brats_seg.models.unet import UNet
-from tests.conftest import PROJECT_ROOT
+from tests.support.cohorts import PROJECT_ROOT
 
 SHAPE = (48, 48, 24)
 SLICE = {"size": 32, "margin": 4, "modalities": ["flair", "t1", "t1ce", "t2"]}
@@ -496,7 +496,7 @@ def test_credentials_are_masked_in_every_sentence_the_cli_prints():
      "error: dvc repro source: download.local.path '/nonexistent' does not exist; point it at a folder"),
 ], ids=["checked-first", "said-by-a-stage"])
 def test_a_bad_param_under_the_flow_is_one_sentence_and_exit_2(tmp_path, bad, expected):
-    from tests.conftest import make_dvc_project
+    from tests.support.projects import make_dvc_project
 
     project = make_dvc_project(tmp_path / "project", bad)
     env = {**os.environ, "PYTHONPATH": str(project.path), "PYTHONWARNINGS": "ignore",
@@ -555,7 +555,7 @@ def test_killing_a_stage_kills_its_pool_workers(tmp_path):
 def test_killing_a_flow_kills_prefects_temporary_server(tmp_path):
     import signal
 
-    from tests.conftest import make_dvc_project
+    from tests.support.projects import make_dvc_project
 
     project = make_dvc_project(tmp_path / "project")
     env = {**os.environ, "PYTHONPATH": str(project.path), "PYTHONWARNINGS": "ignore",
@@ -598,7 +598,7 @@ def _one_sentence(proc: subprocess.CompletedProcess, *parts: str) -> str:
 
 @pytest.mark.slow
 def test_a_full_disk_during_slice_and_train_is_one_sentence(tmp_path):
-    from tests.conftest import TINY_PARAMS, _merge
+    from tests.support.projects import TINY_PARAMS, _merge
 
     work = tmp_path / "work"
     work.mkdir()

@@ -12,7 +12,7 @@ from brats_seg.data.download import DownloadParams
 from brats_seg.data.slicing import SliceParams
 from brats_seg.errors import ConfigError
 from brats_seg.training.params import TrainParams
-from tests.conftest import PROJECT_ROOT
+from tests.support.cohorts import PROJECT_ROOT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,9 @@ from brats_seg.registry.resolve import resolve_model
 from brats_seg.registry.tracking import COPIED_FROM_TAG
 from brats_seg.runners.register import RegisterParams, register_stage
 from mlflow import MlflowClient
-from tests.conftest import MLFLOW_README, PROJECT_ROOT, Service, bash_commands, free_port, run_cmd
+from tests.support.cohorts import PROJECT_ROOT
+from tests.support.projects import bash_commands, run_cmd
+from tests.support.services import MLFLOW_README, Service, free_port
 
 slow = pytest.mark.slow
 NAME = "brats-unet"  # params.yaml's register.model_name: the README's `brats-seg versions` lists it

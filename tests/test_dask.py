@@ -19,7 +19,9 @@ import yaml
 from brats_seg.base_params import BaseParams
 from brats_seg.errors import ConfigError, UserError
 from brats_seg.orchestration.executors import ENV_ADDRESS, LOCAL, Executor, choose_executor, run_parallel
-from tests.conftest import PROJECT_ROOT, free_port, make_dvc_project, run_cmd, write_synthetic_cohort
+from tests.support.cohorts import PROJECT_ROOT, write_synthetic_cohort
+from tests.support.projects import make_dvc_project, run_cmd
+from tests.support.services import free_port
 
 CORRUPT = "BraTS20_Synthetic_003"  # its FLAIR file is cut in half: validation must quarantine it
 

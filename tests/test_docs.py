@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests.conftest import PROJECT_ROOT
+from tests.support.cohorts import PROJECT_ROOT
 
 _CITED_MD = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.md)\b")
 _LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cmd
+from tests.support.projects import run_cmd
 
 pytestmark = pytest.mark.slow
 

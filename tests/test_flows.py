@@ -15,7 +15,8 @@ from prefect.testing.utilities import prefect_test_harness
 from brats_seg.cli import main as cli
 from brats_seg.errors import UserError
 from brats_seg.orchestration.driver import STAGES, flow_stages, workspace_lock
-from tests.conftest import PROJECT_ROOT, make_dvc_project, run_cmd
+from tests.support.cohorts import PROJECT_ROOT
+from tests.support.projects import make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
 

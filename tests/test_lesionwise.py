@@ -37,7 +37,7 @@ from brats_seg.evaluation.lesionwise import (
 )
 from brats_seg.evaluation.scoring import score_files
 from brats_seg.io.tables import json_safe
-from tests.conftest import require
+from tests.support.projects import require
 
 SHAPE = (64, 64, 48)
 OFFICIAL_PINS = ("brats-evaluation==0.0.10", "panoptica==2.1.7", "numpy==2.2.6", "scipy==1.17.1", "pandas==2.3.3",

@@ -25,7 +25,8 @@ from brats_seg.orchestration.driver import flow_stages
 from brats_seg.registry import versions
 from brats_seg.registry.lineage import case_lineage
 from brats_seg.registry.resolve import resolve_model
-from tests.conftest import TINY_SHAPE, make_dvc_project
+from tests.support.cohorts import TINY_SHAPE
+from tests.support.projects import make_dvc_project
 
 pytestmark = pytest.mark.slow
 

@@ -82,7 +82,7 @@ _DVC_YAML = """stages:
 def _busy_repo(tmp_path, sleep: float):
     """A git + DVC repository whose stage `slow` is being reproduced by another `dvc repro` (a person's),
     which is inside its stage command when this returns; `after` depends on its output."""
-    from tests.conftest import run_cmd
+    from tests.support.projects import run_cmd
 
     repo = tmp_path / "repo"
     repo.mkdir()

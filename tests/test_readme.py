@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, bash_commands, make_dvc_project, run_cmd
+from tests.support.cohorts import PROJECT_ROOT
+from tests.support.projects import bash_commands, make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ from brats_seg.models.unet import UNet
 from brats_seg.registry import registered_model, tracking, versions
 from brats_seg.registry.resolve import resolve_model
 from brats_seg.runners.register import RegisterParams, register_stage, synthetic_example
-from tests.conftest import PROJECT_ROOT, write_synthetic_cohort
+from tests.support.cohorts import PROJECT_ROOT, write_synthetic_cohort
 
 NAME = "brats-unet-test"
 URI = f"models:/{NAME}@challenger"

@@ -32,7 +32,7 @@ from brats_seg.registry.audit import history
 from brats_seg.registry.lineage import case_lineage
 from brats_seg.registry.promotion import PromoteParams, promote
 from brats_seg.registry.resolve import resolve_model
-from tests.conftest import COHORT_SEED, write_synthetic_cohort
+from tests.support.cohorts import COHORT_SEED, write_synthetic_cohort
 
 NAME = "brats-unet-test"
 PARAMS = PromoteParams(min_improvement=0.01, min_dice=0.5)

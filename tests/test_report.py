@@ -19,7 +19,7 @@ from brats_seg.evaluation.evaluate import score_case, summarise_cases
 from brats_seg.registry import tracking
 from brats_seg.reporting.plots import plot_overlay, plot_training_curve
 from brats_seg.runners.report import report_stage
-from tests.conftest import PROJECT_ROOT
+from tests.support.cohorts import PROJECT_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCORED = ("BraTS20_Hit_001", "BraTS20_Missed_002", "BraTS20_Half_003")
@@ -146,7 +146,7 @@ def test_the_report_stage_is_declared_with_its_inputs():
 def test_dvc_plots_render_offline_with_the_projects_template(tmp_path):
     """`dvc plots show` with .dvc/config's template: the CSV plots draw with no request leaving the machine."""
     sync_playwright = _chromium_or_skip()
-    from tests.conftest import run_cmd
+    from tests.support.projects import run_cmd
 
     repo = tmp_path / "plots"
     repo.mkdir()

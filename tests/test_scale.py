@@ -23,7 +23,7 @@ from brats_seg.io.checkpoint import load_checkpoint
 from brats_seg.io.shards import ShardError
 from brats_seg.training.loop import fingerprint, train_model
 from brats_seg.training.params import TrainParams
-from tests.conftest import make_dvc_project, run_cmd
+from tests.support.projects import make_dvc_project, run_cmd
 
 # instance norm: each sample is normalised on its own, so a batch split over processes is the same computation
 PARAMS = TrainParams(epochs=3, batch_size=8, lr=3e-3, base=8, depth=2, norm="instance", threads=1, augment=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Service, free_port, require, run_cmd
+from tests.support.projects import require, run_cmd
+from tests.support.services import Service, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -20,14 +20,9 @@ import pytest
 from mlflow.artifacts import download_artifacts
 
 from mlflow import MlflowClient
-from tests.conftest import (
-    MLFLOW_EXEMPT,
-    MLFLOW_README,
-    MLFLOW_SERVER_SIDE,
-    PROJECT_ROOT,
-    mlflow_team_commands,
-    run_cmd,
-)
+from tests.support.cohorts import PROJECT_ROOT
+from tests.support.projects import run_cmd
+from tests.support.services import MLFLOW_EXEMPT, MLFLOW_README, MLFLOW_SERVER_SIDE, mlflow_team_commands
 
 pytestmark = pytest.mark.slow
 

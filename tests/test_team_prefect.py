@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from mlflow import MlflowClient
-from tests.conftest import PROJECT_ROOT, Service, free_port, run_cmd
+from tests.support.cohorts import PROJECT_ROOT
+from tests.support.projects import run_cmd
+from tests.support.services import Service, free_port
 
 pytestmark = pytest.mark.slow
 

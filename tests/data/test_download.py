@@ -17,7 +17,7 @@ from brats_seg.data.download import (
 )
 from brats_seg.data.layouts import canonical_files, list_canonical_cases
 from brats_seg.errors import DataError, DownloadError, UserError
-from tests.conftest import TINY_SHAPE, write_synthetic_cohort
+from tests.support.cohorts import TINY_SHAPE, write_synthetic_cohort
 
 
 @pytest.fixture

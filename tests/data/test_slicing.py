@@ -32,7 +32,7 @@ from brats_seg.data.validation import ValidateParams, read_manifest, run_validat
 from brats_seg.errors import ConfigError, DataError
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import ShardError, list_shards, read_shard
-from tests.conftest import COHORT_SEED, TINY_SHAPE, write_synthetic_cohort
+from tests.support.cohorts import COHORT_SEED, TINY_SHAPE, write_synthetic_cohort
 
 
 def _validated(raw, tmp_path):
@@ -174,7 +174,8 @@ def test_a_split_given_a_fraction_of_0_is_refused_by_the_stage_that_needs_it_in_
 
 
 def test_the_test_cohort_seed_fills_every_split_of_the_tiny_cohorts():
-    """conftest's COHORT_SEED: synthetic cases 1-3 hash to three splits (so any cohort from 1 to n >= 3 fills them),
+    """tests/support/cohorts.py's COHORT_SEED: synthetic cases 1-3 hash to three splits (so any cohort from 1 to
+    n >= 3 fills them),
     and so do 1, 2, 4, 5 (tests/test_dask.py quarantines 3); the tiny pipeline's tumour-free case is in train."""
     def syn(*numbers: int) -> list[str]:
         return [case_id_for(i) for i in numbers]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from brats_seg.data.layouts import list_canonical_cases
-from tests.conftest import make_dvc_project, run_cmd, write_synthetic_cohort
+from tests.support.cohorts import write_synthetic_cohort
+from tests.support.projects import make_dvc_project, run_cmd
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from brats_seg.data.layouts import canonical_path
 from brats_seg.data.validation import ValidateParams, duplicate_of, read_manifest, run_validate
 from brats_seg.errors import DataError
-from tests.conftest import write_synthetic_cohort
+from tests.support.cohorts import write_synthetic_cohort
 
 
 def _resave(path, data, affine=None):

@@ -1,0 +1,101 @@
+"""Scratch DVC projects: a copy of this checkout's pipeline in a temporary git repository, on tiny params."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.cohorts import COHORT_SEED, PROJECT_ROOT, TINY_SHAPE
+
+TINY_PARAMS = {
+    "base": {"seed": COHORT_SEED},  # the five cases fill train, val and test (see COHORT_SEED)
+    "download": {"workers": 1, "synthetic": {"n_cases": 5, "shape": list(TINY_SHAPE), "tumour_free_fraction": 0.2}},
+    "validate": {"workers": 1},
+    "slice": {"size": 32, "workers": 1},
+    "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "base": 8, "depth": 2, "threads": 1},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def run_cmd(args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a command with the project's virtualenv first on PATH (as `make` does). ``env`` adds variables (applied
+    last: ``{"MLFLOW_TRACKING_URI": url}`` points the command at a tracking server instead of the local store)."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    full_env.pop("MLFLOW_TRACKING_URI", None)  # the project's own local store, unless `env` names a server
+    if (Path(cwd) / "src" / "brats_seg").is_dir():  # a copy of the project runs its own code, not the checkout's
+        full_env["PYTHONPATH"] = str(Path(cwd) / "src")
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# The project's git ignore rules: patient data (every DVC output under data/, models/, pictures of slices) is ignored
+# on every branch, not only where DVC wrote its own .gitignore files.
+IGNORE_FILES = (".gitignore", "data/.gitignore", "data/validated/.gitignore", "models/.gitignore",
+                "reports/.gitignore")
+
+
+def make_dvc_project(repo: Path, overrides: dict | None = None):
+    """A fresh git + DVC repository at ``repo`` holding this project's pipeline with tiny params. Returns
+    a function that rewrites params.yaml with more overrides; the repository path is ``fn.path``."""
+    repo.mkdir(parents=True)
+    for name in ("dvc.yaml", "prefect.toml", *IGNORE_FILES):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PROJECT_ROOT / name, repo / name)
+    for folder in ("stages", "src", "flows"):
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        shutil.copytree(PROJECT_ROOT / folder, repo / folder, ignore=ignore)
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+    def write_params(more: dict | None = None) -> None:
+        merged = _merge(_merge(_merge(params, TINY_PARAMS), overrides or {}), more or {})
+        (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+
+    write_params()
+    run_cmd(["git", "init", "-q", "-b", "main"], repo)
+    run_cmd(["git", "config", "user.email", "test@example.com"], repo)
+    run_cmd(["git", "config", "user.name", "test"], repo)
+    run_cmd(["dvc", "init", "-q"], repo)
+    run_cmd(["dvc", "config", "core.analytics", "false"], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "pipeline"], repo)
+    write_params.path = repo  # type: ignore[attr-defined]
+    return write_params
+
+
+def require(found: bool, what: str) -> None:
+    """Skip a test that needs something missing here, saying what; under CI (CI=true) fail instead, since CI must
+    run every test and `make test` installs what they need."""
+    if found:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what}; CI runs every test (make test installs it)", pytrace=False)
+    pytest.skip(what)
+
+
+def bash_commands(markdown: str) -> list[str]:
+    """Command lines of the ```bash blocks of ``markdown``, comments stripped (as tests/test_readme.py reads them)."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        for line in block.splitlines():
+            command = re.sub(r"\s+#.*$", "", line).strip()
+            if command and not command.startswith("#"):
+                lines.append(command)
+    return lines
+
