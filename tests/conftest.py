@@ -149,3 +149,12 @@ def team_project(team_mlflow, tmp_path_factory) -> TeamProject:
     run_cmd(["git", "commit", "-qm", "tiny pipeline run"], repo)
     run_cmd(["dvc", "push"], repo, timeout=300)
     return project
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (prefect_test_harness) for every flow test of the session: it starts once."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
 from brats_seg.cli import main as cli
 from brats_seg.errors import UserError
@@ -19,12 +18,6 @@ from tests.support.cohorts import PROJECT_ROOT
 from tests.support.projects import make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from brats_seg.data.layouts import write_case
 from brats_seg.data.synthetic import make_case
@@ -55,7 +54,7 @@ def _statuses(summary: dict) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def lifecycle(tmp_path, monkeypatch):
+def lifecycle(tmp_path, monkeypatch, prefect_server):
     """(repo, source folder, [summary of each scheduled run], [split map after each run])."""
     from flows.serve import scheduled_pipeline
 
@@ -67,14 +66,13 @@ def lifecycle(tmp_path, monkeypatch):
         "train": {"epochs": 1}, "promote": {"min_dice": 0.0, "min_improvement": 0.0}})
     repo = project.path
     summaries, splits = [], []
-    with prefect_test_harness(server_startup_timeout=120):
-        summaries.append(scheduled_pipeline(str(repo)))
-        splits.append(_splits(repo))
-        _add_cases(incoming, 9, 10)
-        summaries.append(scheduled_pipeline(str(repo)))
-        splits.append(_splits(repo))
-        summaries.append(scheduled_pipeline(str(repo)))
-        splits.append(_splits(repo))
+    summaries.append(scheduled_pipeline(str(repo)))
+    splits.append(_splits(repo))
+    _add_cases(incoming, 9, 10)
+    summaries.append(scheduled_pipeline(str(repo)))
+    splits.append(_splits(repo))
+    summaries.append(scheduled_pipeline(str(repo)))
+    splits.append(_splits(repo))
     monkeypatch.chdir(repo)  # the workspace's own MLflow store, as the flows used it
     return repo, incoming, summaries, splits
 
