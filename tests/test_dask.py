@@ -171,7 +171,7 @@ def test_a_worker_elsewhere_or_on_other_code_refuses_to_compute(cluster, tmp_pat
         run_parallel(abs, [-1, -2], executor=Executor(address, ENV_ADDRESS))
     src = tmp_path / "other" / "src"  # another checkout, one comment apart
     shutil.copytree(PROJECT_ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    with open(src / "brats_seg" / "metrics.py", "a") as fh:
+    with open(src / "brats_seg" / "evaluation" / "metrics.py", "a") as fh:
         fh.write("\n# edited\n")
     with distributed.LocalCluster(n_workers=0, dashboard_address=":0") as other:
         worker = subprocess.Popen([str(Path(sys.executable).parent / "dask"), "worker", other.scheduler_address,

@@ -135,3 +135,25 @@ def test_lineage_and_the_fingerprint_use_the_same_mark():
     resolved = computation(TrainParams(), "cpu")
     assert set(result_keys(TrainParams)) <= set(resolved)
     assert not {k.partition(".")[2] for k in runtime_keys("train")} - {"device"} & set(resolved)
+
+
+def test_the_checkout_and_the_package_are_found_from_the_files_not_the_working_directory(tmp_path):
+    """provenance.PROJECT_ROOT (whose code a stage hashes) and the Dask executors' code fingerprint (the whole
+    brats_seg package) are found from their own files, wherever the process runs."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from brats_seg.orchestration.provenance import PROJECT_ROOT\n"
+            "from brats_seg.orchestration import executors\n"
+            "import hashlib, pathlib\n"
+            "print(PROJECT_ROOT)\n"
+            "root = PROJECT_ROOT / 'src' / 'brats_seg'\n"
+            "d = hashlib.sha256()\n"
+            "for p in sorted(root.rglob('*.py')):\n"
+            "    d.update(f'{p.relative_to(root).as_posix()}\\0'.encode())\n"
+            "    d.update(hashlib.sha256(p.read_bytes()).digest())\n"
+            "print(d.hexdigest() == executors.code_fingerprint())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}).stdout.split()
+    assert out == [str(PROJECT_ROOT), "True"]

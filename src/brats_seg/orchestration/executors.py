@@ -222,7 +222,7 @@ def _worker_name() -> str:
 def code_fingerprint() -> str:
     """SHA-256 of the brats_seg package's source files (relative paths and bytes), taken once per process,
     when first asked: a process that imported older code keeps the older fingerprint."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the brats_seg package
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(f"{path.relative_to(root).as_posix()}\0".encode())

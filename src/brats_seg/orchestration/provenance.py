@@ -15,7 +15,7 @@ import yaml
 
 # The project's import roots: stages/ and flows/ at the top, the library under src/ (a checkout with an
 # editable install, as `make setup` makes; otherwise the current directory is taken as the checkout).
-_CHECKOUT = Path(__file__).resolve().parents[2]
+_CHECKOUT = Path(__file__).resolve().parents[3]  # src/brats_seg/orchestration/provenance.py -> the checkout
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "src" / "brats_seg").is_dir() else Path.cwd()
 IMPORT_ROOTS = (PROJECT_ROOT, PROJECT_ROOT / "src")
 # What made a model: the stages from download to train (their code shapes the data and the weights).
