@@ -39,9 +39,10 @@ demo: setup
 test: setup test-services
 	$(BIN)/python -m pytest
 
-# Every test that runs no pipeline, server or flow (those are marked slow): the unit tests, in minutes.
+# The unit tests: every test not marked slow (slow: a DVC pipeline, a Prefect flow, a server, or a process per
+# case), on every core.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto
 
 # What tests need besides Python packages, installed here when missing (as root; anyone else is told the command;
 # without them those tests fail under CI=true and are skipped elsewhere): the server binaries (initdb, postgres) of

@@ -368,6 +368,7 @@ PROBE_ROWS = [
 ]
 
 
+@pytest.mark.slow  # a brats-seg or stage process per case
 @pytest.mark.parametrize(("build", "expected"),
                          [pytest.param(b, e, id=i) for i, b, e in SCORE_ROWS + PREDICT_ROWS + PARAMS_ROWS + PROBE_ROWS])
 def test_bad_input_is_one_sentence_and_loses_nothing(tmp_path, model_file, build, expected):
@@ -456,6 +457,7 @@ def test_make_clean_tracking_says_what_it_deletes_and_needs_confirmation(tmp_pat
     assert not (tmp_path / "mlflow" / "mlflow.db").exists() and not (tmp_path / "mlflow" / "artifacts").exists()
 
 
+@pytest.mark.slow  # a brats-seg process against an unreachable server
 @pytest.mark.parametrize("command", ["predict", "lineage"])
 def test_an_unreachable_tracking_server_is_one_masked_sentence_within_30_s(tmp_path, command):
     import time

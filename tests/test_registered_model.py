@@ -47,13 +47,6 @@ REGIONS = ("wt", "tc")
 CRAFTED = "was refused: it holds Python objects other than tensors and plain values, which could run code"
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _unet(config: ModelConfig, seed: int = 0, size: int = 16) -> UNet:
     """A U-Net with random weights, normalisation statistics moved off their defaults (a few training-mode
     passes) and a head scaled up, so that every parameter and buffer shapes probabilities that vary."""

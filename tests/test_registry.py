@@ -39,13 +39,6 @@ PARAMS = PromoteParams(min_improvement=0.01, min_dice=0.5)
 TINY_SLICE = {"size": 16, "margin": 0, "modalities": ["flair"]}
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _register(dice: float, split: str = "split-a", slice_params: dict | None = None,
               splits: pd.DataFrame | None = None, model: UNet | None = None, content: str = "content-a",
               eval_code: str | None = None, regions: tuple[str, ...] = ("wt",), tags: dict | None = None) -> str:

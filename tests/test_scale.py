@@ -141,6 +141,7 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, output[-3000:]
 
 
+@pytest.mark.slow  # torchrun or gloo processes
 def test_two_gloo_processes_train_what_one_process_does_with_the_same_global_batch(slices, tmp_path):
     single = train_model(PARAMS, load_split(slices, "train"), load_split(slices, "val"), 0, tmp_path / "one.pt", 4)
     _finish(_torchrun(tmp_path, slices, tmp_path / "two.pt", tmp_path / "two.out", PARAMS.epochs))
@@ -186,6 +187,7 @@ def _one_step_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.slow  # torchrun or gloo processes
 def test_one_step_on_two_gloo_ranks_has_the_gradients_of_one_process_on_the_global_batch(slices, tmp_path):
     """The gradients themselves, not the trained model: Adam divides a uniform gradient scale away, so a step
     whose gradient is halved (a missing all-reduce in the backward pass) trains almost the same model."""
@@ -221,6 +223,7 @@ def test_one_step_on_two_gloo_ranks_has_the_gradients_of_one_process_on_the_glob
     assert all(float(g.abs().max()) > 0 for g in one.values())  # every parameter gets a gradient to compare
 
 
+@pytest.mark.slow  # torchrun or gloo processes
 def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_one(slices, tmp_path):
     epochs = 6
     ckpt = tmp_path / "killed.pt"
@@ -248,6 +251,7 @@ def _train_reports(repo) -> dict:
             **json.loads((repo / "reports" / "train_run.json").read_text())}
 
 
+@pytest.mark.slow  # torchrun or gloo processes
 def test_dvc_repro_trains_on_two_processes_and_streams_past_the_memory_budget(tmp_path):
     """The stage as users run it: `dvc repro` starts torchrun itself for train.nproc: 2; a training set over
     train.memory_gb streams from its shards and gives the very model file the in-memory run gives."""
@@ -279,6 +283,7 @@ def test_dvc_repro_trains_on_two_processes_and_streams_past_the_memory_budget(tm
     assert gap < PROB_ATOL
 
 
+@pytest.mark.slow  # torchrun or gloo processes
 def test_a_user_error_under_torchrun_is_said_once(tmp_path):
     """Both ranks meet it; rank 0 says it, torchrun's failure report stays out, the exit code is the stage's."""
     import yaml

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import mlflow
 from brats_seg.registry import tracking
 
@@ -20,13 +18,6 @@ with tracking.start_run("orphans") as run:
     open(sys.argv[1], "w").write(run.run_id)
     time.sleep(600)
 """
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
 
 
 def test_a_run_whose_process_was_killed_is_closed_as_killed_when_the_next_run_starts(store):

@@ -40,7 +40,7 @@ class TrainParams:
     nproc: int = 1
     memory_gb: float | Literal["auto"] = runtime_field("auto")  # same rows, same order in memory or streamed
     postprocess: bool = True  # choose post-processing on the validation patients (brats_seg.inference.postprocess)
-    main_tumour: bool = False  # also choose there a fraction of the largest tumour under which the others go
+    main_tumour: bool = True  # also choose there a fraction of the largest tumour under which the others go
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "base", "depth"):
