@@ -26,7 +26,6 @@ pytestmark = pytest.mark.slow
 EXEMPT = {
     "make demo": "run here as `python -m flows.demo` on tiny params (below); the new-user walk-through runs it whole",
     "make test": "this test suite",
-    "make test-fast": "this suite's tests not marked slow (a part of this suite)",
     "python benchmarks/real_accuracy.py --threads 1": "a benchmark, not a test: 4 folds of training on the real "
                                                        "cases, about 35 minutes (its numbers are quoted beside it)",
     "source .venv/bin/activate": "the convention itself: every command here runs after it",
