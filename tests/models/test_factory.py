@@ -21,7 +21,7 @@ SLICE = {"size": 32, "margin": 4, "modalities": ["flair", "t2"]}
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+@pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
 def test_every_architecture_maps_slices_to_logits_and_learns(architecture, norm):
     config = ModelConfig(in_channels=2, out_channels=3, base=8, depth=2, norm=norm, architecture=architecture)
     model = build(config)
