@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from brats_seg.data.layouts import discover_cases, write_case  # noqa: E402
-from brats_seg.data.preprocess import preprocess_case, restore_volume  # noqa: E402
-from brats_seg.data.slicing import SliceParams  # noqa: E402
+from brats_seg.data.preprocess import preprocess, restore_volume  # noqa: E402
+from brats_seg.data.spec import SliceParams  # noqa: E402
 from brats_seg.data.synthetic import make_case  # noqa: E402
 from brats_seg.inference.bundle import load_model, predict_slices, save_model  # noqa: E402
 from brats_seg.io.nifti import write_like  # noqa: E402
@@ -79,22 +79,22 @@ def timed(fn, device: torch.device) -> float:
 def case_steps(raw: Path, model_path: Path, out: Path, device: torch.device, baseline: bool) -> dict[str, float]:
     """Seconds per step over every case: read, preprocess, predict, restore + write (the steps of predict_case)."""
     bundle = load_model(model_path, device)
-    params = bundle.slice_params
+    spec = bundle.spec
     spent = dict.fromkeys(("read", "preprocess", "predict", "restore_write"), 0.0)
     slices = 0
     for case in discover_cases(raw):
         t0 = time.perf_counter()
-        grid = check_case(case, tuple(params["modalities"]))
-        volumes = np.stack([read_modality(case, m) for m in params["modalities"]]).astype(np.float32)
+        grid = check_case(case, spec.modalities)
+        volumes = np.stack([read_modality(case, m) for m in spec.modalities]).astype(np.float32)
         t1 = time.perf_counter()
-        pre = preprocess_case(volumes, grid.affine, int(params["size"]), int(params["margin"]))
+        pre = preprocess(spec, volumes, grid.affine)
         t2 = time.perf_counter()
         with torch.inference_mode():
             probs = baseline_slices(bundle.model, pre.images, device) if baseline else \
                 predict_slices(bundle.model, pre.images).float().cpu().numpy()[:, 0]
         t3 = time.perf_counter()
         mask = (restore_volume(probs, pre.z, pre.geometry) > bundle.threshold).astype(np.uint8)
-        write_like(out / f"{case.case_id}_mask.nii.gz", mask, case.images[params["modalities"][0]][0])
+        write_like(out / f"{case.case_id}_mask.nii.gz", mask, case.images[spec.modalities[0]][0])
         t4 = time.perf_counter()
         slices += len(pre.images)
         for name, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -129,9 +129,10 @@ def main() -> None:
         # slices/s on one case's slices
         bundle = load_model(tmp / "unet.pt", device)
         first = discover_cases(tmp / "raw")[0]
-        grid = check_case(first, tuple(slice_params["modalities"]))
-        pre = preprocess_case(np.stack([read_modality(first, m) for m in slice_params["modalities"]]).astype(
-            np.float32), grid.affine, args.size, slice_params["margin"])
+        spec = bundle.spec
+        grid = check_case(first, spec.modalities)
+        pre = preprocess(spec, np.stack([read_modality(first, m) for m in spec.modalities]).astype(np.float32),
+                         grid.affine)
         with torch.inference_mode():
             predict_slices(bundle.model, pre.images[:8])  # warm-up
             ours_s = timed(lambda: predict_slices(bundle.model, pre.images).float().cpu(), device)

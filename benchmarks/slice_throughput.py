@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from brats_seg.data.layouts import canonical_files, list_canonical_cases, write_case
-from brats_seg.data.slicing import SliceParams, fitting_seeds, run_slice
+from brats_seg.data.slicing import fitting_seeds, run_slice
+from brats_seg.data.spec import SliceParams
 from brats_seg.data.synthetic import make_case
 from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
 

@@ -6,7 +6,8 @@ import os
 
 from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section
-from brats_seg.data.slicing import SliceParams, run_slice
+from brats_seg.data.slicing import run_slice
+from brats_seg.data.spec import SliceParams
 from brats_seg.data.validation import read_manifest
 from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration.executors import choose_executor

@@ -60,7 +60,8 @@ def file_server():
 @pytest.fixture(scope="session")
 def slices(tmp_path_factory) -> Path:
     """The slice stage's output for 8 tiny synthetic cases (one without tumour), split 0.6/0.2/0.2; read only."""
-    from brats_seg.data.slicing import SliceParams, run_slice
+    from brats_seg.data.slicing import run_slice
+    from brats_seg.data.spec import SliceParams
     from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
 
     root = tmp_path_factory.mktemp("cohort")

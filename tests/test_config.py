@@ -9,7 +9,7 @@ import pytest
 from brats_seg.base_params import BaseParams
 from brats_seg.config import SECTIONS, check_cross_section, check_params, load_section, read_params
 from brats_seg.data.download import DownloadParams
-from brats_seg.data.slicing import SliceParams
+from brats_seg.data.spec import SliceParams
 from brats_seg.errors import ConfigError
 from brats_seg.training.params import TrainParams
 from tests.support.cohorts import PROJECT_ROOT

@@ -8,7 +8,8 @@ import pandas as pd
 from brats_seg.data.download import DownloadParams, LocalSource, run_download
 from brats_seg.data.labels import region_mask
 from brats_seg.data.preprocess import CaseGeometry, restore_labels
-from brats_seg.data.slicing import SliceParams, run_slice
+from brats_seg.data.slicing import run_slice
+from brats_seg.data.spec import SliceParams
 from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard

@@ -27,6 +27,7 @@ from brats_seg.base_params import BaseParams
 from brats_seg.cli import main as cli
 from brats_seg.data.layouts import discover_cases
 from brats_seg.data.preprocess import preprocess_case
+from brats_seg.data.spec import SliceSpec
 from brats_seg.data.synthetic import make_case
 from brats_seg.errors import UserError
 from brats_seg.inference.bundle import load_model, predict_slices, save_model
@@ -182,7 +183,7 @@ def test_the_version_holds_no_code_and_the_registry_holds_the_sha256_of_each_of_
     assert json.loads(mlmodel["signature"]["inputs"]) == [
         {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 2, 16, 16]}}]
     example = np.array(json.loads(files["input_example.json"].read_text()), dtype=np.float32)
-    assert np.array_equal(example, synthetic_example(SLICE))  # z-scored noise, never a patient's slice
+    assert np.array_equal(example, synthetic_example(SliceSpec.from_record(SLICE)))  # z-scored noise, no patient's
 
     tags = versions.model_version(NAME, alias="challenger")["tags"]
     import hashlib

@@ -20,7 +20,8 @@ from brats_seg.cli import main as cli
 from brats_seg.data.dataset import load_split
 from brats_seg.data.inspect import inspect_case
 from brats_seg.data.labels import region_mask
-from brats_seg.data.slicing import SliceParams, run_slice
+from brats_seg.data.slicing import run_slice
+from brats_seg.data.spec import SliceParams
 from brats_seg.errors import ConfigError, UserError
 from brats_seg.evaluation.evaluate import evaluate_cases
 from brats_seg.inference.bundle import save_model

@@ -34,7 +34,8 @@ def summary(params_path: str = "params.yaml", per_case: bool = True) -> str:
         per = ", ".join(f"{s} {meta['cases'][s]} cases / {meta['slices'][s]} slices "
                         f"({meta['tumour_slices'][s]} with tumour)" for s in ("train", "val", "test"))
         p = meta["params"]
-        lines.append(f"  slice    : {p['size']}x{p['size']} x {len(p['modalities'])} modalities; {per}")
+        context = f", context {p['context']}" if p.get("context") else ""
+        lines.append(f"  slice    : {p['size']}x{p['size']} x {len(p['modalities'])} modalities{context}; {per}")
         lines.append(f"             split digest {meta['split_digest'][:12]}")
     if Path(base.train_report).is_file() and Path(base.train_run).is_file():
         t = {**read_json(base.train_report), **read_json(base.train_run)}

@@ -52,7 +52,7 @@ SECTIONS: dict[str, str] = {
     "base": "brats_seg.base_params:BaseParams",
     "download": "brats_seg.data.download:DownloadParams",
     "validate": "brats_seg.data.validation:ValidateParams",
-    "slice": "brats_seg.data.slicing:SliceParams",
+    "slice": "brats_seg.data.spec:SliceParams",
     "train": "brats_seg.training.params:TrainParams",
     "evaluate": "brats_seg.evaluation.evaluate:EvaluateParams",
     "register": "brats_seg.runners.register:RegisterParams",

@@ -1,7 +1,7 @@
 """Segment new cases: label maps (a model of regions) or binary whole-tumour masks on each input's own grid.
 
 Cases may use any naming the download stage recognises. Preprocessing is the slice stage's own
-(:func:`brats_seg.data.preprocess.preprocess_case`) with the parameters stored with the model, then the one
+(:func:`brats_seg.data.preprocess.preprocess`) with the parameters stored with the model, then the one
 predict step that evaluation uses too (:mod:`brats_seg.inference.segment`: post-processing included). Inputs are
 checked before anything is written: each modality decodes, is 3D and lies on the case's one grid.
 """
@@ -19,7 +19,7 @@ import torch
 from brats_seg import __version__
 from brats_seg.data.labels import from_canonical, regions_to_labels
 from brats_seg.data.layouts import MODALITIES, CaseSource, discover_cases
-from brats_seg.data.preprocess import preprocess_case
+from brats_seg.data.preprocess import preprocess
 from brats_seg.errors import DataError, UserError
 from brats_seg.inference.bundle import ModelBundle, cohort_summary, cohort_warning
 from brats_seg.inference.segment import segment_case
@@ -62,12 +62,11 @@ def predict_case(case: CaseSource, bundle: ModelBundle, out_dir: str | Path, bat
     ``labels``, default the one its training data came in: the file name the BraTS evaluators match); a WT-only
     model, or ``wt_mask``, writes the binary whole-tumour mask ``<case_id>_mask.nii.gz`` (uint8, 0/1). Beside the
     first output, a JSON sidecar says what made it. Returns the case's volumes (ml) per region and the paths."""
-    modalities = tuple(bundle.slice_params["modalities"])
-    grid = check_case(case, modalities)
-    volumes = [read_modality(case, m) for m in modalities]
-    reference = case.images[modalities[0]][0]
-    pre = preprocess_case(np.stack(volumes).astype(np.float32), grid.affine, int(bundle.slice_params["size"]),
-                          int(bundle.slice_params["margin"]))
+    spec = bundle.spec
+    grid = check_case(case, spec.modalities)
+    volumes = [read_modality(case, m) for m in spec.modalities]
+    reference = case.images[spec.modalities[0]][0]
+    pre = preprocess(spec, np.stack(volumes).astype(np.float32), grid.affine)
     masks = segment_case(bundle, pre.images, pre.z, pre.geometry, grid.spacing[:3], batch_size).masks
     ml = float(np.prod(grid.spacing)) / 1000.0
     result = {"case_id": case.case_id, "volumes_ml": {r: round(float(m.sum()) * ml, 2) for r, m in masks.items()},
@@ -140,7 +139,7 @@ def predict_dirs(case_dirs: list[str | Path], model: str | None = None, out_dir:
     if tta is not None:
         bundle = dataclasses.replace(bundle, tta=tta)
     for case in cases:
-        check_case(case, tuple(bundle.slice_params["modalities"]))
+        check_case(case, bundle.spec.modalities)
     with torch.inference_mode():
         results = [predict_case(c, bundle, out_dir, labels=labels, wt_mask=wt_mask) for c in cases]
     # said once the masks exist (a bad case stays one sentence): what made them, and how far to trust them

@@ -1,8 +1,10 @@
 """Case preprocessing shared by the slice stage, evaluation and prediction, and its inverse.
 
-Forward (:func:`preprocess_case`): reorient to LPS (the BraTS orientation), crop every axial slice to the
-brain's bounding box made square with a margin, z-score each modality over brain voxels (background 0),
-and resize to ``size`` x ``size``. Inverse (:func:`restore_volume`): resize back, uncrop, undo the
+Forward (:func:`preprocess_case`, or :func:`preprocess` with a :class:`~brats_seg.data.spec.SliceSpec`): reorient
+to LPS (the BraTS orientation), crop every axial slice to the brain's bounding box made square with a margin,
+z-score each modality over brain voxels (background 0; optionally clipped to the brain's 0.5th-99.5th
+percentiles first), resize to ``size`` x ``size``, and optionally stack each slice's neighbours as extra
+channels (2.5D context). Inverse (:func:`restore_volume`): resize back, uncrop, undo the
 reorientation, landing exactly on the input's grid.
 """
 
@@ -16,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from brats_seg.data.labels import CANONICAL_LABELS
+from brats_seg.data.spec import SliceSpec
 
 TARGET_AXCODES = ("L", "P", "S")
+CLIP_PERCENTILES = (0.5, 99.5)  # normalise: clip
 _LABEL_VALUES = np.array(sorted(CANONICAL_LABELS), dtype=np.uint8)  # one-hot channel -> label id
 
 
@@ -68,12 +72,19 @@ def _from_lps(ornt: np.ndarray) -> np.ndarray:
     return nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(TARGET_AXCODES), np.asarray(ornt))
 
 
+def preprocess(spec: SliceSpec, images: np.ndarray, affine: np.ndarray, seg: np.ndarray | None = None) -> Preprocessed:
+    """:func:`preprocess_case` as ``spec`` says: what the slice stage, predict and rescore all call."""
+    return preprocess_case(images, affine, spec.size, spec.margin, seg, context=spec.context,
+                           normalise=spec.normalise)
+
+
 def preprocess_case(images: np.ndarray, affine: np.ndarray, size: int = 128, margin: int = 4,
-                    seg: np.ndarray | None = None) -> Preprocessed:
+                    seg: np.ndarray | None = None, *, context: int = 0, normalise: str = "zscore") -> Preprocessed:
     """Preprocess ``images`` ``[C, X, Y, Z]`` (and optionally canonical labels ``[X, Y, Z]``).
 
     Returns the axial slices between the first and the last slice with brain (any modality non-zero),
-    each laid out ``[Y, X]`` (rows anterior to posterior, as radiologists view axial slices).
+    each laid out ``[Y, X]`` (rows anterior to posterior, as radiologists view axial slices), with
+    ``C * (2 * context + 1)`` channels (:func:`stack_context`).
     """
     own = nib.orientations.io_orientation(affine)
     ornt = _to_lps(own)
@@ -88,8 +99,8 @@ def preprocess_case(images: np.ndarray, affine: np.ndarray, size: int = 128, mar
     zr = (int(zs[0]), int(zs[-1]) + 1)
     crop = np.stack([_crop_slices(v, x0, y0, side, zr, np.float32) for v in vols], axis=1)  # [Z', C, s, s]
     brain_c = _crop_slices(brain, x0, y0, side, zr, bool)
-    normed = _zscore(crop, brain_c)
-    out = _resize(torch.from_numpy(normed), size).to(torch.float16).numpy()
+    normed = _zscore(crop, brain_c, clip=normalise == "clip")
+    out = stack_context(_resize(torch.from_numpy(normed), size).to(torch.float16).numpy(), context)
     brain_px = np.rint(brain_c.sum(axis=(1, 2)) * (size / side) ** 2)  # in slice space
     labels = None
     if seg is not None:
@@ -172,8 +183,24 @@ def _crop_slices(vol: np.ndarray, x0: int, y0: int, side: int, zr: tuple[int, in
     return out
 
 
-def _zscore(crop: np.ndarray, brain: np.ndarray) -> np.ndarray:
+def stack_context(images: np.ndarray, context: int) -> np.ndarray:
+    """Slices ``[Z, C, S, S]`` (consecutive axial positions) -> ``[Z, C * (2k + 1), S, S]`` for ``k = context``:
+    per modality, the slices ``z - k .. z + k`` in that order (the centre one is channel ``c * (2k + 1) + k``).
+    Beyond the first and last slice with brain there is no brain, so those neighbours are 0, as the
+    normalisation leaves background. ``context`` 0 returns ``images`` itself."""
+    if context == 0:
+        return images
+    n, c = images.shape[:2]
+    padded = np.zeros((n + 2 * context, *images.shape[1:]), dtype=images.dtype)
+    padded[context:context + n] = images
+    stacked = np.stack([padded[context + d:context + d + n] for d in range(-context, context + 1)], axis=2)
+    return stacked.reshape(n, c * (2 * context + 1), *images.shape[2:])
+
+
+def _zscore(crop: np.ndarray, brain: np.ndarray, clip: bool = False) -> np.ndarray:
     """Per-modality z-score over brain voxels of ``crop`` ``[Z, C, H, W]`` (in place); background stays 0.
+    With ``clip``, each modality's brain voxels are first clipped to their 0.5th and 99.5th percentiles, so
+    that a few extreme voxels (a scanner's bright vessels, a site's artefacts) do not set the scale.
 
     Outside the brain every modality is 0 (that is how the brain mask is defined), so sums over the whole
     crop are sums over the brain.
@@ -181,6 +208,10 @@ def _zscore(crop: np.ndarray, brain: np.ndarray) -> np.ndarray:
     n = max(int(brain.sum()), 1)
     for c in range(crop.shape[1]):
         channel = crop[:, c]
+        if clip:
+            low, high = np.percentile(channel[brain], CLIP_PERCENTILES)
+            np.clip(channel, low, high, out=channel)
+            channel[~brain] = 0.0
         mean = float(channel.sum(dtype=np.float64)) / n
         var = float(np.square(channel, dtype=np.float64).sum()) / n - mean * mean
         std = np.sqrt(var) if var > 0 else 1.0

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brats_seg.config import runtime_field
 from brats_seg.data.inspect import label_digest
 from brats_seg.data.labels import region_mask
-from brats_seg.data.layouts import MODALITIES, canonical_files
-from brats_seg.data.preprocess import preprocess_case
-from brats_seg.errors import ConfigError, DataError
+from brats_seg.data.layouts import canonical_files
+from brats_seg.data.preprocess import preprocess
+from brats_seg.data.spec import SliceParams
+from brats_seg.errors import DataError
 from brats_seg.io.atomic import mark_output_dir, remove_output_dir
 from brats_seg.io.nifti import read_volume
 from brats_seg.io.shards import write_shard
@@ -38,40 +38,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _BRATS2023_CASE = re.compile(r"^BraTS-(?P<kind>[A-Za-z]+)-(?P<number>\d+)-\d+$", re.IGNORECASE)
-
-
-@dataclasses.dataclass(frozen=True)
-class SliceParams:
-    """params.yaml ``slice`` section."""
-
-    size: int = 128
-    modalities: tuple[str, ...] = MODALITIES
-    margin: int = 4
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    folds: int = 0  # 0: split by slice.split; k >= 3: k-fold cross-validation by the same hash (slice.fold tests)
-    fold: int = 0
-    keep_empty_fraction: float = 0.1
-    workers: int = runtime_field(0)
-
-    def __post_init__(self) -> None:
-        from brats_seg.config import require, require_at_least, require_fraction
-
-        unknown = [m for m in self.modalities if m not in MODALITIES]
-        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise ConfigError(f"params.yaml: slice.modalities must name each of some of {', '.join(MODALITIES)} "
-                              f"once, got {list(self.modalities)}.")
-        split_ok = min(self.split) >= 0 and self.split[0] > 0 and abs(sum(self.split) - 1.0) <= 1e-6
-        require("slice.split", list(self.split), split_ok, "three fractions (train, val, test) that are not "
-                "negative and sum to 1, with train above 0")
-        require("slice.size", self.size, 8 <= self.size <= 1024, "an integer from 8 to 1024 (BraTS slices are "
-                "240 x 240 voxels; slices are resized to slice.size x slice.size)")
-        require_at_least("slice.margin", self.margin, 0)
-        require("slice.folds", self.folds, self.folds == 0 or 3 <= self.folds <= 100,
-                "0 (split by slice.split) or a number of folds from 3 to 100 (one tests, the next validates)")
-        require("slice.fold", self.fold, 0 <= self.fold < max(self.folds, 1),
-                f"the fold to test, from 0 to slice.folds - 1 ({max(self.folds - 1, 0)})")
-        require_fraction("slice.keep_empty_fraction", self.keep_empty_fraction)
-        require_at_least("slice.workers", self.workers, 0)
 
 
 def patient_id(case_id: str) -> str:
@@ -239,7 +205,7 @@ def slice_case(job: _Job, params: SliceParams, seed: int, shard_dir: Path) -> di
         vols.append(data)
         affine = meta.affine
     seg, _ = read_volume(files["seg"])
-    pre = preprocess_case(np.stack(vols), affine, params.size, params.margin, seg=seg.astype(np.uint8))
+    pre = preprocess(params.spec, np.stack(vols), affine, seg=seg.astype(np.uint8))
     tumour_px = region_mask(pre.labels).sum(axis=(1, 2))
     keep = pre.brain_pixels > 0
     if job.split == "train":

@@ -2,7 +2,7 @@
 
 The promotion gate uses this to compare a champion with a challenger that was tested on another split: the
 champion is scored on the challenger's test patients exactly as the evaluate stage scores a model (the same
-brain slices, :func:`~brats_seg.data.preprocess.preprocess_case` with the slice parameters stored with the
+brain slices, :func:`~brats_seg.data.preprocess.preprocess` with the slice parameters stored with the
 model, the prediction mapped back to each case's own grid, :func:`~brats_seg.evaluation.evaluate.score_case`), so that
 for a model whose slice parameters match the workspace's it reproduces the evaluate stage's numbers.
 """
@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from brats_seg.data.layouts import canonical_files
-from brats_seg.data.preprocess import preprocess_case
+from brats_seg.data.preprocess import preprocess
 from brats_seg.errors import DataError
 from brats_seg.evaluation.evaluate import score_case
 from brats_seg.inference.bundle import ModelBundle
@@ -68,17 +68,17 @@ def score_raw_case(bundle: ModelBundle, case_dir: Path, lesion_config: str = "gl
     score every
     region against its label map."""
     files = canonical_files(case_dir)
-    params = bundle.slice_params
-    missing = [kind for kind in (*params["modalities"], "seg") if files.get(kind) is None]
+    spec = bundle.spec
+    missing = [kind for kind in (*spec.modalities, "seg") if files.get(kind) is None]
     if missing:
         raise DataError(f"case {case_dir.name} has no {', '.join(missing)} file in {case_dir}; the workspace's raw "
                         f"data does not match its slices: run `dvc checkout` (or `dvc repro download`), then retry.")
     volumes, affine = [], None
-    for modality in params["modalities"]:
+    for modality in spec.modalities:
         data, meta = read_nifti(files[modality])
         volumes.append(data)
         affine = meta.affine
-    pre = preprocess_case(np.stack(volumes), affine, int(params["size"]), int(params["margin"]))
+    pre = preprocess(spec, np.stack(volumes), affine)
     keep = pre.brain_pixels > 0  # every brain slice, as the slice stage keeps for val and test cases
     seg, seg_meta = read_nifti(files["seg"])
     masks = segment_case(bundle, pre.images[keep], pre.z[keep], pre.geometry, seg_meta.spacing, batch_size).masks

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from brats_seg.data.labels import REGIONS
+from brats_seg.data.spec import SliceSpec, spec_problem
 from brats_seg.errors import UserError
 from brats_seg.inference.postprocess import NONE, PostProcess
 from brats_seg.models.config import ModelConfig
@@ -33,6 +34,11 @@ class ModelBundle:
     cohort: dict = dataclasses.field(default_factory=dict)  # source kind, train/val cases and patients
     postprocess: PostProcess = NONE  # chosen on the validation split by the train stage (none in older files)
     tta: bool = False  # test-time mirroring (evaluate.tta when it was trained): probabilities averaged over flips
+
+    @property
+    def spec(self) -> SliceSpec:
+        """The slice settings typed: what predict and rescore preprocess a case with."""
+        return SliceSpec.from_record(self.slice_params)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -110,17 +116,9 @@ def field_problem(data: dict, config: ModelConfig) -> str | None:
             and all(r in REGIONS for r in regions) and len(set(regions)) == len(regions)):
         return (f"invalid regions {regions!r} (distinct names among {', '.join(REGIONS)}, one per output channel: "
                 f"{config.out_channels})")
-    if not (isinstance(spec, dict) and {"size", "margin", "modalities"} <= set(spec)):
-        return f"invalid slice settings {spec!r} (size, margin and modalities)"
-    size, margin, modalities = spec["size"], spec["margin"], spec["modalities"]
-    step = 2 ** config.depth
-    if not (_is_int(size) and 8 <= size <= 1024 and size % step == 0):
-        return f"an invalid slice size {size!r} (an integer from 8 to 1024, a multiple of 2**depth = {step})"
-    if not (_is_int(margin) and 0 <= margin <= 1024):
-        return f"an invalid slice margin {margin!r} (an integer from 0 to 1024)"
-    if not (isinstance(modalities, (list, tuple)) and len(modalities) == config.in_channels
-            and all(isinstance(m, str) for m in modalities) and len(set(modalities)) == len(modalities)):
-        return f"invalid modalities {modalities!r} (distinct names, one per input channel: {config.in_channels})"
+    problem = spec_problem(spec, config.in_channels, 2 ** config.depth)
+    if problem:
+        return problem
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
         return f"an invalid threshold {threshold!r} (a number between 0 and 1)"
     if not isinstance(data.get("tta", False), bool):

@@ -56,7 +56,7 @@ def verify(chain: dict, params: dict, repo: str | Path = ".") -> list[str]:
 
 
 def _params_drift(chain: dict, params: dict) -> list[str]:
-    from brats_seg.data.slicing import SliceParams
+    from brats_seg.data.spec import SliceParams
     from brats_seg.training.params import TrainParams, model_params
 
     slice_params = {k: v for k, v in dataclasses.asdict(load_section(SliceParams, params, "slice")).items()

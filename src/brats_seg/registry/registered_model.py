@@ -7,10 +7,11 @@ is recorded in the registry at registration (:func:`brats_seg.registry.versions.
 loader before use (:func:`brats_seg.registry.versions.fetch_registered_model`, and the README's snippet for
 applications).
 
-The graph takes preprocessed slices float32 ``[N, C, H, W]`` (input ``slices``; C = the metadata's
-``slice.modalities``, H = W = ``slice.size``) and returns sigmoid probabilities float32 ``[N, R, H, W]``
-(output ``probabilities``; R = the metadata's ``regions``); N is free. The train stage's model file rides
-along as an extra file, read by brats-seg alone and only with ``torch.load(weights_only=True)``.
+The graph takes preprocessed slices float32 ``[N, C, H, W]`` (input ``slices``; C = the metadata's ``channels``:
+per ``slice.modalities``, 2 * ``slice.context`` + 1 slices; H = W = ``slice.size``) and returns sigmoid
+probabilities float32 ``[N, R, H, W]`` (output ``probabilities``; R = the metadata's ``regions``); N is free. The
+train stage's model file rides along as an extra file, read by brats-seg alone and only with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations

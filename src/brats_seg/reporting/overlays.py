@@ -47,7 +47,7 @@ def write_overlays(bundle: ModelBundle, frame: pd.DataFrame, slices_dir: str | P
         seg, meta = read_nifti(files["seg"])
         masks = segment_case(bundle, shard["images"], shard["z"], CaseGeometry.from_record(rec), meta.spacing).masks
         ref = {region: region_mask(seg, region) for region in masks}
-        image, _ = read_nifti(files["flair"] if files.get("flair") else files[bundle.slice_params["modalities"][0]])
+        image, _ = read_nifti(files["flair"] if files.get("flair") else files[bundle.spec.modalities[0]])
         show, marks = axial_view(nib.aff2axcodes(meta.affine))
         views = [SliceView(show(image[:, :, z]), {r: show(m[:, :, z]) for r, m in ref.items()},
                            {r: show(m[:, :, z]) for r, m in masks.items()}, f"z={z}", marks)

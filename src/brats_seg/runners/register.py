@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from brats_seg.base_params import BaseParams
+from brats_seg.data.spec import SliceSpec
 from brats_seg.inference.bundle import ModelBundle, load_model, predict_slices
 from brats_seg.io.tables import read_json, write_json
 from brats_seg.registry import gate, registered_model, tracking, versions
@@ -41,7 +42,9 @@ class RegisterParams:
 
 # What an application needs to know to feed the registered model and read its output (the model's metadata).
 MODEL_CONTRACT = {
-    "input": "float32 [N, C, H, W]: preprocessed axial slices, C channels in the order of slice.modalities",
+    "input": "float32 [N, C, H, W]: preprocessed axial slices, C channels in the order of slice.modalities; with "
+             "slice.context k, each modality gives 2k + 1 channels, the slices z - k to z + k in that order (0 "
+             "beyond the brain's first and last slice; channels names them)",
     "output": "float32 [N, R, H, W]: sigmoid probabilities, R channels in the order of regions (with tta: true, "
               "the graph itself averages them over the input flipped along W, H and both, flipped back); "
               "mask = probability > threshold of its region, mapped back to the case's grid; the ONNX graph's input "
@@ -53,7 +56,8 @@ MODEL_CONTRACT = {
     "preprocessing": "per case (modalities on one grid): reorient to LPS; brain = voxels non-zero in any "
                      "modality; keep the axial slices from the first to the last that hold brain; crop them all to "
                      "one square box around the brain widened by slice.margin voxels (rows anterior to posterior, "
-                     "zero outside the volume); z-score each modality over the case's brain voxels, background 0; "
+                     "zero outside the volume); z-score each modality over the case's brain voxels, background 0 (with "
+                     "slice.normalise clip: the brain voxels clipped to their 0.5th and 99.5th percentiles first); "
                      "resize bilinearly to slice.size x slice.size (align_corners false)",
 }
 
@@ -64,15 +68,16 @@ def model_metadata(bundle: ModelBundle) -> dict:
     contract."""
     return {"model": dataclasses.asdict(bundle.model.config), "regions": list(bundle.regions),
             "label_convention": bundle.cohort.get("label_convention", "brats2020"),
-            "slice": bundle.slice_params, "threshold": {r: bundle.threshold for r in bundle.regions},
+            "slice": bundle.slice_params, "channels": bundle.spec.channel_names(),
+            "threshold": {r: bundle.threshold for r in bundle.regions},
             "postprocess": bundle.postprocess.to_dict(), "tta": bundle.tta, **MODEL_CONTRACT}
 
 
-def synthetic_example(slice_params: dict, batch: int = 2) -> np.ndarray:
+def synthetic_example(spec: SliceSpec, batch: int = 2) -> np.ndarray:
     """Z-scored noise float32 ``[batch, C, size, size]`` of the model's input shape: no patient data goes into
     the registry."""
-    channels, size = len(slice_params["modalities"]), int(slice_params["size"])
-    return np.random.default_rng(0).standard_normal((batch, channels, size, size)).astype(np.float32)
+    shape = (batch, spec.channels, spec.size, spec.size)
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
 def register_stage(params: RegisterParams, base: BaseParams) -> dict:
@@ -82,7 +87,7 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
     train = read_json(base.train_run)
     evaluation = read_json(base.eval_report)
     run = tracking.get_run(train["run_id"])
-    example = synthetic_example(bundle.slice_params)
+    example = synthetic_example(bundle.spec)
     if bundle.tta:  # the graph averages over the mirrorings: so does its output example
         with torch.no_grad():
             output = registered_model.probability_module(bundle.model, True)(torch.as_tensor(example)).numpy()
