@@ -24,3 +24,15 @@ def test_same_generator_state_same_augmentation():
     a = augment_batch(images, targets, torch.Generator().manual_seed(3))
     b = augment_batch(images, targets, torch.Generator().manual_seed(3))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_modalitys_context_slices_change_intensity_together():
+    """slice.context 1: channels 0-2 are one modality's slices z-1, z, z+1 and take one gain and offset; a second
+    modality (channels 3-5) takes its own. Without groups every channel draws its own."""
+    images = torch.rand(16, 1, 8, 8).add(1.0).repeat(1, 6, 1, 1)  # six equal channels
+    targets = torch.zeros(16, 1, 8, 8)
+    grouped, _ = augment_batch(images, targets, torch.Generator().manual_seed(1), group=3)
+    assert torch.equal(grouped[:, 0], grouped[:, 1]) and torch.equal(grouped[:, 1], grouped[:, 2])
+    assert torch.equal(grouped[:, 3], grouped[:, 5]) and not torch.equal(grouped[:, 0], grouped[:, 3])
+    alone, _ = augment_batch(images, targets, torch.Generator().manual_seed(1))
+    assert not torch.equal(alone[:, 0], alone[:, 1])

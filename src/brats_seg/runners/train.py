@@ -14,6 +14,7 @@ import pandas as pd
 
 from brats_seg.base_params import BaseParams
 from brats_seg.data.dataset import ShardedSplit, SliceSet, index_digest, open_split, read_index
+from brats_seg.data.spec import SliceSpec
 from brats_seg.evaluation.evaluate import EvaluateParams, choose_postprocessing
 from brats_seg.inference.bundle import ModelBundle, save_model
 from brats_seg.inference.postprocess import NONE
@@ -137,6 +138,11 @@ def postprocessing(params: TrainParams, base: BaseParams, evaluate: EvaluatePara
     return choice.postprocess.to_dict()
 
 
+def _channel_group(base: BaseParams) -> int:
+    """Input channels per modality in the slice stage's shards: 2 * slice.context + 1."""
+    return SliceSpec.from_record(read_json(Path(base.slices_dir) / "meta.json")["params"]).context * 2 + 1
+
+
 def train_stage(params: TrainParams, base: BaseParams, evaluate: EvaluateParams | None = None) -> dict:
     """Train on the slice stage's train split, track it in MLflow, write the model and reports.
 
@@ -151,7 +157,8 @@ def train_stage(params: TrainParams, base: BaseParams, evaluate: EvaluateParams 
         key = fingerprint(params, train_set, val_set, base.seed, ranks.device.type)
         checkpoint = Path(base.checkpoint_dir) / f"{key}.pt"
         if not ranks.main:
-            train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1], key=key, ranks=ranks)
+            train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1], key=key, ranks=ranks,
+                        channel_group=_channel_group(base))
             ranks.max(peak_rss())
             return {}
         return _track_and_train(params, base, evaluate or EvaluateParams(), index, train_set, val_set, key,
@@ -180,7 +187,7 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
             log_inputs_as_written(run)
         result = train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1],
                              on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch), key=key,
-                             ranks=ranks)
+                             ranks=ranks, channel_group=_channel_group(base))
         peak = ranks.max(peak_rss())
         cohort = training_cohort(meta)
         chosen = postprocessing(params, base, evaluate, ModelBundle(result.model, result.regions, meta["params"],

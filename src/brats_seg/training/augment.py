@@ -2,7 +2,8 @@
 
 Flips and 90-degree rotations (the eight symmetries of the square: a random transpose, then random flips
 of each axis) apply to images ``[N, C, H, W]`` and targets alike; intensity scale and shift apply to the
-images' brain voxels only (background stays exactly 0).
+images' brain voxels only (background stays exactly 0), with one gain and offset per modality: a 2.5D slice's
+neighbours (``group`` consecutive channels, slice.context) are the same modality and change together.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
                   scale: float = 0.1, shift: float = 0.1, of: int | None = None,
-                  at: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  at: int = 0, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly transform a batch; square slices required (H == W).
 
     With ``of``, the batch is part of a larger one: the random draws are made for ``of`` samples and those of
@@ -25,8 +26,10 @@ def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.
     total = n if of is None else of
     part = slice(at, at + n)
     coins = (torch.rand((total, 3), generator=generator, device=dev) < 0.5)[part]
-    gains = 1.0 + scale * (2 * torch.rand((total, c, 1, 1), generator=generator, device=dev)[part] - 1)
-    offsets = shift * (2 * torch.rand((total, c, 1, 1), generator=generator, device=dev)[part] - 1)
+    draws = (total, c // group, 1, 1)  # one per modality; group 1: one per channel, the draws of before
+    gains = 1.0 + scale * (2 * torch.rand(draws, generator=generator, device=dev)[part] - 1)
+    offsets = shift * (2 * torch.rand(draws, generator=generator, device=dev)[part] - 1)
+    gains, offsets = gains.repeat_interleave(group, dim=1), offsets.repeat_interleave(group, dim=1)
     both = torch.cat([images, targets.to(images.dtype)], dim=1)
     both = torch.where(coins[:, 0, None, None, None], both.transpose(-1, -2), both)
     both = torch.where(coins[:, 1, None, None, None], both.flip(-1), both)

@@ -96,13 +96,14 @@ def fingerprint(params: TrainParams, train_set: Split, val_set: Split, seed: int
 
 def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int, checkpoint: Path,
                 slice_channels: int, on_epoch: Callable[[int, dict], None] | None = None,
-                key: str | None = None, ranks: Ranks | None = None) -> TrainResult:
+                key: str | None = None, ranks: Ranks | None = None, channel_group: int = 1) -> TrainResult:
     """Train from scratch, or resume from ``checkpoint`` when it was written by the same run (same
     :func:`fingerprint`, passed as ``key`` when the caller has it); returns the best model by validation Dice.
 
     Each split is a :class:`SliceSet` (in memory) or a :class:`ShardedSplit` (read from its shards as
     needed). In a distributed run (``ranks``) every process calls this; rank 0 alone validates, writes the
     checkpoint and calls ``on_epoch``, and only its result holds the best weights and the history.
+    ``channel_group``: input channels per modality (2 * slice.context + 1), which augmentation scales together.
     """
     ranks = ranks or Ranks()
     regions = TARGET_REGIONS[params.target]
@@ -136,7 +137,7 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
         if params.schedule != "constant":  # constant: the optimiser as built (the seed's training, byte for byte)
             for group in optimiser.param_groups:
                 group["lr"] = lr_at(params, epoch)
-        train_loss = _train_epoch(step, train_data, params, generator, epoch, ranks)
+        train_loss = _train_epoch(step, train_data, params, generator, epoch, ranks, channel_group)
         if ranks.main:
             metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.bce_weight, params.amp)}
             state["history"].append({"epoch": epoch + 1, **metrics})
@@ -212,7 +213,7 @@ def make_step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, params: 
 
 
 def _train_epoch(step: Callable, data: DeviceData | StreamData, params: TrainParams, generator: torch.Generator,
-                 epoch: int, ranks: Ranks) -> float:
+                 epoch: int, ranks: Ranks, group: int = 1) -> float:
     """One epoch: a permutation of the set, cut into global batches (the last partial one dropped: static
     shapes for torch.compile); this process trains on its part of each. Returns the mean loss."""
     local = min(params.batch_size, len(data)) // ranks.world
@@ -228,7 +229,7 @@ def _train_epoch(step: Callable, data: DeviceData | StreamData, params: TrainPar
                   disable=not ranks.main) as bar:
         for s, (x, y) in enumerate(data.batches(order, starts, local)):
             if params.augment:
-                x, y = augment_batch(x, y, generator, of=batch, at=ranks.rank * local)
+                x, y = augment_batch(x, y, generator, of=batch, at=ranks.rank * local, group=group)
             loss = step(x, y)
             total += loss
             if s % 25 == 0:  # the running loss for the bar: one host synchronisation every 25 steps
