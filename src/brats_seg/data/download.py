@@ -21,7 +21,16 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from brats_seg.config import host_memory, runtime_field
+from brats_seg.config import (
+    host_memory,
+    require,
+    require_at_least,
+    require_fraction,
+    require_match,
+    require_positive,
+    require_url,
+    runtime_field,
+)
 from brats_seg.data import synthetic
 from brats_seg.data.fetch import fetch_url, kaggle_credentials
 from brats_seg.data.layouts import (
@@ -52,8 +61,6 @@ class SyntheticSource:
     tumour_free_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require, require_at_least, require_fraction
-
         require_at_least("download.synthetic.n_cases", self.n_cases, 1)
         require("download.synthetic.shape", list(self.shape), min(self.shape) >= 8, "three integers >= 8")
         case_bytes = 4 * 5 * math.prod(self.shape)  # four float32 modalities and the labels, in memory at once
@@ -76,8 +83,6 @@ class UrlSource:
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require_at_least, require_match, require_positive, require_url
-
         require_url("download.url.url", self.url)
         if self.md5 is not None:
             require_match("download.url.md5", self.md5, "[0-9a-fA-F]{32}", "32 hexadecimal digits, or null to skip "
@@ -94,8 +99,6 @@ class KaggleSource:
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require_at_least, require_match, require_positive, require_url
-
         require_match("download.kaggle.dataset", self.dataset, r"[\w.-]+/[\w.-]+", "OWNER/NAME as in the "
                       "dataset's Kaggle URL")
         require_url("download.kaggle.api_url", self.api_url)
@@ -115,8 +118,6 @@ class DownloadParams:
     kaggle: KaggleSource = KaggleSource()
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require_at_least
-
         require_at_least("download.workers", self.workers, 0)
 
 

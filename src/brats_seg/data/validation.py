@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from brats_seg.config import runtime_field
+from brats_seg.config import require_at_least, require_fraction, runtime_field
 from brats_seg.data.inspect import inspect_case
 from brats_seg.data.layouts import UNLABELLED_DIR, list_canonical_cases
 from brats_seg.errors import DataError
@@ -42,8 +42,6 @@ class ValidateParams:
     workers: int = runtime_field(0)
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require_at_least, require_fraction
-
         require_fraction("validate.max_bad_fraction", self.max_bad_fraction)
         require_at_least("validate.min_brain_voxels", self.min_brain_voxels, 0)
         require_at_least("validate.workers", self.workers, 0)

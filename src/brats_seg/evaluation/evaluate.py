@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from brats_seg.config import runtime_field
+from brats_seg.config import require, runtime_field
 from brats_seg.data.dataset import empty_split_error
 from brats_seg.data.labels import region_mask, regions_to_labels
 from brats_seg.data.layouts import canonical_files
@@ -63,8 +63,6 @@ class EvaluateParams:
     tta: bool = False
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require
-
         require("evaluate.lesionwise", self.lesionwise, self.lesionwise in lesionwise.CONFIGS,
                 f"one of the official BraTS configurations: {', '.join(lesionwise.CONFIGS)}")
 

@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from brats_seg.base_params import BaseParams
+from brats_seg.config import require, require_fraction
 from brats_seg.errors import DataError, UserError
 from brats_seg.registry import gate, tracking, versions
 from brats_seg.registry.audit import record_decision
@@ -35,8 +36,6 @@ class PromoteParams:
     metric: str = gate.AUTO
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require, require_fraction
-
         require_fraction("promote.min_improvement", self.min_improvement)
         require_fraction("promote.min_dice", self.min_dice)
         require("promote.metric", self.metric, self.metric in gate.METRICS, f"one of {', '.join(gate.METRICS)}")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from brats_seg.base_params import BaseParams
+from brats_seg.config import require, require_match
 from brats_seg.data.spec import SliceSpec
 from brats_seg.inference.bundle import ModelBundle, load_model, predict_slices
 from brats_seg.io.tables import read_json, write_json
@@ -30,8 +31,6 @@ class RegisterParams:
     alias: str = "challenger"
 
     def __post_init__(self) -> None:
-        from brats_seg.config import require, require_match
-
         require_match("register.model_name", self.model_name, r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
                       "a registry name of letters, digits, '.', '_' and '-' (no '/', at most 128 characters)")
         require_match("register.alias", self.alias, r"[A-Za-z_][A-Za-z0-9_-]{0,254}",
