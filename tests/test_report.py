@@ -170,3 +170,16 @@ def test_dvc_plots_render_offline_with_the_projects_template(tmp_path):
         view.wait_for_selector("canvas, svg.marks", timeout=20_000)  # vega drew the plot
         browser.close()
     assert not requests, requests
+
+
+def test_the_subtitle_names_an_ensemble_and_a_context():
+    from brats_seg.runners.report import model_summary
+
+    registered = {"name": "brats-unet", "version": "3", "run_id": "r"}
+    params = {"train.model": "resunet", "train.base": "16", "train.depth": "3", "slice.size": "96",
+              "slice.modalities": "['flair', 't2']", "train.target": "regions", "train.epochs": "20", "train.lr": "0.1"}
+    assert "a 2D residual U-Net (base 16, depth 3) on 96 x 96 axial slices of flair, t2," in model_summary(
+        registered, {**params, "train.folds": "0", "slice.context": "0"})
+    assert ("an ensemble of 5 2D residual U-Nets (base 16, depth 3), one per fold of the training patients, on 96 x 96 "
+            "axial slices (with the slice above and below as context) of flair, t2,") in model_summary(
+        registered, {**params, "train.folds": "5", "slice.context": "1"})

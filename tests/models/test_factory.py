@@ -12,6 +12,7 @@ from brats_seg.errors import UserError
 from brats_seg.inference.bundle import load_model, save_model
 from brats_seg.io.checkpoint import load_weights_file, save_checkpoint
 from brats_seg.models.config import ModelConfig
+from brats_seg.models.ensemble import Ensemble
 from brats_seg.models.factory import ARCHITECTURES, build
 from brats_seg.models.resunet import ResidualBlock, ResUNet
 from brats_seg.models.unet import UNet
@@ -59,16 +60,25 @@ def test_an_unknown_architecture_is_one_sentence():
         build(ModelConfig(architecture="vnet"))
 
 
+@pytest.mark.parametrize("members", [1, 3])
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_the_model_file_and_the_onnx_graph_carry_the_architecture(tmp_path, architecture):
+def test_the_model_file_and_the_onnx_graph_carry_the_architecture(tmp_path, architecture, members):
+    """And an ensemble (train.folds) is one model to them all: its output is the logit of its members' mean
+    probability."""
     torch.manual_seed(0)
-    net = build(ModelConfig(in_channels=2, out_channels=3, base=4, depth=2, architecture=architecture)).eval()
+    net = build(ModelConfig(in_channels=2, out_channels=3, base=4, depth=2, architecture=architecture,
+                            members=members)).eval()
     bundle = load_model(save_model(tmp_path / "m.pt", net, ("wt", "tc", "et"), SLICE))
     assert type(bundle.model) is type(net) and bundle.model.config == net.config
+    assert type(net) is (Ensemble if members > 1 else ARCHITECTURES[architecture])
     x = np.random.default_rng(0).normal(size=(3, 2, 32, 32)).astype(np.float32)
     with torch.no_grad():
         expected = torch.sigmoid(net(torch.from_numpy(x))).numpy()
         loaded = torch.sigmoid(bundle.model(torch.from_numpy(x))).numpy()  # channels_last: rounding only
+        if members > 1:
+            mean = torch.stack([torch.sigmoid(m(torch.from_numpy(x))) for m in net.members]).mean(0).numpy()
+            np.testing.assert_allclose(expected, mean, atol=1e-6)
+            assert np.abs(mean - torch.sigmoid(net.members[0](torch.from_numpy(x))).numpy()).max() > 1e-3
     np.testing.assert_allclose(loaded, expected, atol=1e-6)
     np.testing.assert_allclose(run_onnx(export_onnx(net, x), x), expected, atol=1e-5)
 

@@ -47,6 +47,10 @@ class SliceSet:
     def has_tumour(self) -> bool:
         return bool(np.any(self.labels))
 
+    def subset(self, keep: np.ndarray) -> SliceSet:
+        """The rows where boolean ``keep`` is true, in order (a copy)."""
+        return SliceSet(self.images[keep], self.labels[keep], self.case_ids[keep], self.z[keep])
+
 
 class ShardedSplit:
     """A split left on disk: only the index is held; rows are read from the shards on demand (thread-safe).
@@ -55,6 +59,7 @@ class ShardedSplit:
     """
 
     def __init__(self, slices_dir: str | Path, rows: pd.DataFrame) -> None:
+        self._slices_dir, self._rows = Path(slices_dir), rows
         shards = rows["shard"].to_numpy()
         names, self._shard_of = np.unique(shards, return_inverse=True)
         self._readers = [ShardRows(Path(slices_dir) / name) for name in names]
@@ -106,6 +111,10 @@ class ShardedSplit:
     def load(self) -> SliceSet:
         """The whole split in memory."""
         return SliceSet(*self.take(np.arange(len(self))), self.case_ids, self.z)
+
+    def subset(self, keep: np.ndarray) -> ShardedSplit:
+        """The rows where boolean ``keep`` is true, in order, still read from the shards."""
+        return ShardedSplit(self._slices_dir, self._rows[np.asarray(keep, dtype=bool)])
 
     def has_tumour(self) -> bool:
         if self._tumour is None:

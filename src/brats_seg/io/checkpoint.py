@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 KEEP_OTHER_CHECKPOINTS = 2
 # <key>.pt, <key>.run.json, and the temporary file of an unfinished write: .<key>.pt.<pid>.tmp (io.atomic)
-_FILE = re.compile(r"^(?P<key>[0-9a-f]{16})\.(?:pt|run\.json)$")
-_PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.(?:pt|run\.json)\.(?P<pid>\d+)\.tmp$")
+# <fingerprint>.pt, an ensemble member's <fingerprint>-fold<i>.pt (train.folds), and the run's <fingerprint>.run.json
+_FILE = re.compile(r"^(?P<key>[0-9a-f]{16})(?:-fold\d+)?\.(?:pt|run\.json)$")
+_PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})(?:-fold\d+)?\.(?:pt|run\.json)\.(?P<pid>\d+)\.tmp$")
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -126,8 +127,9 @@ def prune_checkpoints(folder: str | Path, keep: int = KEEP_OTHER_CHECKPOINTS) ->
             files.setdefault(match["key"], []).append(path)
         elif (match := _PARTIAL.match(path.name)) and path.is_file() and not _alive(int(match["pid"])):
             partial.append(path)
-    resumable = sorted((k for k in files if (folder / f"{k}.pt") in files[k]),
-                       key=lambda k: (folder / f"{k}.pt").stat().st_mtime_ns, reverse=True)
+    weights = {k: [p for p in paths if p.suffix == ".pt"] for k, paths in files.items()}
+    resumable = sorted((k for k in files if weights[k]),
+                       key=lambda k: max(p.stat().st_mtime_ns for p in weights[k]), reverse=True)
     kept = set(resumable[:keep])
     removed = sorted([p for k, paths in files.items() if k not in kept for p in paths] + partial)
     for path in removed:

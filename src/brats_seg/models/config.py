@@ -16,7 +16,8 @@ DESCRIPTIONS = {"unet": "2D U-Net", "resunet": "2D residual U-Net"}
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture and sizes. ``base``: channels of the first level, doubled per level; ``depth``: poolings.
-    Model files written before ``architecture`` existed hold U-Nets: the default reads them as they were."""
+    Model files written before ``architecture`` (or ``members``) existed hold one U-Net (one network): the defaults
+    read them as they were."""
 
     in_channels: int = 4
     out_channels: int = 1
@@ -24,4 +25,5 @@ class ModelConfig:
     depth: int = 4
     norm: Norm = "batch"
     architecture: Architecture = "unet"
+    members: int = 1  # an ensemble of this many networks of this config, their probabilities averaged (train.folds)
 

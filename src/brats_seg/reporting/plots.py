@@ -13,14 +13,18 @@ import numpy as np  # noqa: E402
 
 
 def plot_training_curve(history: list[dict], path: str | Path) -> Path:
-    """Loss (train, validation) and validation Dice per epoch, as a PNG."""
-    epochs = [h["epoch"] for h in history]
+    """Loss (train, validation) and validation Dice per epoch, as a PNG; one set of lines per ensemble member
+    (rows with a ``fold``, train.folds), each validated on its own fold."""
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    folds = sorted({h["fold"] for h in history if "fold" in h}) or [None]
+    for fold in folds:
+        rows = [h for h in history if h.get("fold") == fold]
+        epochs, name = [h["epoch"] for h in rows], "" if fold is None else f" (fold {fold})"
+        ax_loss.plot(epochs, [h["train_loss"] for h in rows], label=f"train{name}")
+        ax_loss.plot(epochs, [h["val_loss"] for h in rows], label=f"validation{name}", linestyle="--")
+        ax_dice.plot(epochs, [h["val_dice"] for h in rows], label=f"validation{name}")
     ax_loss.set(xlabel="epoch", ylabel="loss (soft Dice; lower is better)", title="loss")
-    ax_loss.legend()
-    ax_dice.plot(epochs, [h["val_dice"] for h in history], color="tab:green")
+    ax_loss.legend(fontsize=7)
     ax_dice.set(xlabel="epoch", ylabel="Dice per case, slice space (higher is better)", title="validation Dice",
                 ylim=(0, 1))
     fig.tight_layout()

@@ -58,8 +58,15 @@ def model_summary(registered: dict, params: dict) -> str:
     regions = "WT, TC, ET" if param("train.target") == "regions" else "whole tumour"
     modalities = param("slice.modalities").strip("[]()").replace("'", "").replace('"', "")
     described = DESCRIPTIONS.get(param("train.model"), DESCRIPTIONS["unet"])  # runs logged before it: a U-Net
-    return (f"{registered['name']} v{registered['version']}: a {described} (base {param('train.base')}, depth "
-            f"{param('train.depth')}) on {param('slice.size')} x {param('slice.size')} axial slices of {modalities}, "
+    sizes = f"(base {param('train.base')}, depth {param('train.depth')})"
+    model = f"a {described} {sizes}"
+    if str(params.get("train.folds", "0")) != "0":
+        model = f"an ensemble of {param('train.folds')} {described}s {sizes}, one per fold of the training patients,"
+    context = str(params.get("slice.context", "0"))
+    around = "" if context == "0" else " (with the slice above and below as context)" if context == "1" else \
+        f" (with the {context} slices above and below as context)"
+    return (f"{registered['name']} v{registered['version']}: {model} on {param('slice.size')} x "
+            f"{param('slice.size')} axial slices{around} of {modalities}, "
             f"segmenting {regions}; {param('train.epochs')} epochs, lr {param('train.lr')}; MLflow run "
             f"{registered['run_id']}")
 

@@ -24,7 +24,8 @@ from brats_seg.orchestration.provenance import code_digest, code_manifest, dvc_l
 from brats_seg.registry import tracking
 from brats_seg.reporting.plots import plot_training_curve
 from brats_seg.training.distributed import Ranks, process_group
-from brats_seg.training.loop import computation, fingerprint, train_model
+from brats_seg.training.ensemble import member_checkpoints, train_members
+from brats_seg.training.loop import TrainResult, computation, fingerprint, validate
 from brats_seg.training.params import TrainParams, model_params
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,23 @@ def postprocessing(params: TrainParams, base: BaseParams, evaluate: EvaluatePara
     return choice.postprocess.to_dict()
 
 
+def _best_val_dice(params: TrainParams, result: TrainResult, val_set: SliceSet | ShardedSplit) -> float:
+    """The validation split's Dice of the model kept: its best epoch's, or the ensemble's own."""
+    if params.folds == 0:
+        return next(h for h in result.history if h["epoch"] == result.best_epoch)["val_dice"]
+    return validate(result.model, val_set, result.regions, params.bce_weight, params.amp)["val_dice"]
+
+
+def _member_report(params: TrainParams, result: TrainResult) -> dict:
+    """Per ensemble member: its best epoch and the Dice there on its own fold (none for one network)."""
+    report = {}
+    for fold in range(params.folds):
+        rows = [h for h in result.history if h["fold"] == fold]
+        top = max(rows, key=lambda h: h["val_dice"])  # the first of equals, as training keeps it
+        report.update({f"fold{fold}_best_epoch": top["epoch"], f"fold{fold}_val_dice": top["val_dice"]})
+    return report
+
+
 def _channel_group(base: BaseParams) -> int:
     """Input channels per modality in the slice stage's shards: 2 * slice.context + 1."""
     return SliceSpec.from_record(read_json(Path(base.slices_dir) / "meta.json")["params"]).context * 2 + 1
@@ -155,22 +173,22 @@ def train_stage(params: TrainParams, base: BaseParams, evaluate: EvaluateParams 
         index = read_index(base.slices_dir)
         train_set, val_set = open_splits(base.slices_dir, index, memory_budget(params, ranks))
         key = fingerprint(params, train_set, val_set, base.seed, ranks.device.type)
-        checkpoint = Path(base.checkpoint_dir) / f"{key}.pt"
         if not ranks.main:
-            train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1], key=key, ranks=ranks,
-                        channel_group=_channel_group(base))
+            train_members(params, train_set, val_set, base.seed, Path(base.checkpoint_dir), key, train_set.shape[1],
+                          ranks=ranks, channel_group=_channel_group(base))
             ranks.max(peak_rss())
             return {}
-        return _track_and_train(params, base, evaluate or EvaluateParams(), index, train_set, val_set, key,
-                                checkpoint, ranks)
+        return _track_and_train(params, base, evaluate or EvaluateParams(), index, train_set, val_set, key, ranks)
 
 
 def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluateParams, index: pd.DataFrame,
-                     train_set: SliceSet | ShardedSplit, val_set: SliceSet | ShardedSplit, key: str, checkpoint: Path,
+                     train_set: SliceSet | ShardedSplit, val_set: SliceSet | ShardedSplit, key: str,
                      ranks: Ranks) -> dict:
     meta = read_json(Path(base.slices_dir) / "meta.json")
-    run_file = checkpoint.with_suffix(".run.json")
-    previous = read_json(run_file)["run_id"] if params.resume and run_file.is_file() and checkpoint.is_file() else None
+    checkpoints = member_checkpoints(Path(base.checkpoint_dir), key, params.folds)
+    run_file = Path(base.checkpoint_dir) / f"{key}.run.json"
+    started = any(c.is_file() for c in checkpoints)
+    previous = read_json(run_file)["run_id"] if params.resume and run_file.is_file() and started else None
     with tracking.start_run(base.experiment, run_id=previous, run_name=f"train-{key[:8]}") as run:
         write_json(run_file, {"run_id": run.run_id})
         if previous is None:
@@ -185,9 +203,9 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
             run.set_tags({"slice_index_digest": digest})
             run.log_split_tables(split_table(base.slices_dir))
             log_inputs_as_written(run)
-        result = train_model(params, train_set, val_set, base.seed, checkpoint, train_set.shape[1],
-                             on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch), key=key,
-                             ranks=ranks, channel_group=_channel_group(base))
+        result = train_members(params, train_set, val_set, base.seed, Path(base.checkpoint_dir), key,
+                               train_set.shape[1], on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
+                               ranks=ranks, channel_group=_channel_group(base))
         peak = ranks.max(peak_rss())
         cohort = training_cohort(meta)
         chosen = postprocessing(params, base, evaluate, ModelBundle(result.model, result.regions, meta["params"],
@@ -199,10 +217,10 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
         Path(base.train_curve).parent.mkdir(parents=True, exist_ok=True)
         curve.to_csv(base.train_curve, index=False)
         png = plot_training_curve(result.history, base.train_curve_png)
-        best = next(h for h in result.history if h["epoch"] == result.best_epoch)
         # numbers only in the DVC metric (dvc exp show, dvc metrics diff); the run's identifiers beside it
-        report = {"best_epoch": result.best_epoch, "best_val_dice": best["val_dice"], "epochs": len(result.history),
-                  "train_slices": len(train_set), "val_slices": len(val_set), "processes": ranks.world}
+        report = {"best_epoch": result.best_epoch, "best_val_dice": _best_val_dice(params, result, val_set),
+                  "epochs": len(result.history) // max(params.folds, 1), "train_slices": len(train_set),
+                  "val_slices": len(val_set), "processes": ranks.world, **_member_report(params, result)}
         # and facts of this machine, which differ from run to run (not a result to compare)
         identity = {"run_id": run.run_id, "device": result.device, "peak_rss_mb": round(peak / 2**20),
                     "regions": list(result.regions),
@@ -211,12 +229,13 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
                                  if isinstance(split, ShardedSplit)]}
         write_json(base.train_report, report)
         write_json(base.train_run, identity)
-        run.log_metrics({"best_val_dice": best["val_dice"], "best_epoch": result.best_epoch,
+        run.log_metrics({"best_val_dice": report["best_val_dice"], "best_epoch": result.best_epoch,
                          "peak_rss_mb": identity["peak_rss_mb"]})
         run.log_dict(dataclasses.asdict(result.model.config), "model_config.json")
         run.log_artifact(png)
         run.log_artifact(base.train_curve)
-    checkpoint.unlink(missing_ok=True)  # done: the model file is the result; a rerun is a new run
+    for checkpoint in checkpoints:  # done: the model file is the result; a rerun is a new run
+        checkpoint.unlink(missing_ok=True)
     run_file.unlink(missing_ok=True)
-    prune_checkpoints(checkpoint.parent)  # other fingerprints' checkpoints: the most recent few stay
+    prune_checkpoints(Path(base.checkpoint_dir))  # other fingerprints' checkpoints: the most recent few stay
     return {**report, **identity}

@@ -13,6 +13,7 @@ from brats_seg.models.config import Architecture
 TARGET_REGIONS = {"wt": ("wt",), "regions": ("wt", "tc", "et")}
 # Sane upper bounds: beyond them a value is a typo (1e9 epochs is 30 years of 1 s epochs), refused at load.
 MAXIMA = {"epochs": 100_000, "batch_size": 65_536, "base": 4096, "depth": 10}
+MAX_FOLDS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainParams:
     memory_gb: float | Literal["auto"] = runtime_field("auto")  # same rows, same order in memory or streamed
     postprocess: bool = True  # choose post-processing on the validation patients (brats_seg.inference.postprocess)
     main_tumour: bool = True  # also choose there a fraction of the largest tumour under which the others go
+    folds: int = 0  # 0: one network | N: an ensemble of N, member i trained without fold i of the training patients
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "base", "depth"):
@@ -51,6 +53,8 @@ class TrainParams:
         require_at_least("train.bce_weight", self.bce_weight, 0)
         require_at_least("train.threads", self.threads, 0)
         require_at_least("train.nproc", self.nproc, 1)
+        require("train.folds", self.folds, self.folds == 0 or 2 <= self.folds <= MAX_FOLDS,
+                f"0 (one network) or a number of folds from 2 to {MAX_FOLDS} (an ensemble of that many networks)")
         require("train.batch_size", self.batch_size, self.batch_size % self.nproc == 0,
                 f"a multiple of train.nproc ({self.nproc}): each process trains on an equal part of every batch")
         if self.memory_gb != "auto":
