@@ -36,8 +36,10 @@ demo: setup
 	$(BIN)/brats-seg params set $(DEMO_PARAMS)
 	$(BIN)/python -m flows.demo
 
+# Every test, a worker per core (at most 4: each may run a dvc repro of its own); a test file stays on one worker,
+# so that its module fixtures are built once.
 test: setup test-services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # The unit tests: every test not marked slow (slow: a DVC pipeline, a Prefect flow, a server, or a process per
 # case), on every core.
