@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,7 @@ def test_the_train_stage_writes_one_model_file_of_the_ensemble_and_each_folds_va
     curve = pd.read_csv("reports/train_curve.csv")
     assert curve["fold"].tolist() == [0, 1] and curve.loc[1, "val_dice"] == report["fold1_val_dice"]
     assert not list((tmp_path / "data" / "cache" / "checkpoints").glob("*.pt"))  # done: no member left behind
+    from brats_seg.cli import summary
+
+    Path("params.yaml").write_text("base: {}\n")
+    assert f"Dice {report['best_val_dice']:.3f} (an ensemble of 2, members' best epochs 1, 1)" in summary()

@@ -39,8 +39,11 @@ def summary(params_path: str = "params.yaml", per_case: bool = True) -> str:
         lines.append(f"             split digest {meta['split_digest'][:12]}")
     if Path(base.train_report).is_file() and Path(base.train_run).is_file():
         t = {**read_json(base.train_report), **read_json(base.train_run)}
+        members = [t[k] for k in sorted(t) if k.startswith("fold") and k.endswith("_best_epoch")]
+        chosen = f"an ensemble of {len(members)}, members' best epochs {', '.join(map(str, members))}" if members \
+            else f"epoch {t['best_epoch']}"
         lines.append(f"  train    : {t['epochs']} epochs on {t['device']}, {t['train_slices']} slices; best validation "
-                     f"Dice {t['best_val_dice']:.3f} (epoch {t['best_epoch']}); MLflow run {t['run_id']}")
+                     f"Dice {t['best_val_dice']:.3f} ({chosen}); MLflow run {t['run_id']}")
     if Path(base.eval_report).is_file() and Path(base.eval_cases).is_file():
         lines.extend(_eval_lines(base, per_case))
     if len(lines) == 1:
