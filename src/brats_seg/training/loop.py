@@ -235,7 +235,9 @@ def _train_epoch(step: Callable, data: DeviceData | StreamData, params: TrainPar
             if s % 25 == 0:  # the running loss for the bar: one host synchronisation every 25 steps
                 bar.set_postfix(loss=f"{float(total) / (s + 1):.4f}", refresh=False)
             bar.update()
-    return float(ranks.mean(total) / n_steps)
+        mean = float(ranks.mean(total) / n_steps)
+        bar.set_postfix(loss=f"{mean:.4f}")  # the epoch's mean, not the last 25-step sample, stays on screen
+    return mean
 
 
 def validate(model: torch.nn.Module, data: Split, regions: tuple[str, ...], bce_weight: float = 0.0,
