@@ -154,7 +154,8 @@ def test_the_readme_snippet_loads_it_without_brats_seg_or_unpickling_and_predict
     meta = info["metadata"]
     assert meta["regions"] == ["wt", "tc"] and meta["threshold"] == {"wt": 0.5, "tc": 0.5}
     assert meta["model"] == {"in_channels": 2, "out_channels": 2, "base": 4, "depth": 1, "norm": "batch",
-                             "architecture": "unet"}
+                             "architecture": "unet", "members": 1}
+    assert meta["channels"] == ["flair", "t2"]  # one per input channel (no 2.5D context)
     assert meta["label_convention"] == "brats2020" and set(meta["postprocess"]) == {"min_component_mm3", "et_min_mm3"}
     assert {k: meta["slice"][k] for k in SLICE} == SLICE
     assert "z-score each modality over the case's brain voxels" in meta["preprocessing"]
@@ -191,6 +192,7 @@ def test_the_version_holds_no_code_and_the_registry_holds_the_sha256_of_each_of_
     assert {k: v for k, v in tags.items() if k.startswith("sha256/")} == {
         f"sha256/{name}": hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
     assert tags["brats_seg.registration"] == "complete"
+    assert tags["model"] == "unet base 4 depth 1"  # what `brats-seg versions` names the network by
 
 
 def _plant_loader(folder: Path, marker: Path) -> None:
@@ -400,3 +402,13 @@ def test_experiments_are_tagged_as_model_development_when_created_or_opened(stor
         pass
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
     assert tracking.use_experiment("made-here") == new
+
+
+def test_the_model_tag_names_an_ensemble_and_a_context():
+    from brats_seg.inference.bundle import ModelBundle
+    from brats_seg.models.factory import build
+    from brats_seg.runners.register import model_tag
+
+    net = build(ModelConfig(in_channels=6, out_channels=3, base=4, depth=1, architecture="resunet", members=3))
+    bundle = ModelBundle(net, ("wt", "tc", "et"), {**SLICE, "context": 1})
+    assert model_tag(bundle) == "resunet base 4 depth 1, 3 members, context 1"

@@ -58,7 +58,7 @@ def format_record(r: dict) -> str:
 
 def format_versions(model_name: str, versions: list[dict]) -> str:
     """One line per registered version: its aliases, regions, test WT Dice and mean lesion-wise Dice (where recorded),
-    latest promotion decision and run."""
+    latest promotion decision, run and network."""
     if not versions:
         return f"no registered version of {model_name} in {tracking.shown_uri()}; run the pipeline (dvc repro register)"
     lines = []
@@ -69,6 +69,7 @@ def format_versions(model_name: str, versions: list[dict]) -> str:
         regions = gate.version_regions(tags)
         lesion = gate.from_tags(tags, "lesion_dice", regions)
         lesion_text = "?" if lesion != lesion else f"{lesion:.6f}"
+        model = tags.get("model", "unet")  # versions registered before the tag: U-Nets
         lines.append(f"{v['name']} v{v['version']:<4} {aliases:<24} {','.join(regions):<9} test WT Dice {dice:<9} "
-                     f"lesion-wise Dice {lesion_text:<9} latest decision {decision:<9} run {v['run_id']}")
+                     f"lesion-wise Dice {lesion_text:<9} latest decision {decision:<9} run {v['run_id']} ({model})")
     return "\n".join(lines)

@@ -72,6 +72,17 @@ def model_metadata(bundle: ModelBundle) -> dict:
             "postprocess": bundle.postprocess.to_dict(), "tta": bundle.tta, **MODEL_CONTRACT}
 
 
+def model_tag(bundle: ModelBundle) -> str:
+    """The network in a few words, for `brats-seg versions`: ``resunet base 16 depth 3, 3 members, context 1``."""
+    config, spec = bundle.model.config, bundle.spec
+    words = [f"{config.architecture} base {config.base} depth {config.depth}"]
+    if config.members > 1:
+        words.append(f"{config.members} members")
+    if spec.context:
+        words.append(f"context {spec.context}")
+    return ", ".join(words)
+
+
 def synthetic_example(spec: SliceSpec, batch: int = 2) -> np.ndarray:
     """Z-scored noise float32 ``[batch, C, size, size]`` of the model's input shape: no patient data goes into
     the registry."""
@@ -102,7 +113,7 @@ def register_stage(params: RegisterParams, base: BaseParams) -> dict:
                     tags[gate.tag(region, kind)] = f"{stats[f'{kind}_mean']:.6f}"
             tags[f"test_{region}_hd95_median"] = f"{stats['hd95_median']}"
     tags.update(run_id=train["run_id"], regions=",".join(bundle.regions), postprocess=bundle.postprocess.describe(),
-                tta=str(bundle.tta).lower())
+                tta=str(bundle.tta).lower(), model=model_tag(bundle))
     graph = registered_model.export_onnx(bundle.model, example, bundle.tta)
     record = versions.register_model(train["run_id"], graph, base.model, params.model_name, example, output,
                                      model_metadata(bundle), tags, params.alias)
