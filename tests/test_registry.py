@@ -497,3 +497,25 @@ def test_split_tables_logged_through_a_tracking_server_keep_their_rows(store):
                                   "testing", {tracking.ARTIFACT_TAG: "splits/test.csv"})
     back = versions.split_tables(run.run_id)
     assert back.astype(str).equals(table.assign(image_sha256="").astype(str))  # no image digest recorded: empty
+
+
+def test_a_param_added_after_training_is_no_drift_at_its_default_and_is_one_otherwise():
+    """A model trained before slice.context and train.folds existed recorded neither; it was made as their defaults
+    make a model, so only a value other than the default is drift."""
+    import dataclasses
+
+    from brats_seg.data.spec import SliceParams
+    from brats_seg.registry.lineage import _params_drift
+    from brats_seg.training.params import TrainParams, model_params
+
+    settings = {k: v for k, v in dataclasses.asdict(SliceParams()).items() if k != "workers"}
+    logged = tracking.param_strings(model_params(TrainParams(), settings, 42))
+    older = {k: v for k, v in logged.items() if k not in ("slice.context", "slice.normalise", "train.folds")}
+    params = {"base": {"seed": 42}, "slice": {}, "train": {}}
+    assert _params_drift({"params": older}, params) == []
+    params["slice"]["context"] = 1
+    assert _params_drift({"params": older}, params) == [
+        "params.yaml slice.context: the model was trained with (not recorded), params.yaml now says 1"]
+    params["slice"]["context"], params["train"]["epochs"] = 0, 3
+    assert _params_drift({"params": older}, params) == [
+        "params.yaml train.epochs: the model was trained with 20, params.yaml now says 3"]

@@ -59,14 +59,18 @@ def _params_drift(chain: dict, params: dict) -> list[str]:
     from brats_seg.data.spec import SliceParams
     from brats_seg.training.params import TrainParams, model_params
 
-    slice_params = {k: v for k, v in dataclasses.asdict(load_section(SliceParams, params, "slice")).items()
-                    if k != "workers"}
-    current = tracking.param_strings(model_params(load_section(TrainParams, params, "train"), slice_params,
-                                                  load_section(BaseParams, params, "base").seed))
+    def logged(train: TrainParams, slicing: SliceParams, seed: int) -> dict[str, str]:
+        settings = {k: v for k, v in dataclasses.asdict(slicing).items() if k != "workers"}
+        return tracking.param_strings(model_params(train, settings, seed))
+
+    seed = load_section(BaseParams, params, "base").seed
+    current = logged(load_section(TrainParams, params, "train"), load_section(SliceParams, params, "slice"), seed)
+    # a param added after the model was trained is not recorded; at its default it is what made the model
+    defaults = logged(TrainParams(), SliceParams(), seed)
     recorded = chain["params"]
     return [f"params.yaml {key}: the model was trained with {recorded.get(key, '(not recorded)')}, params.yaml "
             f"now says {value}" for key, value in sorted(current.items())
-            if key not in RUNTIME_PARAMS and recorded.get(key) != value]
+            if key not in RUNTIME_PARAMS and recorded.get(key, defaults.get(key)) != value]
 
 
 def _code_drift(chain: dict) -> list[str]:
