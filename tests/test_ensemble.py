@@ -51,7 +51,8 @@ def test_each_member_trains_without_its_fold_and_the_ensemble_averages_them(slic
     with caplog.at_level(logging.INFO, logger="brats_seg"):
         result = train_members(dataclasses.replace(PARAMS, folds=2), train, val, 0, tmp_path, "a" * 16, 4)
     for i in range(2):
-        said = f"ensemble member {i + 1} of 2: {(folds != i).sum()} training slices, {(folds == i).sum()} validation"
+        said = (f"ensemble member for fold {i} (folds 0 to 1): {(folds != i).sum()} training slices, "
+                f"{(folds == i).sum()} validation slices of fold {i}")
         assert said in caplog.text
     assert isinstance(result.model, Ensemble) and result.model.config.members == 2
     assert [h["fold"] for h in result.history] == [0, 1]

@@ -114,3 +114,25 @@ def test_where_the_errors_come_from_lesion_counts_and_far_false_positives(case):
     assert row["far_fp_ml"] == pytest.approx(0.001) and row["pred_lesions"] == 3 and row["ref_lesions"] == 1
     (coarse,) = score_case("c", {"wt": wt | near | far}, case.seg, (1.0, 1.0, 4.0))  # 4 mm: 3 voxels of margin
     assert coarse["far_fp_ml"] >= 0.004 - 1e-12
+
+
+def test_the_summary_gives_each_patients_lesion_wise_dice_beside_its_dice(case, tmp_path, monkeypatch):
+    """`brats-seg summary`: the lesion-wise Dice (the promotion's metric) per patient and per region, as evaluate
+    wrote them."""
+    from brats_seg.base_params import BaseParams
+    from brats_seg.cli import _eval_lines
+    from brats_seg.io.tables import write_json
+
+    shifted = {r: np.roll(region_mask(case.seg, r), 2, axis=0) for r in REGIONS}
+    frame = pd.DataFrame(score_case("p1", shifted, case.seg, (1.0, 1.0, 1.0)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    frame.drop(columns="official").to_csv("reports/eval_cases.csv", index=False)
+    slice_level = {r: {"dice_mean": 0.5, "dice_pooled": 0.5} for r in REGIONS}
+    write_json("reports/eval.json", summarise_cases(frame, slice_level))
+    lines = _eval_lines(BaseParams())
+    wt = frame.set_index("region").loc["wt"]
+    assert any(f"p1{' ' * 26} WT Dice {wt['dice']:.3f} / lesion-wise {wt['lesion_dice']:.3f}  HD95" in line
+               for line in lines), lines
+    assert any(f"WT mean Dice {wt['dice']:.3f}, lesion-wise {wt['lesion_dice']:.3f}, median" in line
+               for line in lines), lines

@@ -1,4 +1,4 @@
-"""The ``brats-seg`` command line: summaries and tools around the pipeline's artifacts."""
+"""The brats-seg command line: summaries and tools around the pipeline's artifacts."""
 
 from __future__ import annotations
 
@@ -67,12 +67,14 @@ def _eval_lines(base: BaseParams, per_case: bool = True) -> list[str]:
     lines = [f"  evaluate : {report['n_cases']} test cases, per patient in the original grid:"]
     for row in cases.to_dict("records"):
         hd = "n/a" if pd.isna(row["hd95"]) else f"{row['hd95']:.1f} mm"
-        lines.append(f"             {row['case_id']:<28} {row['region'].upper()} Dice {row['dice']:.3f}  "
+        lesion = "" if pd.isna(row.get("lesion_dice", float("nan"))) else f" / lesion-wise {row['lesion_dice']:.3f}"
+        lines.append(f"             {row['case_id']:<28} {row['region'].upper()} Dice {row['dice']:.3f}{lesion}  "
                      f"HD95 {hd}  (reference {_volume(row)})")
     order = ("wt", "tc", "et")  # outside in, as BraTS lists them (eval.json's keys are sorted)
     for region, stats in sorted(report.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
         if isinstance(stats, dict):
-            lines.append(f"             {region.upper()} mean Dice {stats['dice_mean']:.3f}, median "
+            lesion = f", lesion-wise {stats['lesion_dice_mean']:.3f}" if "lesion_dice_mean" in stats else ""
+            lines.append(f"             {region.upper()} mean Dice {stats['dice_mean']:.3f}{lesion}, median "
                          f"{stats['dice_median']:.3f} (slice-level mean, not comparable: "
                          f"{stats['slice_level_dice_mean']:.3f})")
     return lines

@@ -61,8 +61,8 @@ def train_members(params: TrainParams, train_set: Split, val_set: Split, seed: i
             raise DataError(f"fold {i} of train.folds {params.folds} (its patients: "
                             f"{', '.join(sorted({patient_id(str(c)) for c in own_val.case_ids}))}) has no slice "
                             f"with tumour to choose its member's best epoch on; lower train.folds or add cases.")
-        log.info("ensemble member %d of %d: %d training slices, %d validation slices of its own fold", i + 1,
-                 params.folds, int((~held_out).sum()), int(held_out.sum()))
+        log.info("ensemble member for fold %d (folds 0 to %d): %d training slices, %d validation slices of fold %d",
+                 i, params.folds - 1, int((~held_out).sum()), int(held_out.sum()), i)
         report = None if on_epoch is None else _prefixed(on_epoch, i)
         result = train_model(params, train_set.subset(~held_out), own_val, seed + i, checkpoint, on_epoch=report,
                              key=f"{key}-fold{i}", **single)

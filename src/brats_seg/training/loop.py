@@ -232,7 +232,7 @@ def _train_epoch(step: Callable, data: DeviceData | StreamData, params: TrainPar
                 x, y = augment_batch(x, y, generator, of=batch, at=ranks.rank * local, group=group)
             loss = step(x, y)
             total += loss
-            if s % 25 == 0:  # the running loss for the bar: one host synchronisation every 25 steps
+            if s % 25 == 0 or total.device.type == "cpu":  # the running loss: a GPU synchronises every 25 steps
                 bar.set_postfix(loss=f"{float(total) / (s + 1):.4f}", refresh=False)
             bar.update()
         mean = float(ranks.mean(total) / n_steps)
