@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from brats_seg.data.labels import CANONICAL_LABELS
-from brats_seg.data.spec import SliceSpec
+from brats_seg.data.spec import NORMALISATIONS, SliceSpec
 
 TARGET_AXCODES = ("L", "P", "S")
 CLIP_PERCENTILES = (0.5, 99.5)  # normalise: clip
@@ -86,6 +86,8 @@ def preprocess_case(images: np.ndarray, affine: np.ndarray, size: int = 128, mar
     each laid out ``[Y, X]`` (rows anterior to posterior, as radiologists view axial slices), with
     ``C * (2 * context + 1)`` channels (:func:`stack_context`).
     """
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalise!r}; use one of {', '.join(NORMALISATIONS)}")
     own = nib.orientations.io_orientation(affine)
     ornt = _to_lps(own)
     vols = [_reorient(c, ornt) for c in images]  # views for LPS input: no copy of the whole volume

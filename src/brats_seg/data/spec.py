@@ -10,6 +10,7 @@ Torch-free.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -17,8 +18,8 @@ from brats_seg.config import require, require_at_least, require_fraction, runtim
 from brats_seg.data.layouts import MODALITIES
 from brats_seg.errors import ConfigError
 
-NORMALISATIONS = ("zscore", "clip")
 Normalisation = Literal["zscore", "clip"]
+NORMALISATIONS: tuple[str, ...] = typing.get_args(Normalisation)
 MAX_CONTEXT = 8
 
 
