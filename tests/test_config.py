@@ -28,6 +28,7 @@ class Outer:
     sizes: tuple[int, ...] = (1,)
     inner: Inner = Inner()
     maybe: str | None = None
+    size: float | Literal["auto"] = "auto"
 
 
 def test_project_params_load_into_every_section():
@@ -54,6 +55,7 @@ def test_values_are_coerced_and_frozen():
     ({"name": "x", "inner": {"n": True}}, "params.yaml: o.inner.n must be an integer, got True"),
     ({"name": "x", "inner": {"m": 1}}, "params.yaml: o.inner.m is not a known key"),
     ({"name": "x", "mode": "c"}, "params.yaml: o.mode must be one of 'a', 'b', got 'c'"),
+    ({"name": "x", "size": "big"}, "params.yaml: o.size must be a number or 'auto', got 'big'"),
     ({}, "params.yaml: o.name is missing"),
 ])
 def test_bad_values_name_the_key(section, message):

@@ -247,10 +247,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 return _coerce(option, value, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0])
+        raise ConfigError(_either(errors, value, where))
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}.")
+            choices = repr(args[0]) if len(args) == 1 else f"one of {', '.join(map(repr, args))}"
+            raise ConfigError(f"{where} must be {choices}, got {value!r}.")
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
@@ -263,6 +264,15 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where)
     return _scalar(hint, value, where)
+
+
+def _either(errors: list[str], value: Any, where: str) -> str:
+    """One sentence for a value that fits no option of a union: "x must be a number or 'auto', got 'y'."
+    (the first option's sentence where the options' sentences differ in form)."""
+    head, tail = f"{where} must be ", f", got {value!r}."
+    if all(e.startswith(head) and e.endswith(tail) for e in errors):
+        return head + " or ".join(e[len(head):-len(tail)] for e in errors) + tail
+    return errors[0]
 
 
 def _scalar(hint: Any, value: Any, where: str) -> Any:

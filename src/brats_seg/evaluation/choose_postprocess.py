@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,20 +38,29 @@ SIZE_CANDIDATES_MM3 = (0, 10, 25, 50, 100, 250, 500, 1000)
 ET_CANDIDATES_MM3 = (0, 50, 100, 200, 500, 1000)
 # Fractions of the largest tumour component under which the others go (train.main_tumour; 0 is always tried).
 MAIN_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# Probability thresholds tried by train.threshold: auto (0.5, the default threshold, wins ties).
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+DEFAULT_THRESHOLD = 0.5
+
+
 @dataclass(frozen=True)
 class Choice:
     """What :func:`choose` picked, and the mean score per region over the validation cases: ``before`` on the
     raw masks (nested), ``after`` with ``postprocess`` applied, ``tried`` per candidate (mm3 -> mean) at the
-    time each region was chosen (keys wt, tc, et, and et_relabel for the ET relabel threshold)."""
+    time each region was chosen (keys wt, tc, et, and et_relabel for the ET relabel threshold; threshold, the
+    mean over regions of ``after`` per probability threshold, where :func:`choose_threshold` chose it), and the
+    probability threshold the masks were made with."""
 
     postprocess: PostProcess
     before: dict[str, float]
     after: dict[str, float]
     tried: dict[str, dict[float, float]]
+    threshold: float = DEFAULT_THRESHOLD
 
     def to_dict(self) -> dict:
         """JSON-ready numbers (candidate keys written as strings)."""
-        return {"postprocess": self.postprocess.to_dict(), "before": dict(self.before), "after": dict(self.after),
+        return {"postprocess": self.postprocess.to_dict(), "threshold": self.threshold, "before": dict(self.before),
+                "after": dict(self.after),
                 "tried": {k: {f"{c:g}": s for c, s in v.items()} for k, v in self.tried.items()}}
 
 
@@ -151,7 +161,8 @@ def _main_fraction(cases: list[Case], score: Score, pp: PostProcess, tables: dic
 
 def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", "tc", "et"),
            candidates_mm3: Sequence[float] = SIZE_CANDIDATES_MM3,
-           et_candidates_mm3: Sequence[float] = ET_CANDIDATES_MM3, main_fractions: Sequence[float] = ()) -> Choice:
+           et_candidates_mm3: Sequence[float] = ET_CANDIDATES_MM3, main_fractions: Sequence[float] = (),
+           log_level: int = logging.INFO) -> Choice:
     """Choose a :class:`PostProcess` on validation ``cases``: ``(masks, ref_labels, spacing)``, the raw predicted
     boolean masks ``[X, Y, Z]``, the canonical uint8 reference label map of that shape and the spacing in mm;
     ``score(pred_mask, ref_mask, spacing)`` is the per-case metric to maximise. Greedily ET, TC, WT (those in
@@ -159,7 +170,7 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
     smallest-component size maximising the region's mean score on the nested masks, the inner regions as chosen
     (ties: the smaller); ET's relabel threshold maximising ET's mean; with ``main_fractions`` (candidates in
     [0, 1]), last the fraction of the largest tumour under which components are dropped, maximising the mean over
-    the regions. Each case and region is labelled once."""
+    the regions. Each case and region is labelled once; the choice is logged at ``log_level``."""
     cases, order = _checked_cases(cases, regions)
     order = order[::-1]
     done: list[dict[str, np.ndarray]] = [{} for _ in cases]
@@ -192,6 +203,30 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
     before = _mean_after(cases, score, PostProcess(dict.fromkeys(order, 0.0), 0.0), tables)  # raw, nested
     order = [r for r in REGIONS if r in order]
     after = _mean_after(cases, score, pp, tables)
-    log.info("post-processing chosen on %d validation cases: %s (mean %s)", len(cases), pp.describe(),
+    log.log(log_level, "post-processing chosen on %d validation cases: %s (mean %s)", len(cases), pp.describe(),
              ", ".join(f"{r.upper()} {before[r]:.4f} -> {after[r]:.4f}" for r in order))
     return Choice(pp, before, after, tried)
+
+
+def choose_threshold(cases_at: Callable[[float], Sequence[Case]], score: Score, thresholds: Sequence[float],
+                     **options) -> Choice:
+    """The probability threshold, and the post-processing at it, maximising the mean over regions of the
+    post-processed mean score: ``cases_at(t)`` gives the validation cases with their masks made at threshold
+    ``t``, and :func:`choose` (given ``options``) chooses the post-processing of each; the default threshold
+    (0.5) is always tried and wins ties (a threshold is taken only when it strictly beats it). One threshold for
+    every region: a label map nests them, so a region's threshold moves the voxels of those around it."""
+    if any(isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 < t < 1 for t in thresholds):
+        raise UserError(f"probability thresholds {tuple(thresholds)} are not all numbers between 0 and 1; give "
+                        "thresholds such as 0.4, 0.5, 0.6.")
+    candidates = [DEFAULT_THRESHOLD, *sorted({float(t) for t in thresholds} - {DEFAULT_THRESHOLD})]
+    choices = {t: choose(cases_at(t), score, **options, log_level=logging.DEBUG) for t in candidates}
+    means = {t: float(np.mean(list(c.after.values()))) for t, c in choices.items()}
+    best = DEFAULT_THRESHOLD
+    for t in candidates:  # strictly better only: ties keep the default (first), then the lower threshold
+        if means[t] > means[best]:
+            best = t
+    chosen = choices[best]
+    log.info("probability threshold %g and post-processing %s chosen on the validation cases (mean score per "
+             "threshold %s)", best, chosen.postprocess.describe(),
+             ", ".join(f"{t:g}: {means[t]:.4f}" for t in sorted(means)))
+    return dataclasses.replace(chosen, threshold=best, tried={**chosen.tried, "threshold": dict(sorted(means.items()))})

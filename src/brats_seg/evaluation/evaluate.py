@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +26,7 @@ from brats_seg.data.layouts import canonical_files
 from brats_seg.data.preprocess import CaseGeometry
 from brats_seg.errors import DataError
 from brats_seg.evaluation import lesionwise
-from brats_seg.evaluation.choose_postprocess import MAIN_FRACTIONS, Choice, choose
+from brats_seg.evaluation.choose_postprocess import MAIN_FRACTIONS, Choice, choose, choose_threshold
 from brats_seg.evaluation.lesionwise import lesion_columns
 from brats_seg.evaluation.metrics import (
     METRICS,
@@ -37,7 +37,7 @@ from brats_seg.evaluation.metrics import (
     summarise,
 )
 from brats_seg.inference.bundle import ModelBundle
-from brats_seg.inference.segment import segment_case
+from brats_seg.inference.segment import restore_masks, segment_case
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
 from brats_seg.progress import progress
@@ -182,15 +182,30 @@ def summarise_cases(frame: pd.DataFrame, slice_level: dict) -> dict:
 
 
 def choose_postprocessing(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | Path,
-                          lesion_config: str = "gli", split: str = "val", main_tumour: bool = False) -> Choice:
+                          lesion_config: str = "gli", split: str = "val", main_tumour: bool = False,
+                          postprocess: bool = True, thresholds: Sequence[float] = ()) -> Choice:
     """Post-processing for ``bundle`` chosen on the patients of ``split`` (the validation split: never the test
     patients) to maximise each region's lesion-wise Dice
     (:data:`brats_seg.evaluation.lesionwise.LESION_DICE`, the number
-    the promotion gate averages), on the raw masks of the one predict step."""
-    cases = [(case.masks, case.seg, case.spacing)
-             for case in predicted_cases(bundle, slices_dir, raw_dir, split, postprocess=False)]
-    return choose(cases, lesion_score(lesion_config), bundle.regions,
-                  main_fractions=MAIN_FRACTIONS if main_tumour else ())
+    the promotion gate averages), on the raw masks of the one predict step; ``postprocess=False`` chooses none.
+    With ``thresholds``, also the probability threshold (those and 0.5) whose post-processed masks score best;
+    without, the masks are made at ``bundle.threshold``."""
+    options = {"regions": bundle.regions, "main_fractions": MAIN_FRACTIONS if postprocess and main_tumour else ()}
+    if not postprocess:
+        options.update(candidates_mm3=(), et_candidates_mm3=())
+    if not thresholds:
+        cases = [(case.masks, case.seg, case.spacing)
+                 for case in predicted_cases(bundle, slices_dir, raw_dir, split, postprocess=False)]
+        return dataclasses.replace(choose(cases, lesion_score(lesion_config), **options), threshold=bundle.threshold)
+    kept = [(case.probabilities, case.shard["z"], CaseGeometry.from_record(case.record), case.seg, case.spacing)
+            for case in predicted_cases(bundle, slices_dir, raw_dir, split, postprocess=False)]
+
+    def cases_at(threshold: float) -> list:
+        at = dataclasses.replace(bundle, threshold=threshold)
+        return [(restore_masks(at, probabilities, z, geometry, spacing, postprocess=False), seg, spacing)
+                for probabilities, z, geometry, seg, spacing in kept]
+
+    return choose_threshold(cases_at, lesion_score(lesion_config), thresholds, **options)
 
 
 def lesion_score(lesion_config: str = "gli") -> Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float]:

@@ -15,6 +15,7 @@ import pandas as pd
 from brats_seg.base_params import BaseParams
 from brats_seg.data.dataset import ShardedSplit, SliceSet, index_digest, open_split, read_index
 from brats_seg.data.spec import SliceSpec
+from brats_seg.evaluation.choose_postprocess import DEFAULT_THRESHOLD, THRESHOLDS
 from brats_seg.evaluation.evaluate import EvaluateParams, choose_postprocessing
 from brats_seg.inference.bundle import ModelBundle, save_model
 from brats_seg.inference.postprocess import NONE
@@ -125,18 +126,23 @@ def _size(n: float) -> str:
 
 
 def postprocessing(params: TrainParams, base: BaseParams, evaluate: EvaluateParams, bundle: ModelBundle,
-                   run: tracking.Run) -> dict:
-    """The post-processing of a trained model, chosen on its validation patients (``train.postprocess``), logged
-    to its run; the model file's ``postprocess`` field (none when ``train.postprocess`` is false)."""
-    if not params.postprocess:
-        return NONE.to_dict()
-    choice = choose_postprocessing(bundle, base.slices_dir, base.raw_dir, evaluate.lesionwise,
-                                   main_tumour=params.main_tumour)
+                   run: tracking.Run) -> tuple[dict, float]:
+    """The post-processing of a trained model, chosen on its validation patients (``train.postprocess``), and its
+    probability threshold (``train.threshold``: a number, or ``auto``: chosen there too), logged to its run; the
+    model file's ``postprocess`` field (none when ``train.postprocess`` is false) and ``threshold``."""
+    auto = params.threshold == "auto"
+    threshold = DEFAULT_THRESHOLD if auto else float(params.threshold)
+    if not params.postprocess and not auto:
+        return NONE.to_dict(), threshold
+    choice = choose_postprocessing(dataclasses.replace(bundle, threshold=threshold), base.slices_dir, base.raw_dir,
+                                   evaluate.lesionwise, main_tumour=params.main_tumour,
+                                   postprocess=params.postprocess, thresholds=THRESHOLDS if auto else ())
     run.log_dict(choice.to_dict(), "postprocess.json")
     run.log_metrics({f"val_{r}_lesion_dice_{when}": value for when, scores in (("raw", choice.before),
                      ("postprocessed", choice.after)) for r, value in scores.items()})
-    run.set_tags({"postprocess": choice.postprocess.describe()})
-    return choice.postprocess.to_dict()
+    pp = choice.postprocess if params.postprocess else NONE
+    run.set_tags({"postprocess": pp.describe(), "threshold": f"{choice.threshold:g}"})
+    return pp.to_dict(), choice.threshold
 
 
 def _best_val_dice(params: TrainParams, result: TrainResult, val_set: SliceSet | ShardedSplit) -> float:
@@ -208,11 +214,11 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
                                ranks=ranks, channel_group=_channel_group(base))
         peak = ranks.max(peak_rss())
         cohort = training_cohort(meta)
-        chosen = postprocessing(params, base, evaluate, ModelBundle(result.model, result.regions, meta["params"],
-                                                                    cohort=cohort, tta=evaluate.tta), run)
+        chosen, threshold = postprocessing(params, base, evaluate, ModelBundle(
+            result.model, result.regions, meta["params"], cohort=cohort, tta=evaluate.tta), run)
         save_model(base.model, result.model, result.regions, meta["params"],
                    extra={"split_digest": meta["split_digest"], "fingerprint": key, "cohort": cohort,
-                          "postprocess": chosen, "tta": evaluate.tta})
+                          "postprocess": chosen, "threshold": threshold, "tta": evaluate.tta})
         curve = pd.DataFrame(result.history)
         Path(base.train_curve).parent.mkdir(parents=True, exist_ok=True)
         curve.to_csv(base.train_curve, index=False)

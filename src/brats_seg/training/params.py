@@ -43,6 +43,7 @@ class TrainParams:
     postprocess: bool = True  # choose post-processing on the validation patients (brats_seg.inference.postprocess)
     main_tumour: bool = True  # also choose there a fraction of the largest tumour under which the others go
     folds: int = 0  # 0: one network | N: an ensemble of N, member i trained without fold i of the training patients
+    threshold: float | Literal["auto"] = 0.5  # a region's mask is probability > this; auto: chosen on validation
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "base", "depth"):
@@ -59,6 +60,9 @@ class TrainParams:
                 f"a multiple of train.nproc ({self.nproc}): each process trains on an equal part of every batch")
         if self.memory_gb != "auto":
             require_at_least("train.memory_gb", self.memory_gb, 0)
+        if self.threshold != "auto":
+            require("train.threshold", self.threshold, 0 < self.threshold < 1,
+                    "'auto' (chosen on the validation patients) or a probability between 0 and 1 (exclusive)")
         require("train.base", self.base, self.norm != "group" or self.base in (1, 2, 4) or self.base % 8 == 0,
                 "1, 2, 4 or a multiple of 8 when train.norm is 'group' (GroupNorm splits channels into 8 groups)")
 
