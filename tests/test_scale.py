@@ -191,9 +191,9 @@ def _one_step_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 def test_one_step_on_two_gloo_ranks_has_the_gradients_of_one_process_on_the_global_batch(slices, tmp_path):
     """The gradients themselves, not the trained model: Adam divides a uniform gradient scale away, so a step
     whose gradient is halved (a missing all-reduce in the backward pass) trains almost the same model."""
-    from brats_seg.data.labels import region_targets
     from brats_seg.models.config import ModelConfig
     from brats_seg.models.unet import UNet
+    from brats_seg.training.feed import region_targets
 
     train = load_split(slices, "train")
     pick = np.flatnonzero(train.labels.reshape(len(train), -1).max(axis=1) > 0)[:6].tolist() + [0, 1]

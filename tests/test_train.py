@@ -252,7 +252,7 @@ def test_validation_loss_uses_the_training_loss_terms(slices):
     model = _Threshold(1)
     # in chunks of 7 slices, so that the sums over parts must add up to the whole set's loss
     plain, with_bce = validate(model, val, ("wt",), chunk=7), validate(model, val, ("wt",), bce_weight=0.5, chunk=7)
-    from brats_seg.data.labels import region_targets
+    from brats_seg.training.feed import region_targets
 
     logits = model(torch.from_numpy(val.images.astype(np.float32)))
     target = region_targets(torch.from_numpy(val.labels), ("wt",))

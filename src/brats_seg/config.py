@@ -4,7 +4,8 @@ Every stage loads only its own section into a frozen dataclass. Unknown keys, mi
 wrong type and values outside their meaning are rejected with one sentence that names the key, the value
 and what is allowed, e.g. ``params.yaml: train.epochs must be an integer >= 1, got -1.``
 
-Types are checked here (:func:`build`); each section's dataclass checks the meaning of its values in
+Types are checked by pydantic (:func:`build`: strict, as JSON reads YAML's values, no unknown key), its errors
+formatted here into those sentences; each section's dataclass checks the meaning of its values in
 ``__post_init__`` with :func:`require` and its shorthands; rules that tie two sections together live in
 :func:`check_cross_section`, which :func:`load_section` applies to the sections they involve, so that
 ``slice.size: 60`` with ``train.depth: 3`` stops the slice stage before it slices anything.
@@ -14,7 +15,9 @@ Types are checked here (:func:`build`); each section's dataclass checks the mean
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import json
 import math
 import re
 import types
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import yaml
 
 from brats_seg.errors import ConfigError
@@ -207,25 +211,15 @@ def _kind(value: Any) -> str:
 
 
 def build(cls: type[T], value: Any, where: str) -> T:
-    """Build a (possibly nested) frozen dataclass from a mapping; ``where`` prefixes error messages."""
+    """Build a (possibly nested) frozen dataclass from a mapping, types checked by pydantic (strict, as JSON: a
+    list for a tuple, an integer for a float, nothing else converted; no unknown key); ``where`` prefixes error
+    messages, each one sentence formatted from the first error (:func:`_sentence`)."""
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where} must be a mapping of keys, got {value!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]} is not a known key (known: {', '.join(fields)}); "
-                          f"remove it or fix its spelling.")
-    kwargs = {}
-    for key, field in fields.items():
-        if key not in value:
-            no_default = field.default is dataclasses.MISSING
-            if no_default and field.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{key} is missing; add it to the section.")
-            continue
-        kwargs[key] = _coerce(hints[key], value[key], f"{where}.{key}")
     try:
-        return cls(**kwargs)  # __post_init__ checks what the values mean
+        return _adapter(cls).model_validate_json(json.dumps({"v": value}, default=str)).v  # + __post_init__
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_sentence(cls, exc, where)) from None
     except ConfigError as exc:
         source = where.partition(": ")[0]
         message = str(exc)
@@ -234,64 +228,69 @@ def build(cls: type[T], value: Any, where: str) -> T:
         raise ConfigError(source + message[len(PARAMS_FILE):]) from None
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for option in inner:
-            try:
-                return _coerce(option, value, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(_either(errors, value, where))
-    if origin is typing.Literal:
-        if value not in args:
-            choices = repr(args[0]) if len(args) == 1 else f"one of {', '.join(map(repr, args))}"
-            raise ConfigError(f"{where} must be {choices}, got {value!r}.")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}.")
-        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
-            raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}.")
-        item_types = [args[0]] * len(value) if (origin is list or args[-1] is Ellipsis) else list(args)
-        items = [_coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(item_types, value))]
-        return tuple(items)
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
-    return _scalar(hint, value, where)
+@functools.cache
+def _adapter(cls: type) -> type[pydantic.BaseModel]:
+    """A pydantic model holding one ``cls`` as ``v``: its strict, no-extra-keys config reaches every nested
+    dataclass of the section."""
+    return pydantic.create_model(f"{cls.__name__}Section", __config__=_STRICT, v=(cls, ...))
 
 
-def _either(errors: list[str], value: Any, where: str) -> str:
-    """One sentence for a value that fits no option of a union: "x must be a number or 'auto', got 'y'."
-    (the first option's sentence where the options' sentences differ in form)."""
-    head, tail = f"{where} must be ", f", got {value!r}."
-    if all(e.startswith(head) and e.endswith(tail) for e in errors):
-        return head + " or ".join(e[len(head):-len(tail)] for e in errors) + tail
-    return errors[0]
+_STRICT = pydantic.ConfigDict(strict=True, extra="forbid")
+# What a value must be, per pydantic error type (the rest of the sentence: ", got <value>.").
+_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+             "bool_parsing": "true or false", "string_type": "a string", "tuple_type": "a list",
+             "list_type": "a list", "dataclass_type": "a mapping of keys", "dict_type": "a mapping of keys",
+             "model_type": "a mapping of keys", "dataclass_exact_type": "a mapping of keys"}
+_UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
 
 
-def _scalar(hint: Any, value: Any, where: str) -> Any:
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}.")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}.")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}.")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}.")
-        return value
-    if hint is Any:
-        return value
-    raise TypeError(f"unsupported parameter type {hint!r} at {where}")  # a programming error, not the user's
+def _sentence(cls: type, exc: pydantic.ValidationError, where: str) -> str:
+    """One sentence for the first problem pydantic found (an unknown key before anything else, then in field
+    order): the key's dotted path, what it must be (every option of a union) and the value given."""
+    errors = exc.errors(include_url=False)
+    first = next((e for e in errors if e["type"] in _UNKNOWN), errors[0])
+    path, hint, tags = _walk(cls, first["loc"][1:])
+    key = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    if first["type"] in _UNKNOWN:
+        known = ", ".join(f.name for f in dataclasses.fields(_walk(cls, first["loc"][1:-1])[1]))
+        return f"{key} is not a known key (known: {known}); remove it or fix its spelling."
+    if first["type"] == "too_long" or first["type"] == "missing" and path and isinstance(path[-1], int):
+        if first["type"] == "missing":  # an item short: the location is the missing item's, in the tuple
+            path, key = path[:-1], key[:key.rindex("[")]
+        size = len(typing.get_args(_walk(cls, first["loc"][1:len(path) + 1])[1]))
+        return f"{key} must have {size} items, got {len(first['input'])}."
+    if first["type"] == "missing":
+        return f"{key} is missing; add it to the section."
+    if tags:  # a value that fits no option of a union: each option's own error, in the union's order
+        same = [e for e in errors if _walk(cls, e["loc"][1:])[0] == path]
+        return f"{key} must be {' or '.join(_expected(e) for e in same)}, got {first['input']!r}."
+    return f"{key} must be {_expected(first)}, got {first['input']!r}."
+
+
+def _expected(error: Mapping[str, Any]) -> str:
+    if error["type"] == "literal_error":
+        options = error["ctx"]["expected"]
+        return options if " or " not in options and "," not in options else f"one of {options.replace(' or ', ', ')}"
+    return _EXPECTED.get(error["type"], error["msg"].removeprefix("Input should be ").lower())
+
+
+def _walk(cls: type, loc: tuple) -> tuple[list, Any, list]:
+    """Follow pydantic's error location ``loc`` through the type hints from ``cls``: the path a user reads (field
+    names and list indices), the type hint reached, and the union member tags passed on the way."""
+    hint: Any = cls
+    path, tags = [], []
+    for part in loc:
+        origin = typing.get_origin(hint)
+        if origin in (typing.Union, types.UnionType):
+            tags.append(part)
+            continue
+        if isinstance(part, int) and origin in (tuple, list):
+            args = typing.get_args(hint)
+            hint = args[0] if origin is list or args[-1] is Ellipsis else args[min(part, len(args) - 1)]
+        elif dataclasses.is_dataclass(hint) and isinstance(part, str):
+            hint = typing.get_type_hints(hint).get(part, Any)
+        else:
+            hint = Any
+        path.append(part)
+    return path, hint, tags

@@ -60,7 +60,7 @@ def test_regions():
 def test_region_targets_match_region_masks():
     import torch
 
-    from brats_seg.data.labels import region_targets
+    from brats_seg.training.feed import region_targets
 
     labels = np.random.default_rng(0).choice(np.array([0, 1, 2, 4], np.uint8), size=(3, 5, 7))
     got = region_targets(torch.from_numpy(labels), ("wt", "tc", "et")).numpy()

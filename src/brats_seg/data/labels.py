@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 
 BACKGROUND, NECROTIC, OEDEMA, ENHANCING = 0, 1, 2, 4
 CANONICAL_LABELS: frozenset[int] = frozenset({BACKGROUND, NECROTIC, OEDEMA, ENHANCING})
@@ -119,22 +118,3 @@ def region_mask(labels: np.ndarray, region: str = "wt") -> np.ndarray:
 def region_stack(labels: np.ndarray, regions: tuple[str, ...] = ("wt", "tc", "et")) -> np.ndarray:
     """Stack region masks along a new axis 1 (``[N, H, W] -> [N, R, H, W]``) as uint8."""
     return np.stack([region_mask(labels, r) for r in regions], axis=1).astype(np.uint8)
-
-
-_LUTS: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
-
-
-def region_targets(labels: torch.Tensor, regions: tuple[str, ...] = ("wt",)) -> torch.Tensor:
-    """Binary targets ``[N, R, H, W]`` (float, on ``labels``' device) from uint8 label maps ``[N, H, W]``.
-
-    One gather through a label -> regions lookup table built once per device: no host-to-device copy and
-    no synchronisation inside a training step.
-    """
-    key = (str(labels.device), tuple(regions))
-    lut = _LUTS.get(key)
-    if lut is None:
-        table = np.zeros((256, len(regions)), dtype=np.float32)
-        for r, region in enumerate(regions):
-            table[list(REGIONS[region]), r] = 1.0
-        lut = _LUTS[key] = torch.from_numpy(table).to(labels.device)
-    return lut[labels.long()].permute(0, 3, 1, 2)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from brats_seg.data.dataset import ShardedSplit, SliceSet
-from brats_seg.data.labels import region_targets
+from brats_seg.data.labels import REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +72,22 @@ class StreamData:
                     ahead.append(reader.submit(self._read, order[starts[i + 1]:starts[i + 1] + size]))
                 x = images.to(self.device, non_blocking=True).float()
                 yield x, region_targets(labels.to(self.device, non_blocking=True), self.regions)
+
+
+_LUTS: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+
+
+def region_targets(labels: torch.Tensor, regions: tuple[str, ...] = ("wt",)) -> torch.Tensor:
+    """Binary targets ``[N, R, H, W]`` (float, on ``labels``' device) from uint8 label maps ``[N, H, W]``.
+
+    One gather through a label -> regions lookup table built once per device: no host-to-device copy and
+    no synchronisation inside a training step.
+    """
+    key = (str(labels.device), tuple(regions))
+    lut = _LUTS.get(key)
+    if lut is None:
+        table = np.zeros((256, len(regions)), dtype=np.float32)
+        for r, region in enumerate(regions):
+            table[list(REGIONS[region]), r] = 1.0
+        lut = _LUTS[key] = torch.from_numpy(table).to(labels.device)
+    return lut[labels.long()].permute(0, 3, 1, 2)

@@ -27,7 +27,6 @@ import torch
 
 from brats_seg.config import check_training_memory, result_keys
 from brats_seg.data.dataset import ShardedSplit, SliceSet
-from brats_seg.data.labels import region_targets
 from brats_seg.errors import DataError, UserError
 from brats_seg.inference.bundle import pick_device, predict_slices
 from brats_seg.io.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -37,7 +36,7 @@ from brats_seg.orchestration.provenance import code_digest, code_manifest
 from brats_seg.progress import progress
 from brats_seg.training.augment import augment_batch
 from brats_seg.training.distributed import Ranks
-from brats_seg.training.feed import DeviceData, StreamData
+from brats_seg.training.feed import DeviceData, StreamData, region_targets
 from brats_seg.training.losses import dice_loss_from_sums, segmentation_loss
 from brats_seg.training.params import TARGET_REGIONS, TrainParams, lr_at
 
