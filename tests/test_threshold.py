@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mlflow
 from brats_seg.base_params import BaseParams
+from brats_seg.cli import summary
 from brats_seg.config import load_section
 from brats_seg.data.labels import OEDEMA
 from brats_seg.errors import ConfigError, UserError
@@ -121,4 +123,6 @@ def test_auto_takes_the_threshold_whose_post_processed_validation_score_is_best(
     best = max(scores, key=lambda t: (scores[t], -list(scores).index(t)))  # ties: the earlier (0.5 first)
     assert bundle.threshold == best and bundle.postprocess == choices[best].postprocess
     run = mlflow.MlflowClient().get_run(read_json("reports/train_run.json")["run_id"])
-    assert run.data.tags["threshold"] == f"{best:g}"
+    assert run.data.tags["threshold"] == f"{best:g}" and read_json("reports/train.json")["threshold"] == best
+    Path("params.yaml").write_text("base: {}\n")
+    assert f"threshold {best:g}; MLflow run" in summary()

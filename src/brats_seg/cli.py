@@ -43,7 +43,8 @@ def summary(params_path: str = "params.yaml", per_case: bool = True) -> str:
         chosen = f"an ensemble of {len(members)}, members' best epochs {', '.join(map(str, members))}" if members \
             else f"epoch {t['best_epoch']}"
         lines.append(f"  train    : {t['epochs']} epochs on {t['device']}, {t['train_slices']} slices; best validation "
-                     f"Dice {t['best_val_dice']:.3f} ({chosen}); MLflow run {t['run_id']}")
+                     f"Dice {t['best_val_dice']:.3f} ({chosen}), threshold {t.get('threshold', 0.5):g}; MLflow run "
+                     f"{t['run_id']}")
     if Path(base.eval_report).is_file() and Path(base.eval_cases).is_file():
         lines.extend(_eval_lines(base, per_case))
     if len(lines) == 1:

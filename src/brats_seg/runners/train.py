@@ -226,7 +226,8 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
         # numbers only in the DVC metric (dvc exp show, dvc metrics diff); the run's identifiers beside it
         report = {"best_epoch": result.best_epoch, "best_val_dice": _best_val_dice(params, result, val_set),
                   "epochs": len(result.history) // max(params.folds, 1), "train_slices": len(train_set),
-                  "val_slices": len(val_set), "processes": ranks.world, **_member_report(params, result)}
+                  "val_slices": len(val_set), "processes": ranks.world, "threshold": threshold,
+                  **_member_report(params, result)}
         # and facts of this machine, which differ from run to run (not a result to compare)
         identity = {"run_id": run.run_id, "device": result.device, "peak_rss_mb": round(peak / 2**20),
                     "regions": list(result.regions),
