@@ -42,6 +42,8 @@ def summary(params_path: str = "params.yaml", per_case: bool = True) -> str:
         members = [t[k] for k in sorted(t) if k.startswith("fold") and k.endswith("_best_epoch")]
         chosen = f"an ensemble of {len(members)}, members' best epochs {', '.join(map(str, members))}" if members \
             else f"epoch {t['best_epoch']}"
+        if "best_val_lesion_dice" in t:
+            chosen += f", chosen by lesion-wise Dice {t['best_val_lesion_dice']:.3f}"
         lines.append(f"  train    : {t['epochs']} epochs on {t['device']}, {t['train_slices']} slices; best validation "
                      f"Dice {t['best_val_dice']:.3f} ({chosen}), threshold {t.get('threshold', 0.5):g}; MLflow run "
                      f"{t['run_id']}")

@@ -28,6 +28,7 @@ from brats_seg.training.distributed import Ranks, process_group
 from brats_seg.training.ensemble import member_checkpoints, train_members
 from brats_seg.training.loop import TrainResult, computation, fingerprint, validate
 from brats_seg.training.params import TrainParams, model_params
+from brats_seg.training.selection import METRIC, LesionSelection, selection_for
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +154,32 @@ def _best_val_dice(params: TrainParams, result: TrainResult, val_set: SliceSet |
 
 
 def _member_report(params: TrainParams, result: TrainResult) -> dict:
-    """Per ensemble member: its best epoch and the Dice there on its own fold (none for one network)."""
+    """Per ensemble member: its best epoch (by ``train.select``) and the Dice there on its own fold (none for one
+    network)."""
     report = {}
     for fold in range(params.folds):
         rows = [h for h in result.history if h["fold"] == fold]
-        top = max(rows, key=lambda h: h["val_dice"])  # the first of equals, as training keeps it
+        top = max(rows, key=lambda h: h[METRIC[params.select]])  # the first of equals, as training keeps it
         report.update({f"fold{fold}_best_epoch": top["epoch"], f"fold{fold}_val_dice": top["val_dice"]})
     return report
+
+
+def _lesion_report(params: TrainParams, result: TrainResult) -> dict:
+    """With ``train.select: lesion_dice``, the validation patients' lesion-wise Dice at the epoch kept (one
+    network; an ensemble's members report theirs in the curve)."""
+    if params.select != "lesion_dice" or params.folds:
+        return {}
+    return {"best_val_lesion_dice": next(h for h in result.history if h["epoch"] == result.best_epoch)[
+        "val_lesion_dice"]}
+
+
+def _lesion_selection(params: TrainParams, base: BaseParams, evaluate: EvaluateParams) -> LesionSelection | None:
+    """With ``train.select: lesion_dice``, what scoring the validation patients lesion-wise needs: the official
+    configuration and each case's slice pixel in voxels (its crop side / slice size, cases.parquet)."""
+    if params.select != "lesion_dice":
+        return None
+    cases = pd.read_parquet(Path(base.slices_dir) / "cases.parquet", columns=["case_id", "side", "size"])
+    return selection_for({row.case_id: (row.side, row.size) for row in cases.itertuples()}, evaluate.lesionwise)
 
 
 def _channel_group(base: BaseParams) -> int:
@@ -211,7 +231,8 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
             log_inputs_as_written(run)
         result = train_members(params, train_set, val_set, base.seed, Path(base.checkpoint_dir), key,
                                train_set.shape[1], on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
-                               ranks=ranks, channel_group=_channel_group(base))
+                               ranks=ranks, channel_group=_channel_group(base),
+                               lesions=_lesion_selection(params, base, evaluate))
         peak = ranks.max(peak_rss())
         cohort = training_cohort(meta)
         chosen, threshold = postprocessing(params, base, evaluate, ModelBundle(
@@ -227,7 +248,7 @@ def _track_and_train(params: TrainParams, base: BaseParams, evaluate: EvaluatePa
         report = {"best_epoch": result.best_epoch, "best_val_dice": _best_val_dice(params, result, val_set),
                   "epochs": len(result.history) // max(params.folds, 1), "train_slices": len(train_set),
                   "val_slices": len(val_set), "processes": ranks.world, "threshold": threshold,
-                  **_member_report(params, result)}
+                  **_member_report(params, result), **_lesion_report(params, result)}
         # and facts of this machine, which differ from run to run (not a result to compare)
         identity = {"run_id": run.run_id, "device": result.device, "peak_rss_mb": round(peak / 2**20),
                     "regions": list(result.regions),

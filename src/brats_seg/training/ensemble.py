@@ -23,6 +23,7 @@ from brats_seg.models.ensemble import Ensemble
 from brats_seg.training.distributed import Ranks
 from brats_seg.training.loop import Split, TrainResult, train_model
 from brats_seg.training.params import TrainParams
+from brats_seg.training.selection import LesionSelection
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,15 @@ def member_folds(case_ids: np.ndarray, seed: int, folds: int) -> np.ndarray:
 
 def train_members(params: TrainParams, train_set: Split, val_set: Split, seed: int, checkpoint_dir: Path, key: str,
                   slice_channels: int, on_epoch: Callable[[int, dict], None] | None = None,
-                  ranks: Ranks | None = None, channel_group: int = 1) -> TrainResult:
+                  ranks: Ranks | None = None, channel_group: int = 1,
+                  lesions: LesionSelection | None = None) -> TrainResult:
     """One network (``train.folds`` 0: :func:`train_model` on the train and validation splits, as always), or an
     ensemble of ``train.folds`` members, each with its checkpoint ``<key>-fold<i>.pt`` in ``checkpoint_dir``.
 
     An ensemble's history holds every member's epochs with their ``fold``; its ``best_epoch`` is the first
     member's (each member's is in the history). ``on_epoch`` gets the members' metrics prefixed ``fold<i>/``.
     """
-    single = dict(slice_channels=slice_channels, ranks=ranks, channel_group=channel_group)
+    single = dict(slice_channels=slice_channels, ranks=ranks, channel_group=channel_group, lesions=lesions)
     if params.folds == 0:
         return train_model(params, train_set, val_set, seed, member_checkpoints(checkpoint_dir, key, 0)[0],
                            on_epoch=on_epoch, key=key, **single)

@@ -39,6 +39,7 @@ from brats_seg.training.distributed import Ranks
 from brats_seg.training.feed import DeviceData, StreamData, region_targets
 from brats_seg.training.losses import dice_loss_from_sums, segmentation_loss
 from brats_seg.training.params import TARGET_REGIONS, TrainParams, lr_at
+from brats_seg.training.selection import METRIC, LesionSelection, lesion_dice
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def fingerprint(params: TrainParams, train_set: Split, val_set: Split, seed: int
 
 def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int, checkpoint: Path,
                 slice_channels: int, on_epoch: Callable[[int, dict], None] | None = None,
-                key: str | None = None, ranks: Ranks | None = None, channel_group: int = 1) -> TrainResult:
+                key: str | None = None, ranks: Ranks | None = None, channel_group: int = 1,
+                lesions: LesionSelection | None = None) -> TrainResult:
     """Train from scratch, or resume from ``checkpoint`` when it was written by the same run (same
     :func:`fingerprint`, passed as ``key`` when the caller has it); returns the best model by validation Dice.
 
@@ -103,9 +105,12 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
     needed). In a distributed run (``ranks``) every process calls this; rank 0 alone validates, writes the
     checkpoint and calls ``on_epoch``, and only its result holds the best weights and the history.
     ``channel_group``: input channels per modality (2 * slice.context + 1), which augmentation scales together.
+    The best epoch is the one of the highest ``train.select`` metric (``lesions`` scores ``lesion_dice``).
     """
     ranks = ranks or Ranks()
     regions = TARGET_REGIONS[params.target]
+    if params.select == "lesion_dice" and lesions is None:
+        lesions = LesionSelection()  # evaluate.lesionwise's default configuration, slice pixels as 1 mm
     _check_tumour(train_set, "train")
     _check_tumour(val_set, "val")
     device = pick_device(params.device)
@@ -138,11 +143,12 @@ def train_model(params: TrainParams, train_set: Split, val_set: Split, seed: int
                 group["lr"] = lr_at(params, epoch)
         train_loss = _train_epoch(step, train_data, params, generator, epoch, ranks, channel_group)
         if ranks.main:
-            metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.bce_weight, params.amp)}
+            metrics = {"train_loss": train_loss, **validate(model, val_set, regions, params.bce_weight, params.amp,
+                                                            lesions=lesions)}
             state["history"].append({"epoch": epoch + 1, **metrics})
-            if metrics["val_dice"] > state["best"]["dice"]:
+            if metrics[METRIC[params.select]] > state["best"]["dice"]:  # the selected metric, Dice or lesion-wise
                 weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                state["best"] = {"dice": metrics["val_dice"], "epoch": epoch + 1, "weights": weights}
+                state["best"] = {"dice": metrics[METRIC[params.select]], "epoch": epoch + 1, "weights": weights}
             state["epoch"] = epoch + 1
             save_checkpoint(checkpoint, {**state, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                                          "rng": rng_state(generator), "fingerprint": key})
@@ -240,12 +246,14 @@ def _train_epoch(step: Callable, data: DeviceData | StreamData, params: TrainPar
 
 
 def validate(model: torch.nn.Module, data: Split, regions: tuple[str, ...], bce_weight: float = 0.0,
-             amp: bool = True, chunk: int = 256) -> dict[str, float]:
+             amp: bool = True, chunk: int = 256, lesions: LesionSelection | None = None) -> dict[str, float]:
     """Validation loss (the training loss's terms, over the whole set) and Dice in slice space, computed
     ``chunk`` slices at a time (the set need not fit in memory).
 
     ``val_dice``: Dice per case and region (a case with neither reference nor prediction scores 1), averaged
-    over cases, then over regions; ``val_dice_pooled``: counts pooled over all slices, averaged over regions.
+    over cases, then over regions; ``val_dice_pooled``: counts pooled over all slices, averaged over regions;
+    with ``lesions``, ``val_lesion_dice``: the lesion-wise Dice per case and region, averaged likewise
+    (:func:`brats_seg.training.selection.lesion_dice`; the masks are held on the host, a bit per voxel).
     """
     device = next(model.parameters()).device
     _, case_of = np.unique(data.case_ids, return_inverse=True)
@@ -253,6 +261,7 @@ def validate(model: torch.nn.Module, data: Split, regions: tuple[str, ...], bce_
     tp, ps, ts = (torch.zeros(shape, device=device) for _ in range(3))
     inter, denom = torch.zeros(len(regions), device=device), torch.zeros(len(regions), device=device)
     bce = torch.zeros((), device=device)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
     for start, (images, labels) in zip(range(0, len(data), chunk), data.chunks(chunk)):
         logits = predict_slices(model, images, amp=amp, sigmoid=False).float()
         target = region_targets(torch.from_numpy(labels).to(device), regions)
@@ -263,6 +272,8 @@ def validate(model: torch.nn.Module, data: Split, regions: tuple[str, ...], bce_
             bce += torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
         cases = torch.from_numpy(case_of[start:start + len(labels)]).to(device)
         pred, truth = logits > 0, target > 0
+        if lesions is not None:
+            kept.append((pred.cpu().numpy(), labels))
         for counts, mask in ((tp, pred & truth), (ps, pred), (ts, truth)):  # voxel counts per case and region
             counts.index_add_(0, cases, mask.float().sum((2, 3)))
     loss = dice_loss_from_sums(inter, denom)  # the training loss's soft Dice, over the whole set
@@ -270,4 +281,9 @@ def validate(model: torch.nn.Module, data: Split, regions: tuple[str, ...], bce_
         loss = loss + bce_weight * bce / (len(data) * len(regions) * int(np.prod(data.shape[2:])))
     dice = torch.where(ps + ts > 0, 2 * tp / (ps + ts).clamp(min=1), torch.ones_like(tp))
     pooled = 2 * tp.sum(0) / (ps.sum(0) + ts.sum(0)).clamp(min=1)
-    return {"val_loss": float(loss), "val_dice": float(dice.mean(0).mean()), "val_dice_pooled": float(pooled.mean())}
+    out = {"val_loss": float(loss), "val_dice": float(dice.mean(0).mean()), "val_dice_pooled": float(pooled.mean())}
+    if lesions is not None:
+        predicted, labels = (np.concatenate(a) for a in zip(*kept))
+        out["val_lesion_dice"] = lesion_dice(predicted, labels, np.asarray(data.case_ids), np.asarray(data.z),
+                                             regions, lesions)
+    return out
