@@ -206,7 +206,7 @@ def test_every_decision_is_a_record_of_its_own_never_overwritten(store, capsys):
     rows = out.splitlines()
     assert code == 0 and [r.split()[1] for r in rows] == [f"v{v1}", f"v{v2}", f"v{v3}"]
     assert rows[2].split()[2:4] == ["@challenger", "@champion"] and rows[0].split()[2] == "-"
-    assert "test WT Dice 0.8 " in rows[0] and "latest decision kept " in rows[0]  # its latest decision, not its first
+    assert "test WT Dice 0.800 " in rows[0] and "latest decision kept " in rows[0]  # its latest decision, not its first
     assert rows[0].endswith("(unet)")  # registered before the model tag: the U-Net every such version is
 
 

@@ -56,6 +56,14 @@ def format_record(r: dict) -> str:
             f"{r.get('test_patients', '?')} test patients: {r.get('reason', '')}")
 
 
+def _three(value: str) -> str:
+    """A recorded metric to 3 decimals as the table shows it (the tag keeps every digit); anything else as it is."""
+    try:
+        return f"{float(value):.3f}"
+    except ValueError:
+        return value
+
+
 def format_versions(model_name: str, versions: list[dict]) -> str:
     """One line per registered version: its aliases, regions, test WT Dice and mean lesion-wise Dice (where recorded),
     latest promotion decision, run and network."""
@@ -65,10 +73,10 @@ def format_versions(model_name: str, versions: list[dict]) -> str:
     for v in versions:
         tags = v["tags"]
         aliases = " ".join(f"@{a}" for a in sorted(v["aliases"])) or "-"
-        dice, decision = tags.get("test_wt_dice_mean", "?"), tags.get("promotion_decision", "none")
+        dice, decision = _three(tags.get("test_wt_dice_mean", "?")), tags.get("promotion_decision", "none")
         regions = gate.version_regions(tags)
         lesion = gate.from_tags(tags, "lesion_dice", regions)
-        lesion_text = "?" if lesion != lesion else f"{lesion:.6f}"
+        lesion_text = "?" if lesion != lesion else f"{lesion:.3f}"
         model = tags.get("model", "unet")  # versions registered before the tag: U-Nets
         lines.append(f"{v['name']} v{v['version']:<4} {aliases:<24} {','.join(regions):<9} test WT Dice {dice:<9} "
                      f"lesion-wise Dice {lesion_text:<9} latest decision {decision:<9} run {v['run_id']} ({model})")
