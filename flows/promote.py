@@ -19,8 +19,8 @@ from brats_seg.config import load_section, read_params
 from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration.driver import working_directory
 from brats_seg.registry.gate import label
-from brats_seg.registry.promotion import PromoteParams, promote
-from brats_seg.runners.register import RegisterParams
+from brats_seg.registry.params import PromoteParams, RegisterParams
+from brats_seg.registry.promotion import promote
 from flows.failures import fail_on_user_error, run_name, server_start_in_one_sentence
 
 

@@ -6,7 +6,8 @@ import os
 
 from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section
-from brats_seg.data.download import DownloadParams, run_download
+from brats_seg.data.download import run_download
+from brats_seg.data.sources import DownloadParams
 from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration.executors import choose_executor
 from brats_seg.params_file import stage_params

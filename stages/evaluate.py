@@ -5,7 +5,7 @@ from __future__ import annotations
 from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section
 from brats_seg.errors import exit_on_user_error
-from brats_seg.evaluation.evaluate import EvaluateParams
+from brats_seg.evaluation.params import EvaluateParams
 from brats_seg.params_file import stage_params
 from brats_seg.runners.evaluate import evaluate_stage
 

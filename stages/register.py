@@ -6,7 +6,8 @@ from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section
 from brats_seg.errors import exit_on_user_error
 from brats_seg.params_file import stage_params
-from brats_seg.runners.register import RegisterParams, register_stage
+from brats_seg.registry.params import RegisterParams
+from brats_seg.runners.register import register_stage
 
 
 @exit_on_user_error

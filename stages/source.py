@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section
-from brats_seg.data.download import DownloadParams
 from brats_seg.data.source_manifest import check_source
+from brats_seg.data.sources import DownloadParams
 from brats_seg.errors import exit_on_user_error
 from brats_seg.params_file import stage_params
 

@@ -11,7 +11,7 @@ import sys
 from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section
 from brats_seg.errors import exit_on_user_error
-from brats_seg.evaluation.evaluate import EvaluateParams
+from brats_seg.evaluation.params import EvaluateParams
 from brats_seg.params_file import stage_params
 from brats_seg.runners.train import train_stage
 from brats_seg.training.distributed import launch, launched

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from typing import Literal
 
 import pytest
 
 from brats_seg.base_params import BaseParams
 from brats_seg.config import SECTIONS, check_cross_section, check_params, load_section, read_params
-from brats_seg.data.download import DownloadParams
+from brats_seg.data.sources import DownloadParams
 from brats_seg.data.spec import SliceParams
 from brats_seg.errors import ConfigError
 from brats_seg.training.params import TrainParams
@@ -258,3 +259,16 @@ def test_prefect_yaml_schedules_the_work_pool_deployment_as_params_yaml_does():
     for deployment in scheduled:
         assert deployment["schedules"] == [{"cron": schedule.cron, "timezone": schedule.timezone}], (
             f"prefect.yaml deployment {deployment['name']} is scheduled otherwise than params.yaml `schedule`")
+
+
+def test_every_section_is_checked_without_importing_torch_mlflow_or_prefect():
+    """`brats-seg params set` and every stage's params check import no heavy library: each section's dataclass
+    lives in a module of its own that needs none."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from brats_seg.config import SECTIONS, section_class; [section_class(n) for n in SECTIONS]; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'prefect', 'great_expectations') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")})
+    assert out.stdout.strip() == "[]", out.stdout

@@ -35,9 +35,10 @@ from brats_seg.models.unet import UNet
 from brats_seg.registry import tracking, versions
 from brats_seg.registry.audit import record_decision
 from brats_seg.registry.copy_store import COPYING_TAG, MODEL_TAG, VERSION_TAG, copy_store
+from brats_seg.registry.params import RegisterParams
 from brats_seg.registry.resolve import resolve_model
 from brats_seg.registry.tracking import COPIED_FROM_TAG
-from brats_seg.runners.register import RegisterParams, register_stage
+from brats_seg.runners.register import register_stage
 from mlflow import MlflowClient
 from tests.support.cohorts import PROJECT_ROOT
 from tests.support.projects import bash_commands, run_cmd

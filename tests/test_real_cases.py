@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from brats_seg.data.download import DownloadParams, LocalSource, run_download
+from brats_seg.data.download import run_download
 from brats_seg.data.labels import region_mask
 from brats_seg.data.preprocess import CaseGeometry, restore_labels
 from brats_seg.data.slicing import run_slice
+from brats_seg.data.sources import DownloadParams, LocalSource
 from brats_seg.data.spec import SliceParams
 from brats_seg.data.validation import ValidateParams, read_manifest, run_validate
 from brats_seg.io.nifti import read_nifti

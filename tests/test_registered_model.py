@@ -37,8 +37,9 @@ from brats_seg.io.tables import write_json
 from brats_seg.models.config import ModelConfig
 from brats_seg.models.unet import UNet
 from brats_seg.registry import registered_model, tracking, versions
+from brats_seg.registry.params import RegisterParams
 from brats_seg.registry.resolve import resolve_model
-from brats_seg.runners.register import RegisterParams, register_stage, synthetic_example
+from brats_seg.runners.register import register_stage, synthetic_example
 from tests.support.cohorts import PROJECT_ROOT, write_synthetic_cohort
 
 NAME = "brats-unet-test"

@@ -31,7 +31,8 @@ from brats_seg.orchestration.provenance import code_manifest, eval_code_digest
 from brats_seg.registry import registered_model, tracking, versions
 from brats_seg.registry.audit import history
 from brats_seg.registry.lineage import case_lineage
-from brats_seg.registry.promotion import PromoteParams, promote
+from brats_seg.registry.params import PromoteParams
+from brats_seg.registry.promotion import promote
 from brats_seg.registry.resolve import resolve_model
 from tests.support.cohorts import COHORT_SEED, write_synthetic_cohort
 

@@ -176,8 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         for r in predict_dirs(args.cases, args.model, args.out, args.device, args.labels, args.wt_mask, tta):
             sys.stdout.write(describe_case(r) + "\n")
     elif args.command == "promote":
-        from brats_seg.registry.promotion import PromoteParams, promote
-        from brats_seg.runners.register import RegisterParams
+        from brats_seg.registry.params import PromoteParams, RegisterParams
+        from brats_seg.registry.promotion import promote
 
         params = read_params(args.params)
         name = args.model or load_section(RegisterParams, params, "register").model_name
@@ -187,13 +187,13 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "versions":
         from brats_seg.registry import versions
         from brats_seg.registry.audit import format_versions
-        from brats_seg.runners.register import RegisterParams
+        from brats_seg.registry.params import RegisterParams
 
         name = args.model or load_section(RegisterParams, read_params(args.params), "register").model_name
         sys.stdout.write(format_versions(name, versions.model_versions(name)) + "\n")
     elif args.command == "audit":
         from brats_seg.registry.audit import format_history, history
-        from brats_seg.runners.register import RegisterParams
+        from brats_seg.registry.params import RegisterParams
 
         name = args.model or load_section(RegisterParams, read_params(args.params), "register").model_name
         records = history(name, args.version)

@@ -7,15 +7,9 @@ import zipfile
 
 import pytest
 
-from brats_seg.data.download import (
-    DownloadParams,
-    KaggleSource,
-    LocalSource,
-    SyntheticSource,
-    UrlSource,
-    run_download,
-)
+from brats_seg.data.download import run_download
 from brats_seg.data.layouts import canonical_files, list_canonical_cases
+from brats_seg.data.sources import DownloadParams, KaggleSource, LocalSource, SyntheticSource, UrlSource
 from brats_seg.errors import DataError, DownloadError, UserError
 from tests.support.cohorts import TINY_SHAPE, write_synthetic_cohort
 

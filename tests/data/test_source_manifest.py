@@ -9,8 +9,9 @@ import tarfile
 import pytest
 
 from brats_seg.data import source_manifest
-from brats_seg.data.download import DownloadParams, KaggleSource, LocalSource, SyntheticSource, UrlSource, run_download
+from brats_seg.data.download import run_download
 from brats_seg.data.source_manifest import check_source
+from brats_seg.data.sources import DownloadParams, KaggleSource, LocalSource, SyntheticSource, UrlSource
 from brats_seg.errors import DataError, DownloadError
 from tests.support.cohorts import TINY_SHAPE, write_synthetic_cohort
 

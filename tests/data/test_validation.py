@@ -189,7 +189,8 @@ def test_validate_leaves_nothing_in_the_temporary_folder_on_success_or_failure(t
 
 def test_label_values_that_are_no_label_are_quarantined_with_the_values_the_source_holds(tmp_path):
     """A BraTS 2023 label map with NaN, negative and fractional voxels: named as they are, not as 0 or 255."""
-    from brats_seg.data.download import DownloadParams, LocalSource, run_download
+    from brats_seg.data.download import run_download
+    from brats_seg.data.sources import DownloadParams, LocalSource
     from brats_seg.data.synthetic import MODALITIES, make_case
 
     source = tmp_path / "incoming"

@@ -18,9 +18,9 @@ import torch
 from scipy import ndimage
 
 from brats_seg.data.labels import ENHANCING, NECROTIC, OEDEMA
+from brats_seg.data.sources import BRATS_SHAPE
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 
 # Mean intensity (fraction of the modality's scale) per tissue class, per modality (flair, t1, t1ce, t2).
 _TISSUE = ("background", "wm", "gm", "csf", "oedema", "enhancing", "necrosis")

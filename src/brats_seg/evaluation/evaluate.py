@@ -14,12 +14,10 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from brats_seg.config import require, runtime_field
 from brats_seg.data.dataset import empty_split_error
 from brats_seg.data.labels import region_mask, regions_to_labels
 from brats_seg.data.layouts import canonical_files
@@ -50,21 +48,6 @@ LESION_COLUMNS = ("lesion_dice", "lesion_hd95", "lesion_pq")
 # What eval.json keeps of each (a DVC metric: `dvc exp show` shows every key): the means the gate compares, and the
 # median HD95 (HD95 is skewed by the 373 mm penalties; the legacy HD95 is summarised the same way).
 LESION_SUMMARY = {"lesion_dice": "mean", "lesion_hd95": "median", "lesion_pq": "mean"}
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateParams:
-    """params.yaml ``evaluate`` section."""
-
-    device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")  # where it runs
-    lesionwise: str = "gli"  # the official BraTS configuration of the lesion-wise metrics
-    # test-time mirroring: chosen when the model is trained (post-processing is chosen with it) and stored in the
-    # model file, so that evaluate, the promotion's re-score, predict and the registered ONNX graph all use it
-    tta: bool = False
-
-    def __post_init__(self) -> None:
-        require("evaluate.lesionwise", self.lesionwise, self.lesionwise in lesionwise.CONFIGS,
-                f"one of the official BraTS configurations: {', '.join(lesionwise.CONFIGS)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,31 +15,17 @@ import logging
 from typing import TYPE_CHECKING
 
 from brats_seg.base_params import BaseParams
-from brats_seg.config import require, require_fraction
 from brats_seg.errors import DataError, UserError
 from brats_seg.registry import gate, tracking, versions
 from brats_seg.registry.audit import record_decision
 from brats_seg.registry.comparison import Comparison, Refusal, compare, test_patients
+from brats_seg.registry.params import PromoteParams
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 log = logging.getLogger(__name__)
-
-@dataclasses.dataclass(frozen=True)
-class PromoteParams:
-    """params.yaml ``promote`` section."""
-
-    min_improvement: float = 0.0
-    min_dice: float = 0.7
-    metric: str = gate.AUTO
-
-    def __post_init__(self) -> None:
-        require_fraction("promote.min_improvement", self.min_improvement)
-        require_fraction("promote.min_dice", self.min_dice)
-        require("promote.metric", self.metric, self.metric in gate.METRICS, f"one of {', '.join(gate.METRICS)}")
-
 
 @dataclasses.dataclass(frozen=True)
 class Decision:

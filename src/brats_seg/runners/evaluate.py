@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from brats_seg.base_params import BaseParams
-from brats_seg.evaluation.evaluate import EvaluateParams, evaluate_cases, lesion_table, summarise_cases
+from brats_seg.evaluation.evaluate import evaluate_cases, lesion_table, summarise_cases
+from brats_seg.evaluation.params import EvaluateParams
 from brats_seg.inference.bundle import load_model, pick_device
 from brats_seg.io.tables import read_json, write_json
 from brats_seg.orchestration.provenance import eval_code_digest

@@ -10,33 +10,13 @@ import numpy as np
 import torch
 
 from brats_seg.base_params import BaseParams
-from brats_seg.config import require, require_match
 from brats_seg.data.spec import SliceSpec
 from brats_seg.inference.bundle import ModelBundle, load_model, predict_slices
 from brats_seg.io.tables import read_json, write_json
 from brats_seg.registry import gate, registered_model, tracking, versions
+from brats_seg.registry.params import RegisterParams
 
 log = logging.getLogger(__name__)
-
-
-# Aliases registration may not set: `champion` belongs to the promotion gate, `latest` is MLflow's own.
-PROTECTED_ALIASES = ("champion", "latest")
-
-
-@dataclasses.dataclass(frozen=True)
-class RegisterParams:
-    """params.yaml ``register`` section."""
-
-    model_name: str = "brats-unet"
-    alias: str = "challenger"
-
-    def __post_init__(self) -> None:
-        require_match("register.model_name", self.model_name, r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
-                      "a registry name of letters, digits, '.', '_' and '-' (no '/', at most 128 characters)")
-        require_match("register.alias", self.alias, r"[A-Za-z_][A-Za-z0-9_-]{0,254}",
-                      "an alias of letters, digits, '_' and '-' that starts with a letter")
-        require("register.alias", self.alias, self.alias.lower() not in PROTECTED_ALIASES,
-                "another alias than champion (the promotion gate alone moves it: brats-seg promote) and latest")
 
 
 # What an application needs to know to feed the registered model and read its output (the model's metadata).

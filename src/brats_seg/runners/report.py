@@ -19,7 +19,8 @@ from brats_seg.io.atomic import atomic_path
 from brats_seg.io.tables import read_json
 from brats_seg.models.config import DESCRIPTIONS
 from brats_seg.registry import gate, tracking, versions
-from brats_seg.registry.promotion import Preview, PromoteParams, preview
+from brats_seg.registry.params import PromoteParams
+from brats_seg.registry.promotion import Preview, preview
 from brats_seg.reporting.report import (
     curve_section,
     evaluation_section,

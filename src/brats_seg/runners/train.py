@@ -16,7 +16,8 @@ from brats_seg.base_params import BaseParams
 from brats_seg.data.dataset import ShardedSplit, SliceSet, index_digest, open_split, read_index
 from brats_seg.data.spec import SliceSpec
 from brats_seg.evaluation.choose_postprocess import DEFAULT_THRESHOLD, THRESHOLDS
-from brats_seg.evaluation.evaluate import EvaluateParams, choose_postprocessing
+from brats_seg.evaluation.evaluate import choose_postprocessing
+from brats_seg.evaluation.params import EvaluateParams
 from brats_seg.inference.bundle import ModelBundle, save_model
 from brats_seg.inference.postprocess import NONE
 from brats_seg.io.checkpoint import prune_checkpoints
