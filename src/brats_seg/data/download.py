@@ -31,7 +31,7 @@ from brats_seg.data.layouts import (
     write_canonical,
     write_case,
 )
-from brats_seg.data.sources import DownloadParams, SyntheticSource
+from brats_seg.data.sources import DownloadParams, SyntheticSource, local_source_path
 from brats_seg.errors import DataError
 from brats_seg.io.archives import extract_archive, is_archive
 from brats_seg.io.atomic import check_removable, mark_output_dir, remove_output_dir
@@ -115,24 +115,6 @@ def _case_record(case: CaseSource, staging: Path, source_root: Path) -> dict:
     return {"labelled": case.labelled, "convention": case.convention,
             "origin": [str(p.relative_to(source_root)) for p in case.paths()],
             "files": {p.name: file_sha256(p) for p in sorted(folder.iterdir())}}
-
-
-def local_source_path(path: str, raw_dir: str | Path, cache_dir: str | Path) -> Path:
-    """``download.local.path``, checked: it must exist and must neither lie inside nor contain the folders
-    that the pipeline deletes and rewrites (``raw_dir``, ``cache_dir``). Raises DataError otherwise."""
-    source = Path(path).expanduser()
-    if not path or not source.exists():
-        raise DataError(f"download.local.path {path!r} does not exist; point it at a folder of BraTS cases or an "
-                        f"archive of them.")
-    resolved = source.resolve()
-    for key, folder in (("base.raw_dir", Path(raw_dir).resolve()), ("base.cache_dir", Path(cache_dir).resolve())):
-        if resolved.is_relative_to(folder):
-            raise DataError(f"download.local.path {path} lies inside {key} ({folder}), which the pipeline deletes "
-                            f"and rewrites; move the source cases out of it and point download.local.path there.")
-        if folder.is_relative_to(resolved):
-            raise DataError(f"download.local.path {path} contains {key} ({folder}), the pipeline's own data; point "
-                            f"download.local.path at the folder (or archive) of source cases itself.")
-    return source
 
 
 def _materialise(params: DownloadParams, cache_dir: Path, local: Path | None) -> tuple[Path, dict]:

@@ -31,10 +31,9 @@ from typing import Any
 
 import requests
 
-from brats_seg.data.download import local_source_path
 from brats_seg.data.fetch import kaggle_credentials
 from brats_seg.data.layouts import refuse_outside_links, walk_nifti
-from brats_seg.data.sources import DownloadParams, KaggleSource, UrlSource
+from brats_seg.data.sources import DownloadParams, KaggleSource, UrlSource, local_source_path
 from brats_seg.errors import DownloadError
 from brats_seg.io.atomic import atomic_path
 from brats_seg.progress import progress

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Literal
 
 from brats_seg.config import (
@@ -17,6 +18,7 @@ from brats_seg.config import (
     require_url,
     runtime_field,
 )
+from brats_seg.errors import DataError
 
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)  # BraTS geometry: 1 mm, 240 x 240 x 155
 MSD_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task01_BrainTumour.tar"
@@ -88,3 +90,21 @@ class DownloadParams:
 
     def __post_init__(self) -> None:
         require_at_least("download.workers", self.workers, 0)
+
+
+def local_source_path(path: str, raw_dir: str | Path, cache_dir: str | Path) -> Path:
+    """``download.local.path``, checked: it must exist and must neither lie inside nor contain the folders
+    that the pipeline deletes and rewrites (``raw_dir``, ``cache_dir``). Raises DataError otherwise."""
+    source = Path(path).expanduser()
+    if not path or not source.exists():
+        raise DataError(f"download.local.path {path!r} does not exist; point it at a folder of BraTS cases or an "
+                        f"archive of them.")
+    resolved = source.resolve()
+    for key, folder in (("base.raw_dir", Path(raw_dir).resolve()), ("base.cache_dir", Path(cache_dir).resolve())):
+        if resolved.is_relative_to(folder):
+            raise DataError(f"download.local.path {path} lies inside {key} ({folder}), which the pipeline deletes "
+                            f"and rewrites; move the source cases out of it and point download.local.path there.")
+        if folder.is_relative_to(resolved):
+            raise DataError(f"download.local.path {path} contains {key} ({folder}), the pipeline's own data; point "
+                            f"download.local.path at the folder (or archive) of source cases itself.")
+    return source
