@@ -4,6 +4,7 @@ sentence, no traceback), promotion, lineage, the served schedule."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -68,17 +69,26 @@ def test_a_second_concurrent_run_fails_clearly_and_leaves_dvc_usable(ran):
     assert status.split() == ["source:", "always", "changed"], status  # the source check runs every time
 
 
-def _hold_dvc_lock(repo, seconds: float | None = None):
-    """Hold dvc's own repository lock as a running `dvc` process does (zc.lockfile on .dvc/tmp/lock); with
-    ``seconds``, let it go after that long from a timer thread. Returns the lock."""
-    import threading
+class _ReleaseWhenWaiting(logging.Handler):
+    """Lets a held dvc lock go when the flow logs that dvc is busy (``emit(None)``: at once, e.g. in a finally)."""
 
+    def __init__(self, lock) -> None:
+        super().__init__(logging.WARNING)
+        self.dvc_lock, self.released_on_warning, self.open = lock, False, True
+
+    def emit(self, record: logging.LogRecord | None) -> None:
+        if record is not None and not record.getMessage().startswith("dvc is busy"):
+            return
+        if self.open:
+            self.released_on_warning, self.open = record is not None, False
+            self.dvc_lock.close()
+
+
+def _hold_dvc_lock(repo):
+    """Hold dvc's own repository lock as a running `dvc` process does (zc.lockfile on .dvc/tmp/lock); returns it."""
     import zc.lockfile
 
-    lock = zc.lockfile.LockFile(str(repo / ".dvc" / "tmp" / "lock"))
-    if seconds is not None:
-        threading.Timer(seconds, lock.close).start()
-    return lock
+    return zc.lockfile.LockFile(str(repo / ".dvc" / "tmp" / "lock"))
 
 
 def test_a_run_that_finds_dvc_busy_waits_for_it_or_gives_up_with_one_sentence(ran):
@@ -101,8 +111,18 @@ def test_a_run_that_finds_dvc_busy_waits_for_it_or_gives_up_with_one_sentence(ra
         f"held it for all of the 1 s this run waits; let it finish, then rerun, or let the run wait longer "
         f"(--dvc-wait-s, flow parameter dvc_wait_s).")
 
-    _hold_dvc_lock(repo, seconds=5.0)  # a manual dvc command that finishes while the flow waits
-    summary = pipeline(str(repo), dvc_wait_s=60)
+    # a manual dvc command that finishes while the flow waits: it lets go once the flow says it is waiting (not
+    # after a fixed time, which a loaded machine's slow flow start could outlast)
+    lock = _hold_dvc_lock(repo)
+    release = _ReleaseWhenWaiting(lock)
+    task_logger = logging.getLogger("prefect.task_runs")
+    task_logger.addHandler(release)
+    try:
+        summary = pipeline(str(repo), dvc_wait_s=60)
+    finally:
+        task_logger.removeHandler(release)
+        release.emit(None)
+    assert release.released_on_warning
     source = summary["stages"][0]
     assert source["stage"] == "source" and source["status"] == "checked" and source["waited_s"] >= 1
     assert [r["status"] for r in summary["stages"][1:]] == ["skipped"] * (len(flow_stages(repo)) - 1)
