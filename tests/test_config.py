@@ -272,3 +272,19 @@ def test_every_section_is_checked_without_importing_torch_mlflow_or_prefect():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")})
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_params_set_past_a_bad_value_already_in_the_file_says_how(tmp_path):
+    from brats_seg.params_file import set_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text((PROJECT_ROOT / "params.yaml").read_text().replace("  select: dice ", "  select: best "))
+    with pytest.raises(ConfigError) as err:
+        set_params(path, ["train.threshold=auto"])
+    assert str(err.value).endswith("got 'best'; that value is already in " + str(path) + ": set it too "
+                                   "(train.select=...) or restore the file (git checkout -- params.yaml).")
+    with pytest.raises(ConfigError) as err:  # the value being set is the bad one: its own sentence, no more
+        set_params(path, ["train.select=worst"])
+    assert str(err.value).endswith("got 'worst'.")
+    assert set_params(path, ["train.select=dice", "train.threshold=auto"]) == {"train.select": "dice",
+                                                                               "train.threshold": "auto"}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,14 @@ def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
     changed = {key: _assign(doc, key, raw, path) for key, raw in (_split_assignment(a) for a in assignments)}
     text = io.StringIO()
     yaml_rt.dump(doc, text)
-    check_params(yaml.safe_load(text.getvalue()) or {}, str(path))
+    try:
+        check_params(yaml.safe_load(text.getvalue()) or {}, str(path))
+    except ConfigError as exc:  # a bad value already in the file, not one being set: say how to get past it
+        named = re.search(r": (\S+?)(?:\[\d+\])? (?:must|is) ", str(exc))
+        if named is None or any(named.group(1) == key or named.group(1).startswith(f"{key}.") for key in changed):
+            raise
+        raise ConfigError(f"{str(exc)[:-1]}; that value is already in {path}: set it too ({named.group(1)}=...) "
+                          f"or restore the file (git checkout -- {path.name}).") from None
     _check_set_paths(changed, path.parent)
     with atomic_path(path) as tmp:
         tmp.write_text(text.getvalue())
