@@ -1,5 +1,6 @@
 """Which epoch a training run keeps (``train.select``): the best mean Dice per validation patient (``dice``), or the
-best mean lesion-wise Dice per validation patient (``lesion_dice``), the number the promotion gate compares.
+best mean lesion-wise Dice per validation patient (``lesion_dice``): the metric the promotion gate compares, here
+raw (threshold 0.5, no post-processing), so not the gate's value itself.
 
 Both are whole-volume, per-patient numbers, taken in slice space: a validation patient's slices stacked in axial
 order (every brain slice of the validation split). The lesion-wise Dice is the official BraTS one of
