@@ -253,7 +253,7 @@ def validate(model: torch.nn.Module, data: Split, regions: tuple[str, ...], bce_
     ``val_dice``: Dice per case and region (a case with neither reference nor prediction scores 1), averaged
     over cases, then over regions; ``val_dice_pooled``: counts pooled over all slices, averaged over regions;
     with ``lesions``, ``val_lesion_dice``: the lesion-wise Dice per case and region, averaged likewise
-    (:func:`brats_seg.training.selection.lesion_dice`; the masks are held on the host, a bit per voxel).
+    (:func:`brats_seg.training.selection.lesion_dice`; the masks are held on the host, a byte per voxel).
     """
     device = next(model.parameters()).device
     _, case_of = np.unique(data.case_ids, return_inverse=True)
