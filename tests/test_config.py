@@ -188,6 +188,27 @@ def test_every_value_is_checked_against_its_meaning(key, value, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("  lr: .nan", "train.lr must be a number > 0, got nan."),
+    ("  lr: .inf", "train.lr must be a number > 0, got inf."),
+    ("  epochs: .inf", "train.epochs must be an integer, got inf."),
+    ("  1: 2", "train.1 is not a known key"),
+    ("  lr: 2024-01-01", "train.lr must be a number, got '2024-01-01'."),
+    ("  epochs: 2024-01-01 10:00:00", "train.epochs must be an integer, got '2024-01-01 10:00:00'."),
+])
+def test_what_yaml_reads_as_nan_inf_int_keys_and_dates_gets_one_sentence(tmp_path, text, message):
+    """YAML's own types (``.nan``, ``.inf``, integer keys, dates) written in the file, read as the stages read it."""
+    lines = (PROJECT_ROOT / "params.yaml").read_text().splitlines()
+    start = lines.index("train:")
+    # last in the section: YAML keeps the last of a repeated key, as it would keep a user's edit further down
+    at = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "#")))
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join([*lines[:at], text, *lines[at:]]) + "\n")
+    with pytest.raises(ConfigError) as err:
+        check_params(read_params(path))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 def test_the_project_params_and_the_section_registry_agree():
     params = _project_params()
     check_params(params)
