@@ -20,7 +20,7 @@ export PATH := $(BIN):$(PATH)
 DEMO_PARAMS := download.synthetic.n_cases=28 'slice.split=[0.6,0.15,0.25]' slice.size=64 train.base=16 \
 	train.depth=3 train.batch_size=16 train.epochs=12
 
-.PHONY: setup demo test test-fast test-services lint bench clean clean-checkpoints clean-tracking mlflow-server
+.PHONY: setup demo test test-fast test-durations test-services lint bench clean clean-checkpoints clean-tracking mlflow-server
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,9 +37,15 @@ demo: setup
 	$(BIN)/python -m flows.demo
 
 # Every test, a worker per core (at most 4: each may run a dvc repro of its own); a test file stays on one worker,
-# so that its module fixtures are built once.
+# so that its module fixtures are built once, and the longest files start first (tests/durations.json).
 test: setup test-services
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+
+# Measure every test file again for the order above (after adding or much changing a slow test), then commit
+# tests/durations.json.
+test-durations: setup test-services
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=0 -q \
+		| tee /dev/stderr | $(BIN)/python scripts/test_durations.py
 
 # The unit tests: every test not marked slow (slow: a DVC pipeline, a Prefect flow, a server, or a process per
 # case), on every core.

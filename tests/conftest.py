@@ -4,6 +4,7 @@ built from lives in tests/support/ (cohorts, projects, services), which tests im
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +32,17 @@ from tests.support.services import (  # noqa: E402
     mlflow_team_commands,
     postgres_bin_dir,
 )
+
+DURATIONS = Path(__file__).parent / "durations.json"  # seconds per test file (scripts/test_durations.py)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first, by tests/durations.json; a file it does not list yet goes first of all. Under
+    `make test` (``--dist loadfile --no-loadscope-reorder``) the workers take files in this order, so the long ones
+    start early and the workers finish together; xdist's own order (most tests first) left the README's test, two
+    tests and four minutes, to run alone at the end. The order within a file is kept."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], float("inf")))
 
 
 @pytest.fixture
