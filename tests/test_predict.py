@@ -229,3 +229,25 @@ def test_a_model_of_regions_writes_a_label_map_in_the_convention_asked(tmp_path,
     assert f"{case.case_id}: tumour {ml:.1f} ml (WT), TC {tc:.1f} ml, ET {et:.1f} ml -> " in out
     sidecar = json.loads((tmp_path / "out" / f"{case.case_id}.json").read_text())
     assert sidecar["labels"] == (labels or convention) and sidecar["volumes_ml"]["tc"] == pytest.approx(tc, abs=0.01)
+
+
+def test_predicting_with_a_model_file_never_loads_mlflow(tmp_path, model_file):
+    """MLflow is a second of every start: `brats-seg predict --model FILE` (what a clinic's machine runs) loads it
+    only for a registry URI."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.cohorts import PROJECT_ROOT
+
+    case = make_case(2, 0, (48, 48, 24))
+    write_case(tmp_path / "in", case.case_id, case.images, None, case.affine)
+    args = ["predict", str(tmp_path / "in" / "_unlabelled" / case.case_id), "--model", str(model_file), "--out",
+            str(tmp_path / "out"), "--device", "cpu"]
+    code = (f"import sys; from brats_seg.cli import main; main({args!r}); "
+            f"print('mlflow' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / f"{case.case_id}_mask.nii.gz").is_file()
+    assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr[-2000:]

@@ -10,7 +10,6 @@ import torch
 
 from brats_seg.errors import UserError
 from brats_seg.inference.bundle import ModelBundle, load_model, pick_device
-from brats_seg.registry import tracking, versions
 
 DEFAULT_MODEL = "models:/brats-unet@champion"
 
@@ -32,7 +31,12 @@ def resolve_model(model: str | None, device: str = "auto") -> ModelBundle:
 def _load_registered(uri: str, device: torch.device) -> ModelBundle:
     """The model file of a registry version, downloaded with every file of the version and checked against the
     SHA-256 the registry recorded (:func:`brats_seg.registry.versions.fetch_registered_model`), then read by
-    :func:`load_model` (``weights_only``: never unpickles; crafted weights are refused naming ``uri``)."""
+    :func:`load_model` (``weights_only``: never unpickles; crafted weights are refused naming ``uri``).
+
+    MLflow is imported here, not with the module: `brats-seg predict --model models/unet.pt` and evaluate's model
+    file never need it, and it is a second of every start."""
+    from brats_seg.registry import tracking, versions
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             folder, version = versions.fetch_registered_model(uri, tmp)
