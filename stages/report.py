@@ -7,13 +7,16 @@ from brats_seg.config import load_section
 from brats_seg.errors import exit_on_user_error
 from brats_seg.params_file import stage_params
 from brats_seg.registry.params import PromoteParams
-from brats_seg.runners.report import report_stage
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     params = stage_params(__doc__, argv)
-    report_stage(load_section(BaseParams, params, "base"), load_section(PromoteParams, params, "promote"))
+    base, promote = load_section(BaseParams, params, "base"), load_section(PromoteParams, params, "promote")
+    # torch and MLflow load only now, after the params are checked: a bad value is said in a second, not in four
+    from brats_seg.runners.report import report_stage
+
+    report_stage(base, promote)
 
 
 if __name__ == "__main__":

@@ -295,6 +295,25 @@ def test_every_section_is_checked_without_importing_torch_mlflow_or_prefect():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+@pytest.mark.parametrize(("stage", "key", "value"), [("train", "train.lr", -1), ("evaluate", "evaluate.tta", "maybe"),
+                                                   ("register", "register.alias", "champion"),
+                                                   ("report", "promote.min_dice", 2)])
+def test_a_stage_says_a_bad_value_before_it_loads_torch_or_mlflow(tmp_path, stage, key, value):
+    """`dvc exp run -S train.lr=-1` is told in a second, not after torch and MLflow have loaded (about three)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with(_project_params(), key, value)))
+    code = (f"import sys\nfrom stages.{stage} import main\ntry:\n    main([])\nexcept SystemExit as exc:\n"
+            f"    print(exc.code, sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": f"{PROJECT_ROOT / 'src'}{os.pathsep}{PROJECT_ROOT}"})
+    assert f"params.yaml: {key}" in out.stderr, out.stderr[-2000:]
+    assert out.stdout.strip() == "2 []", out.stdout + out.stderr[-2000:]
+
+
 def test_params_set_past_a_bad_value_already_in_the_file_says_how(tmp_path):
     from brats_seg.params_file import set_params
 
