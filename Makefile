@@ -36,8 +36,9 @@ demo: setup
 	$(BIN)/brats-seg params set $(DEMO_PARAMS)
 	$(BIN)/python -m flows.demo
 
-# Every test, a worker per core (at most 4: each may run a dvc repro of its own); a test file stays on one worker,
-# so that its module fixtures are built once, and the longest files start first (tests/durations.json).
+# Every test, a worker per core (at most 4: each may run a dvc repro of its own); a test file (or a group of files
+# sharing session fixtures: SHARED in tests/conftest.py) stays on one worker, so that its fixtures are built once;
+# the longest start first (tests/durations.json).
 test: setup test-services
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 

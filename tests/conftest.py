@@ -36,13 +36,51 @@ from tests.support.services import (  # noqa: E402
 DURATIONS = Path(__file__).parent / "durations.json"  # seconds per test file (scripts/test_durations.py)
 
 
+# Test files that share session fixtures, run on one worker so that those are built once: the team servers
+# (PostgreSQL, `mlflow server`) and their pipeline run. tests/test_durations.py finds every file that uses them.
+SHARED = {file: "team" for file in ("tests/test_team_mlflow.py", "tests/test_team_prefect.py",
+                                    "tests/test_team_dvc_remote.py", "tests/test_copy_store.py")}
+
+
+def group_of(nodeid: str) -> str:
+    """The worker's unit of a test: its file, or the group of files it shares session fixtures with."""
+    file = nodeid.split("::")[0]
+    return SHARED.get(file, file)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` (``--dist loadfile``): a file, or a group of :data:`SHARED` files, runs on one worker. (xdist's
+    own ``loadgroup`` marks nothing under pytest 9.2: it renames ``item._nodeid``, which pytest no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class GroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The longest test files first, by tests/durations.json; a file it does not list yet goes first of all. Under
-    `make test` (``--dist loadfile --no-loadscope-reorder``) the workers take files in this order, so the long ones
-    start early and the workers finish together; xdist's own order (most tests first) left the README's test, two
-    tests and four minutes, to run alone at the end. The order within a file is kept."""
+    """Start the longest groups first (:func:`run_order`): with ``--no-loadscope-reorder`` xdist takes them in
+    this order."""
     seconds = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], float("inf")))
+    keys = [(item.nodeid.split("::")[0], group_of(item.nodeid)) for item in items]
+    items[:] = [items[i] for i in run_order(keys, seconds)]
+
+
+def run_order(keys: list[tuple[str, str]], seconds: dict[str, float]) -> list[int]:
+    """The indices of tests, given as (file, group), in the order to start them: groups by the seconds of their
+    files in tests/durations.json, longest first, a file not listed yet first of all (xdist's own order, most
+    tests first, left the README's test, two tests and four minutes, to run alone at the end); within a group,
+    the order given."""
+    files: dict[str, set[str]] = {}
+    for file, group in keys:
+        files.setdefault(group, set()).add(file)
+    cost = {group: sum(seconds.get(f, float("inf")) for f in names) for group, names in files.items()}
+    first = {group: i for i, (_, group) in reversed(list(enumerate(keys)))}
+    return sorted(range(len(keys)), key=lambda i: (-cost[keys[i][1]], first[keys[i][1]], i))
 
 
 @pytest.fixture

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 from scripts.test_durations import DURATIONS, file_seconds
-from tests.conftest import pytest_collection_modifyitems
+from tests.conftest import SHARED, run_order
 from tests.support.cohorts import PROJECT_ROOT
 
 OUTPUT = """
@@ -25,13 +24,30 @@ def test_seconds_are_summed_per_file_over_setup_call_and_teardown_longest_first(
     assert file_seconds("3 passed in 1.0s") == {}
 
 
-def test_the_longest_files_go_first_unlisted_files_before_them_and_each_file_keeps_its_order():
-    listed = json.loads(DURATIONS.read_text())
-    short, long = sorted(listed, key=listed.get)[0], sorted(listed, key=listed.get)[-1]
-    items = [SimpleNamespace(nodeid=f"{short}::a"), SimpleNamespace(nodeid=f"{long}::b"),
-             SimpleNamespace(nodeid="tests/test_new.py::c"), SimpleNamespace(nodeid=f"{long}::a")]
-    pytest_collection_modifyitems(None, items)
-    assert [i.nodeid for i in items] == ["tests/test_new.py::c", f"{long}::b", f"{long}::a", f"{short}::a"]
+def test_groups_start_longest_first_unlisted_files_first_of_all_and_each_keeps_its_order():
+    seconds = {"a.py": 10, "b.py": 50, "t1.py": 30, "t2.py": 30}
+    keys = [("a.py", "a.py"), ("t1.py", "team"), ("b.py", "b.py"), ("a.py", "a.py"), ("new.py", "new.py"),
+            ("t2.py", "team"), ("t1.py", "team")]
+    assert [keys[i] for i in run_order(keys, seconds)] == [
+        ("new.py", "new.py"),                                           # not measured yet: first of all
+        ("t1.py", "team"), ("t2.py", "team"), ("t1.py", "team"),        # 60 s together, kept together
+        ("b.py", "b.py"), ("a.py", "a.py"), ("a.py", "a.py")]
+
+
+def test_every_test_file_that_uses_the_team_servers_is_in_their_group():
+    """The team servers and their pipeline run (session fixtures) are built once per worker that needs them: a new
+    file using them must join their group (``SHARED`` in conftest), or a second worker builds them again."""
+    import ast
+
+    shared = {"postgres", "team_mlflow", "team_project"}
+    missing = []
+    for path in sorted((PROJECT_ROOT / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        uses = any(isinstance(node, ast.FunctionDef) and {a.arg for a in node.args.args} & shared
+                   for node in ast.walk(tree))
+        if uses and SHARED.get(path.relative_to(PROJECT_ROOT).as_posix()) != "team":
+            missing.append(path.name)
+    assert not missing, f"these use the team servers but are not in conftest's SHARED group 'team': {missing}"
 
 
 def test_the_durations_name_only_test_files_that_exist():
