@@ -71,6 +71,7 @@ def main() -> None:
                         help="per stage, wait this long for another dvc process (e.g. a manual dvc repro)")
     parser.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     args = parser.parse_args()
+    check_workspace_params(args.workdir)  # here too: said before Prefect's temporary server starts (10 s or so)
     summary = pipeline(args.workdir, lock_wait_s=args.wait_s, dvc_wait_s=args.dvc_wait_s)
     print(summary_lines(summary) if not args.json else json.dumps(summary, indent=2))  # noqa: T201
 

@@ -510,6 +510,8 @@ def test_a_bad_param_under_the_flow_is_one_sentence_and_exit_2(tmp_path, bad, ex
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert len(said) == 1 and said[0].startswith(expected), proc.stderr
     assert not (project.path / "data" / "raw").exists()  # no stage after the refusal ran
+    # a value params.yaml itself gets wrong is said before Prefect's temporary server starts (seconds sooner)
+    assert ("Starting temporary server" in proc.stderr) == (bad.get("train") is None), proc.stderr
 
 
 # --- leaks: what a stage or flow starts dies with it ----------------------------------------------------------
