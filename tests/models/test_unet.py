@@ -15,10 +15,12 @@ def test_width_and_depth_set_the_size():
 
 
 def test_skip_connections_carry_spatial_detail():
-    # with the bottleneck zeroed, the output still depends on the input through the skips
-    model = UNet(ModelConfig(in_channels=1, base=4, depth=2, norm="none")).eval()
+    # with the bottleneck zeroed, the output still depends on the input through the skips (seeded: an unseeded
+    # init could, now and then, leave a one-pixel input dead behind the ReLUs, as test order changed the RNG state)
+    with torch.random.fork_rng():  # the other tests' random state is left as it was
+        torch.manual_seed(0)
+        model = UNet(ModelConfig(in_channels=1, base=4, depth=2, norm="none")).eval()
     for p in model.bottleneck.parameters():
         torch.nn.init.zeros_(p)
-    a, b = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
-    b[0, 0, 3, 3] = 5.0
+    a, b = torch.zeros(1, 1, 16, 16), torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 5
     assert not torch.allclose(model(a), model(b))
