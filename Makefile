@@ -30,7 +30,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# The telemetry defaults above also for what a user starts by hand once the environment is active (mlflow ui,
+# prefect server start); a value the user exported is kept.
 setup: $(VENV)/.installed
+	@grep -q MLFLOW_DISABLE_TELEMETRY $(BIN)/activate || printf '%s\n' '# brats-seg: no telemetry unless asked' \
+		'export DO_NOT_TRACK="$${DO_NOT_TRACK:-1}"' \
+		'export MLFLOW_DISABLE_TELEMETRY="$${MLFLOW_DISABLE_TELEMETRY:-true}"' \
+		'export PREFECT_SERVER_ANALYTICS_ENABLED="$${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"' >> $(BIN)/activate
 
 demo: setup
 	$(BIN)/brats-seg params set $(DEMO_PARAMS)

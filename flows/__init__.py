@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
-    os.environ.setdefault(_key, _value)  # before Prefect is imported: it reads its settings then
+import brats_seg  # noqa: F401  (first: it turns telemetry off before Prefect reads its settings at import)
 
 
 def _temporary_server_dies_with_us() -> None:
