@@ -20,7 +20,7 @@ from brats_seg.registry import tracking
 from brats_seg.registry.resolve import DEFAULT_MODEL, resolve_model
 from brats_seg.reporting.summary import current_aliases
 from flows.failures import run_name, server_start_in_one_sentence
-from flows.pipeline import pipeline
+from flows.pipeline import REGION_ORDER, pipeline
 from flows.promote import promote_flow
 
 
@@ -45,7 +45,6 @@ def demo(workdir: str = ".") -> dict:
     return summary
 
 
-_ORDER = {"wt": 0, "tc": 1, "et": 2}  # outside in, as BraTS lists them (eval.json's keys are sorted)
 
 
 def patient_lines(rows: list[dict], means: dict) -> list[str]:
@@ -60,7 +59,7 @@ def patient_lines(rows: list[dict], means: dict) -> list[str]:
         lines.append(f"  {case_id:<24} " + "; ".join(parts))
     lines.append("  mean                     " + "; ".join(
         f"{region.upper()} {s['dice_mean']:.3f} / {s.get('lesion_dice_mean', float('nan')):.3f}, median "
-        f"{s['hd95_median']:.1f} mm" for region, s in sorted(means.items(), key=lambda kv: _ORDER.get(kv[0], 9))))
+        f"{s['hd95_median']:.1f} mm" for region, s in sorted(means.items(), key=lambda kv: REGION_ORDER.get(kv[0], 9))))
     return lines
 
 

@@ -76,13 +76,17 @@ def main() -> None:
     print(summary_lines(summary) if not args.json else json.dumps(summary, indent=2))  # noqa: T201
 
 
+REGION_ORDER = {"wt": 0, "tc": 1, "et": 2}  # outside in, as BraTS lists them (eval.json's keys are sorted)
+
+
 def summary_lines(summary: dict) -> str:
     """The run in a few lines: each stage's status and time, the model and its test Dice."""
     lines = ["stages: " + ", ".join(f"{r['stage']} {r['status']} ({r['seconds']:.0f} s)" for r in summary["stages"])]
     if "model" in summary:
         model = summary["model"]
         lines.append(f"model:  {model['name']} v{model['version']} @{', @'.join(model['aliases'])}")
-    for region, stats in summary.get("test", {}).items():
+    test = summary.get("test", {})
+    for region, stats in sorted(test.items(), key=lambda item: REGION_ORDER.get(item[0], len(REGION_ORDER))):
         lesion = f", lesion-wise Dice {stats['lesion_dice_mean']:.3f}" if "lesion_dice_mean" in stats else ""
         lines.append(f"test:   {region.upper()} Dice per case {stats['dice_mean']:.3f}{lesion}, HD95 median "
                      f"{stats['hd95_median']:.1f} mm")

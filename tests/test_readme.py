@@ -157,6 +157,10 @@ def test_the_readme_commands_work_as_written(tmp_path):
             assert "brats-seg-demo" in proc.stdout and "train.lr" in proc.stdout, proc.stdout  # both rows, the change
             assert ".json" not in proc.stdout and "Created" not in proc.stdout, proc.stdout  # no file hashes, no time
             assert widest <= 160, f"`{command}` is {widest} columns wide:\n{proc.stdout}"
+        if command.startswith("python -m flows.pipeline"):  # people read it: no line repeated after each stage
+            assert "Data and pipelines are up to date." not in out, out[-3000:]
+            regions = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("test:")]
+            assert regions == ["WT", "TC", "ET"], proc.stdout  # outside in, as everywhere else
         if command == "dvc metrics diff":  # the demo commit against the experiment: numbers on both sides
             rows = [line for line in proc.stdout.splitlines() if len(re.findall(r"\d\.\d+", line)) >= 2]
             assert "HEAD" in proc.stdout and "workspace" in proc.stdout and rows, proc.stdout

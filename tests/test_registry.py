@@ -208,6 +208,8 @@ def test_every_decision_is_a_record_of_its_own_never_overwritten(store, capsys):
     assert code == 0 and [r.split()[1] for r in rows] == [f"v{v1}", f"v{v2}", f"v{v3}"]
     assert rows[2].split()[2:4] == ["@challenger", "@champion"] and rows[0].split()[2] == "-"
     assert "test WT Dice 0.800 " in rows[0] and "latest decision kept " in rows[0]  # its latest decision, not its first
+    regions = rows[0].split()[3].split(",")  # the lesion-wise number says what it is: a region's, or their mean
+    assert (" mean lesion-wise Dice " if len(regions) > 1 else f" {regions[0].upper()} lesion-wise Dice ") in rows[0]
     assert rows[0].endswith("(unet)")  # registered before the model tag: the U-Net every such version is
 
 

@@ -145,7 +145,8 @@ def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list
 # bookkeeping lines (the command it runs, the lock file it writes). A flow runs a repro per stage, so these would
 # repeat after each; the flow's summary says what ran instead.
 _GIT_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
-              "Updating lock file", "Generating lock file", "> python -m stages.")
+              "Updating lock file", "Generating lock file", "> python -m stages.",
+              "Data and pipelines are up to date.")  # after each skipped stage's own "didn't change, skipping"
 _PUSH_HINT = "Use `dvc push` to send your updates to remote storage."
 
 

@@ -78,6 +78,7 @@ def format_versions(model_name: str, versions: list[dict]) -> str:
         lesion = gate.from_tags(tags, "lesion_dice", regions)
         lesion_text = "?" if lesion != lesion else f"{lesion:.3f}"
         model = tags.get("model", "unet")  # versions registered before the tag: U-Nets
+        what = "mean lesion-wise Dice" if len(regions) > 1 else f"{regions[0].upper()} lesion-wise Dice"
         lines.append(f"{v['name']} v{v['version']:<4} {aliases:<24} {','.join(regions):<9} test WT Dice {dice:<9} "
-                     f"lesion-wise Dice {lesion_text:<9} latest decision {decision:<9} run {v['run_id']} ({model})")
+                     f"{what} {lesion_text:<9} latest decision {decision:<9} run {v['run_id']} ({model})")
     return "\n".join(lines)
