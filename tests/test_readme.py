@@ -23,14 +23,15 @@ from tests.support.projects import bash_commands, make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
 
+FULL_SIZE = ("brats-seg params set download.synthetic.n_cases=24 'slice.split=[0.7,0.15,0.15]' slice.size=128 "
+             "train.base=32 train.depth=4 train.batch_size=32 train.epochs=20")
 EXEMPT = {
     "make demo": "run here as `python -m flows.demo` on tiny params (below); the new-user walk-through runs it whole",
     "make test": "this test suite",
     "python benchmarks/real_accuracy.py --threads 1": "a benchmark, not a test: 4 folds of training on the real "
                                                        "cases, about 35 minutes (its numbers are quoted beside it)",
     "source .venv/bin/activate": "the convention itself: every command here runs after it",
-    "brats-seg params set slice.size=128 train.base=32 train.depth=4 train.batch_size=32 train.epochs=20":
-        "full-size training needs a GPU; these are the committed params.yaml values (tests/test_config.py)",
+    FULL_SIZE: "full-size training needs a GPU; these are the committed params.yaml values (test below)",
     "dvc exp run -S download.source=local -S download.local.path=/path/to/MICCAI_BraTS2020_TrainingData":
         "the user's own data; local sources are tested in tests/data/test_download.py",
     "brats-seg params set download.source=local download.local.path=/path/to/incoming":
@@ -101,6 +102,23 @@ def test_every_readme_command_is_run_or_exempt_with_a_reason():
     assert not [c for c in commands if c.startswith(".venv/bin/")], "one convention: activate, then plain names"
     stale = set(EXEMPT) - set(commands)
     assert not stale, f"EXEMPT lists commands the README no longer shows: {stale}"
+
+
+def test_back_to_the_full_size_setup_sets_every_value_the_demo_changed_to_the_committed_one():
+    import shlex
+
+    import yaml
+
+    committed = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    demo = re.search(r"^DEMO_PARAMS := (.*?)(?<!\\)$", (PROJECT_ROOT / "Makefile").read_text(), re.M | re.S).group(1)
+    demo_keys = {a.partition("=")[0] for a in shlex.split(demo.replace("\\\n", " "))}
+    back = dict(a.split("=", 1) for a in shlex.split(FULL_SIZE)[3:])
+    assert demo_keys <= set(back), f"the README's way back misses {demo_keys - set(back)}"
+    for key, raw in back.items():
+        node = committed
+        for part in key.split("."):
+            node = node[part]
+        assert yaml.safe_load(raw) == node, f"{key}: the README sets {raw}, params.yaml has {node}"
 
 
 def _patient_data_staged_on_main(repo: Path) -> list[str]:
