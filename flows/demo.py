@@ -45,8 +45,6 @@ def demo(workdir: str = ".") -> dict:
     return summary
 
 
-
-
 def patient_lines(rows: list[dict], means: dict) -> list[str]:
     """Each test patient's Dice per region, legacy and lesion-wise (official BraTS rules), on its own grid; then
     the means."""
