@@ -36,3 +36,42 @@ def test_a_modalitys_context_slices_change_intensity_together():
     assert torch.equal(grouped[:, 3], grouped[:, 5]) and not torch.equal(grouped[:, 0], grouped[:, 3])
     alone, _ = augment_batch(images, targets, torch.Generator().manual_seed(1))
     assert not torch.equal(alone[:, 0], alone[:, 1])
+
+
+def _brain_batch(n: int = 16, c: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.zeros(n, c, size, size)
+    images[:, :, 4:28, 6:26] = torch.rand(n, c, 24, 20) + 1.0  # a brain of positive values on a zero background
+    return images, torch.zeros(n, 1, size, size)
+
+
+def test_a_bias_field_is_a_smooth_field_added_to_the_brain_on_top_of_the_same_augmentation():
+    """train.bias_field: the field's draws come after every other, so the geometry, gains and offsets are those of
+    bias 0 (the default, today's augmentation draw for draw) and the difference is the field alone: zero on the
+    background, smooth (its steps between neighbouring pixels a small part of its range), up to about +-bias, and
+    its own per sample and modality."""
+    images, targets = _brain_batch()
+    plain, _ = augment_batch(images, targets, torch.Generator().manual_seed(5))
+    biased, _ = augment_batch(images, targets, torch.Generator().manual_seed(5), bias=1.0)
+    field = biased - plain
+    assert torch.equal(plain == 0, biased == 0)  # the background stays exactly 0
+    inside = field[:, :, 8:24, 8:24]  # brain in every orientation the geometry can give
+    assert 0.4 < inside.abs().amax() <= 1.3  # about +-bias (bicubic overshoots its control points a little)
+    steps = torch.cat([(inside[..., 1:, :] - inside[..., :-1, :]).flatten(),
+                       (inside[..., 1:] - inside[..., :-1]).flatten()]).abs()
+    assert steps.max() < 0.25 * (inside.amax() - inside.amin())  # smooth: no step is a large part of its range
+    assert not torch.allclose(inside[0, 0], inside[0, 1]) and not torch.allclose(inside[0, 0], inside[1, 0])
+    g_plain, g_biased = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    augment_batch(images, targets, g_plain, bias=0.0)
+    augment_batch(images, targets, g_biased, bias=1.0)
+    assert not torch.equal(g_plain.get_state(), g_biased.get_state())  # bias 0 draws nothing more
+
+
+def test_a_bias_field_is_shared_by_a_modalitys_context_slices_and_split_across_ranks_as_in_one_process():
+    images, targets = _brain_batch(n=8, c=1)
+    images = images.repeat(1, 6, 1, 1)  # two modalities of three context slices, all equal
+    whole, _ = augment_batch(images, targets, torch.Generator().manual_seed(2), group=3, bias=1.0)
+    assert torch.equal(whole[:, 0], whole[:, 1]) and torch.equal(whole[:, 0], whole[:, 2])
+    assert torch.equal(whole[:, 3], whole[:, 5]) and not torch.equal(whole[:, 0], whole[:, 3])
+    part, _ = augment_batch(images[4:], targets[4:], torch.Generator().manual_seed(2), of=8, at=4, group=3,
+                            bias=1.0)
+    assert torch.equal(part, whole[4:])  # a rank's half of the global batch gets the field one process would

@@ -108,6 +108,21 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(slices, 
     assert resumed.history == straight.history
 
 
+def test_the_bias_field_lever_changes_the_trained_network_and_needs_augmentation(slices, tmp_path):
+    """train.bias_field adds its field to the augmented batches: other weights after one epoch. Without
+    train.augment there is no augmentation for it to join, so it changes nothing."""
+    params = dataclasses.replace(PARAMS, epochs=1)
+    runs = {(augment, bias): _train(slices, dataclasses.replace(params, augment=augment, bias_field=bias),
+                                    tmp_path / f"{augment}-{bias}.pt").model.state_dict()
+            for augment in (True, False) for bias in (0.0, 1.0)}
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(runs[True, 0.0], runs[True, 1.0])
+    assert same(runs[False, 0.0], runs[False, 1.0])
+
+
 def test_no_tumour_in_a_split_is_one_sentence(slices, tmp_path):
     train = load_split(slices, "train")
     empty = dataclasses.replace(train, labels=train.labels * 0)
@@ -165,6 +180,7 @@ def test_the_fingerprint_covers_settings_data_content_val_set_epochs_seed_and_co
         "device": _key(train, val, device="cuda"),
         "code": _key(train, val, code="code-b"),
         "architecture": _key(train, val, params=dataclasses.replace(PARAMS, model="resunet")),
+        "bias field": _key(train, val, params=dataclasses.replace(PARAMS, bias_field=0.5)),
     }
     assert len(set(changed.values()) | {key}) == len(changed) + 1, changed
 

@@ -4,16 +4,24 @@ Flips and 90-degree rotations (the eight symmetries of the square: a random tran
 of each axis) apply to images ``[N, C, H, W]`` and targets alike; intensity scale and shift apply to the
 images' brain voxels only (background stays exactly 0), with one gain and offset per modality: a 2.5D slice's
 neighbours (``group`` consecutive channels, slice.context) are the same modality and change together.
+
+With ``bias > 0`` (train.bias_field) a smooth random field is added to each modality's brain voxels too: an
+intensity inhomogeneity of the kind a receive coil leaves in a scan (a FLAIR brighter towards one side of the
+head), which a z-score cannot remove and a network trained on a few sites reads as tumour. The field is bicubic
+between ``BIAS_GRID`` x ``BIAS_GRID`` random values in [-bias, bias] (z-score units) over the slice.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+BIAS_GRID = 4  # control points per side: a field that varies over a quarter of the head, not within a tumour
 
 
 def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
                   scale: float = 0.1, shift: float = 0.1, of: int | None = None,
-                  at: int = 0, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                  at: int = 0, group: int = 1, bias: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly transform a batch; square slices required (H == W).
 
     With ``of``, the batch is part of a larger one: the random draws are made for ``of`` samples and those of
@@ -37,4 +45,18 @@ def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.
     images, targets = both[:, :c], both[:, c:].to(targets.dtype)
     brain = images != 0
     images = torch.where(brain, images * gains.to(images.dtype) + offsets.to(images.dtype), images)
+    if bias > 0:  # drawn after the others: bias 0 leaves every draw, and so every batch, as it was
+        images = torch.where(brain, images + bias_field(images, generator, bias, total, part, group), images)
     return images, targets
+
+
+def bias_field(images: torch.Tensor, generator: torch.Generator, bias: float, total: int, part: slice,
+               group: int) -> torch.Tensor:
+    """One smooth field per sample and modality, the shape of ``images``: bicubic between random values in
+    [-bias, bias] at ``BIAS_GRID`` x ``BIAS_GRID`` points spanning the slice (drawn for ``total`` samples, those
+    of ``part`` used, as in :func:`augment_batch`)."""
+    c, h, w = images.shape[1:]
+    coarse = (total, c // group, BIAS_GRID, BIAS_GRID)
+    points = bias * (2 * torch.rand(coarse, generator=generator, device=images.device)[part] - 1)
+    field = F.interpolate(points, size=(h, w), mode="bicubic", align_corners=True)
+    return field.repeat_interleave(group, dim=1).to(images.dtype)

@@ -31,6 +31,7 @@ class TrainParams:
     depth: int = 4
     norm: Literal["batch", "instance", "group", "none"] = "batch"
     augment: bool = True
+    bias_field: float = 0.0  # augmentation: a smooth random intensity field per modality, this high (z-units)
     # Where it runs (like base.executor): the fingerprint and the run record the device it resolved to.
     device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")
     amp: bool = True
@@ -53,6 +54,8 @@ class TrainParams:
             require(f"train.{key}", getattr(self, key), getattr(self, key) <= most, f"an integer from 1 to {most}")
         require_positive("train.lr", self.lr)
         require_at_least("train.bce_weight", self.bce_weight, 0)
+        require("train.bias_field", self.bias_field, 0 <= self.bias_field <= 5,
+                "a number from 0 (off) to 5 (z-score units; 0.5-1 covers a scan's coil inhomogeneity)")
         require_at_least("train.threads", self.threads, 0)
         require_at_least("train.nproc", self.nproc, 1)
         require("train.folds", self.folds, self.folds == 0 or 2 <= self.folds <= MAX_FOLDS,
