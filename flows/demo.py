@@ -27,7 +27,7 @@ from flows.promote import promote_flow
 @flow(name="brats-seg-demo", flow_run_name=run_name("demo"))
 def demo(workdir: str = ".") -> dict:
     """Pipeline, promotion, and the champion's mask for the first test case."""
-    summary = pipeline(workdir)
+    summary = pipeline(workdir, log_summary=False)  # report() says it
     summary["promotion"] = promote_flow(workdir)
     with working_directory(workdir):
         if "model" in summary:  # after the promotion: the aliases as they are now

@@ -35,14 +35,16 @@ def dvc_stage(stage: str, workdir: str, dvc_wait_s: float = 0.0, single: bool = 
 @flow(name="brats-seg-pipeline", flow_run_name=run_name("pipeline"))
 @fail_on_user_error
 def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: float = 0.0,
-             dvc_wait_s: float = 300.0) -> dict:
+             dvc_wait_s: float = 300.0, log_summary: bool = True) -> dict:
     """Run the pipeline's stages in order; returns the summary (each stage checked, ran or skipped, the model
     and its metrics). Waits up to ``lock_wait_s`` for another pipeline run, and up to ``dvc_wait_s`` per stage
     for any other dvc process, before failing with one sentence.
 
     The whole pipeline (:func:`flow_stages`) runs each known stage alone (`dvc repro --single-item`), in order,
     so that the source is checked once per run; a chosen list of ``stages``, and a stage of dvc.yaml that the
-    flow does not know, bring their upstream stages up to date too (plain `dvc repro <stage>`)."""
+    flow does not know, bring their upstream stages up to date too (plain `dvc repro <stage>`). With
+    ``log_summary`` (the default: a deployed or scheduled run, read in Prefect's UI) the run's last lines log the
+    stages that ran and the model; a command line that prints the summary itself turns it off."""
     logger = get_run_logger()
     check_workspace_params(workdir)  # a bad value is one sentence before any stage runs
     results = []
@@ -53,6 +55,8 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, lock_wait_s: f
             single = stages is None and stage in STAGES
             results.append(dvc_stage.with_options(**retries)(stage, workdir, dvc_wait_s, single=single))
     summary = pipeline_summary(workdir, results)
+    if not log_summary:  # a command line prints the summary itself (main, flows.demo): said once, not twice
+        return summary
     logger.info("; ".join(f"{status}: {', '.join(r['stage'] for r in results if r['status'] == status) or 'none'}"
                           for status in ("checked", "ran", "skipped")))
     if "model" in summary:
@@ -72,7 +76,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     args = parser.parse_args()
     check_workspace_params(args.workdir)  # here too: said before Prefect's temporary server starts (10 s or so)
-    summary = pipeline(args.workdir, lock_wait_s=args.wait_s, dvc_wait_s=args.dvc_wait_s)
+    summary = pipeline(args.workdir, lock_wait_s=args.wait_s, dvc_wait_s=args.dvc_wait_s, log_summary=False)
     print(summary_lines(summary) if not args.json else json.dumps(summary, indent=2))  # noqa: T201
 
 

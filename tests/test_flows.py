@@ -33,6 +33,31 @@ def ran(tmp_path_factory, prefect_server):
     return repo, first, second
 
 
+def _logged(state) -> list[str]:
+    """The messages a flow run sent to the Prefect server (what its UI shows), once the log queue is drained."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=run))]
+
+
+def test_a_deployed_run_logs_its_summary_and_a_command_line_run_leaves_it_to_its_printout(ran):
+    """Prefect's UI shows a scheduled run's logs only: they end with the stages and the model. `python -m
+    flows.pipeline` and `make demo` print the summary themselves (log_summary=False), so it is not said twice."""
+    from flows.pipeline import pipeline
+
+    repo = ran[0]
+    logged = _logged(pipeline(str(repo), stages=["source"], return_state=True))
+    assert "checked: source; ran: none; skipped: none" in logged and "model brats-unet v1 @challenger" in logged
+    quiet = _logged(pipeline(str(repo), stages=["source"], log_summary=False, return_state=True))
+    assert not [m for m in quiet if m.startswith(("checked:", "model "))], quiet
+    assert "Running stage 'source':" in quiet  # the stage's own lines are still logged
+
+
 def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage_but_the_source_check(ran):
     repo, first, second = ran
     assert list(STAGES) == ["source", "download", "validate", "slice", "train", "evaluate", "register", "report"]

@@ -179,6 +179,7 @@ def test_the_readme_commands_work_as_written(tmp_path):
             assert "Data and pipelines are up to date." not in out, out[-3000:]
             regions = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("test:")]
             assert regions == ["WT", "TC", "ET"], proc.stdout  # outside in, as everywhere else
+            assert len(re.findall(r"brats-unet v\d", out)) == 1, out[-3000:]  # the model said once, not logged too
         if command == "dvc metrics diff":  # the demo commit against the experiment: numbers on both sides
             rows = [line for line in proc.stdout.splitlines() if len(re.findall(r"\d\.\d+", line)) >= 2]
             assert "HEAD" in proc.stdout and "workspace" in proc.stdout and rows, proc.stdout
