@@ -136,3 +136,25 @@ def test_dvc_push_advice_is_left_out_of_flow_logs_until_a_default_remote_exists(
     assert default_remote(tmp_path) == "team"
     assert not any("dvc push" in hint for hint in dvc_hints(tmp_path))
     assert "To track the changes with git" in dvc_hints(tmp_path)
+
+
+def test_a_stages_lines_are_logged_at_their_own_level_without_saying_it_twice(tmp_path, caplog):
+    """A stage under a flow prints `LEVEL message`: the flow's log gets `message` at LEVEL (a warning shows as one
+    in Prefect's UI), and dvc's own lines stay INFO."""
+    import logging
+
+    from tests.support.projects import run_cmd
+
+    (tmp_path / "talk.py").write_text('print("INFO sliced 3 cases")\n'
+                                      'print("WARNING no CUDA GPU available: running on the CPU")\n')
+    (tmp_path / "dvc.yaml").write_text("stages:\n  talk:\n    cmd: python talk.py\n")
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_cmd(args, tmp_path)
+    logger = logging.getLogger("tests.relay")
+    with caplog.at_level(logging.INFO, logger="tests.relay"):
+        result = run_dvc_stage("talk", tmp_path, logger)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "tests.relay"]
+    assert result["ran"] and ("INFO", "sliced 3 cases") in said
+    assert ("WARNING", "no CUDA GPU available: running on the CPU") in said
+    assert ("INFO", "Running stage 'talk':") in said
+    assert not [m for _, m in said if m.startswith(("INFO ", "WARNING "))], said

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("source", "download", "validate", "slice", "train", "evaluate", "register", "report")
 LOCK_NAME = "brats-seg-pipeline.lock"
+RELAYED_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+                  "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 # What dvc prints when another dvc process holds the repository (dvc/lock.py) or a stage's files (dvc/rwlock.py).
 DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
 
@@ -117,6 +119,17 @@ def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger 
             "waited_s": round(waited, 2)}
 
 
+def relay(logger: logging.Logger, line: str) -> None:
+    """Log a line of a stage's output at its own level: a stage under a flow prints ``LEVEL message`` (no time:
+    the flow's log stamps it), which becomes ``message`` at LEVEL, so a warning reads as one in Prefect's log
+    and its UI and the level is not said twice. Other lines (dvc's own) are INFO."""
+    level, _, message = line.partition(" ")
+    if level in RELAYED_LEVELS and message:
+        logger.log(RELAYED_LEVELS[level], "%s", message)
+    else:
+        logger.info("%s", line)
+
+
 def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list[str]:
     """One attempt of ``dvc repro ARGS``: its output lines (all of them; only what a person needs is logged);
     DvcBusy or StageFailed when it fails."""
@@ -127,7 +140,7 @@ def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list
     for line in proc.stdout:
         lines.append(line.rstrip())
         if line.strip() and not line.strip().startswith(hints):
-            logger.info("%s", line.rstrip())
+            relay(logger, line.rstrip())
     code = proc.wait()
     if code != 0:
         busy = next((line for line in lines if any(marker in line for marker in DVC_BUSY)), None)
