@@ -128,8 +128,7 @@ def _with(params: dict, key: str, value: object) -> dict:
     ("train.batch_size", 0, "train.batch_size must be an integer >= 1, got 0."),
     ("train.base", 0, "train.base must be an integer >= 1, got 0."),
     ("train.bce_weight", -1, "train.bce_weight must be a number >= 0, got -1.0."),
-    ("train.bias_field", -0.5, "train.bias_field must be a number from 0 (off) to 5 (z-score units; 0.5-1 covers a "
-                               "scan's coil inhomogeneity), got -0.5."),
+    ("train.bias_field", -0.5, "train.bias_field must be a number from 0 (off) to 5 (z-score units), got -0.5."),
     ("train.threads", -2, "train.threads must be an integer >= 0, got -2."),
     ("train.norm", "group", None),  # base 32 suits group norm
     ("base.seed", -1, "base.seed must be an integer >= 0, got -1."),

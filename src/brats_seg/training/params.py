@@ -55,7 +55,7 @@ class TrainParams:
         require_positive("train.lr", self.lr)
         require_at_least("train.bce_weight", self.bce_weight, 0)
         require("train.bias_field", self.bias_field, 0 <= self.bias_field <= 5,
-                "a number from 0 (off) to 5 (z-score units; 0.5-1 covers a scan's coil inhomogeneity)")
+                "a number from 0 (off) to 5 (z-score units)")
         require_at_least("train.threads", self.threads, 0)
         require_at_least("train.nproc", self.nproc, 1)
         require("train.folds", self.folds, self.folds == 0 or 2 <= self.folds <= MAX_FOLDS,
