@@ -28,7 +28,7 @@ from flows.promote import promote_flow
 def demo(workdir: str = ".") -> dict:
     """Pipeline, promotion, and the champion's mask for the first test case."""
     summary = pipeline(workdir, log_summary=False)  # report() says it
-    summary["promotion"] = promote_flow(workdir)
+    summary["promotion"] = promote_flow(workdir, log_decision=False)  # report() says it
     with working_directory(workdir):
         if "model" in summary:  # after the promotion: the aliases as they are now
             summary["model"]["aliases"] = current_aliases(summary["model"])
@@ -71,7 +71,7 @@ def report(summary: dict) -> str:
     lines.extend(patient_lines(summary.get("test_cases", []), summary.get("test", {})))
     p = summary["prediction"]
     written = p.get("label_map") or p["mask"]
-    lines.append(f"predicted {p['case_id']} with {p['model']} ({p['cohort']}): {describe_case(p).split(': ', 1)[1]} "
+    lines.append(f"predicted {p['case_id']} with {p['model']}, {p['cohort']}: {describe_case(p).split(': ', 1)[1]} "
                  f"(provenance in {written.replace('.nii.gz', '.json')})")
     if p.get("warning"):
         lines.append(f"warning: {p['warning']}")

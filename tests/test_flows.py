@@ -263,3 +263,25 @@ def test_prefect_reads_the_projects_settings_from_its_folder(tmp_path):
     elsewhere = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert inside.stdout.split() == ["False", "120"], inside.stderr
     assert elsewhere.stdout.split() == ["True", "20"], elsewhere.stderr  # Prefect's own defaults: the file matters
+
+
+@pytest.mark.parametrize("champion, dice",
+                         [(None, 0.81), (None, 0.2), ({"version": "1"}, 0.9), ({"version": "1"}, 0.7)])
+def test_the_promotion_line_says_each_number_and_the_split_once(champion, dice):
+    """flows.promote.describe on the gate's own decisions (promotion.judge): promoted with no champion, below the
+    floor, better and not better than a champion. Every score, the split and the champion's absence appear once,
+    whether the reason or the tail says them."""
+    import re
+
+    from brats_seg.registry.comparison import Comparison
+    from brats_seg.registry.params import PromoteParams
+    from brats_seg.registry.promotion import _record, judge
+    from flows.promote import describe
+
+    comparison = None if champion is None else Comparison(0.8, 6, "f617bdb2a7ba0123", rescored=False)
+    decision = judge(dice, champion, comparison, PromoteParams(min_dice=0.5), "mean lesion-wise Dice", "lesion")
+    line = describe("brats-unet", _record("brats-unet", "2", decision))
+    numbers = re.findall(r"\d\.\d{4}", line)
+    assert sorted(numbers) == sorted({f"{dice:.4f}", *([] if champion is None else ["0.8000"])}), line
+    assert line.count("f617bdb2a7ba") == (0 if champion is None else 1) and "None" not in line, line
+    assert line.count("champion") == line.count("champion v1") + line.count("to champion") + (champion is None), line

@@ -270,14 +270,16 @@ def test_bad_masks_and_cases_are_refused_with_one_sentence():
         choose([], dice)
 
 
-def test_with_the_gates_lesion_wise_dice_false_et_specks_are_removed_and_real_tc_parts_kept(et_specks):
+def test_with_the_gates_lesion_wise_dice_false_et_specks_are_removed_and_real_tc_parts_kept(et_specks, caplog):
     """The score the train stage maximises (evaluate.lesion_score: the official lesion-wise Dice, an empty region
     where the reference has none scoring 1): ET specks in ET-free cases score 0 until removed, so a size above 0
-    is chosen; TC's real satellites and the tumour are left alone."""
+    is chosen; TC's real satellites and the tumour are left alone. The log line names the score it reports."""
     from brats_seg.evaluation.evaluate import lesion_score
 
     score = lesion_score("gli")
-    choice = choose(et_specks, score, candidates_mm3=SIZES, et_candidates_mm3=ETS)
+    with caplog.at_level("INFO", logger="brats_seg.evaluation.choose_postprocess"):
+        choice = choose(et_specks, score, candidates_mm3=SIZES, et_candidates_mm3=ETS)
+    assert f"(mean lesion-wise Dice WT {choice.before['wt']:.4f} -> {choice.after['wt']:.4f}, TC " in caplog.text
     assert choice.postprocess.min_component_mm3["et"] > 0 or choice.postprocess.et_min_mm3 > 0
     assert choice.before["et"] == pytest.approx(2 / 5) and choice.after["et"] == 1.0
     assert choice.postprocess.min_component_mm3["wt"] == 0.0 and choice.postprocess.min_component_mm3["tc"] == 0.0

@@ -203,8 +203,9 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
     before = _mean_after(cases, score, PostProcess(dict.fromkeys(order, 0.0), 0.0), tables)  # raw, nested
     order = [r for r in REGIONS if r in order]
     after = _mean_after(cases, score, pp, tables)
-    log.log(log_level, "post-processing chosen on %d validation cases: %s (mean %s)", len(cases), pp.describe(),
-             ", ".join(f"{r.upper()} {before[r]:.4f} -> {after[r]:.4f}" for r in order))
+    change = ", ".join(f"{r.upper()} {before[r]:.4f} -> {after[r]:.4f}" for r in order)
+    log.log(log_level, "post-processing chosen on %d validation cases: %s (mean %s %s)", len(cases), pp.describe(),
+            getattr(score, "label", "score"), change)
     return Choice(pp, before, after, tried)
 
 
