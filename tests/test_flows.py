@@ -284,4 +284,4 @@ def test_the_promotion_line_says_each_number_and_the_split_once(champion, dice):
     numbers = re.findall(r"\d\.\d{4}", line)
     assert sorted(numbers) == sorted({f"{dice:.4f}", *([] if champion is None else ["0.8000"])}), line
     assert line.count("f617bdb2a7ba") == (0 if champion is None else 1) and "None" not in line, line
-    assert line.count("champion") == line.count("champion v1") + line.count("to champion") + (champion is None), line
+    assert line.count("no champion") == (champion is None) and line.count("champion v1") == (champion is not None), line
