@@ -11,6 +11,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
 # The demo trains a smaller U-Net on 64 x 64 slices so that it finishes in minutes on 2 CPU cores, on 28 cases
@@ -33,10 +34,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The telemetry defaults above also for what a user starts by hand once the environment is active (mlflow ui,
 # prefect server start); a value the user exported is kept.
 setup: $(VENV)/.installed
-	@grep -q MLFLOW_DISABLE_TELEMETRY $(BIN)/activate || printf '%s\n' '# brats-seg: no telemetry unless asked' \
+	@grep -q DVC_NO_ANALYTICS $(BIN)/activate || printf '%s\n' '# brats-seg: no telemetry unless asked' \
 		'export DO_NOT_TRACK="$${DO_NOT_TRACK:-1}"' \
 		'export MLFLOW_DISABLE_TELEMETRY="$${MLFLOW_DISABLE_TELEMETRY:-true}"' \
-		'export PREFECT_SERVER_ANALYTICS_ENABLED="$${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"' >> $(BIN)/activate
+		'export PREFECT_SERVER_ANALYTICS_ENABLED="$${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"' \
+		'export DVC_NO_ANALYTICS="$${DVC_NO_ANALYTICS:-1}"' >> $(BIN)/activate
 
 demo: setup
 	$(BIN)/brats-seg params set $(DEMO_PARAMS)

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from brats_seg import TELEMETRY_OFF
 from brats_seg.data.layouts import discover_cases
 from brats_seg.data.slicing import fitting_seeds, patient_id
 
@@ -36,8 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COHORTS = (ROOT.parent / "shared" / "data" / "real-cohort", ROOT.parent / "shared" / "data" / "real")
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "prefect.toml", ".gitignore", "data/.gitignore",
                  "data/validated/.gitignore", "models/.gitignore", "reports/.gitignore")
-QUIET = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-         "TQDM_DISABLE": "1"}
+QUIET = {**TELEMETRY_OFF, "TQDM_DISABLE": "1"}  # DVC_NO_ANALYTICS too: its `dvc init` runs before core.analytics
 
 
 def gather_cases(dst: Path) -> list[str]:

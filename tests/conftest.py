@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1"}.items():
-    os.environ.setdefault(_key, _value)
+import brats_seg  # noqa: F401  # its import sets the telemetry defaults (TELEMETRY_OFF) for every test's processes
+
+os.environ.setdefault("TQDM_DISABLE", "1")
 # dvc, and the `python` its stages run, come from this interpreter's environment (as under `make`)
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 

@@ -1,5 +1,6 @@
-"""No telemetry unless asked: however a user starts the project (a stage under `dvc repro`, `brats-seg`, a flow),
-MLflow and Prefect are told not to phone home, and a choice the user made is kept."""
+"""No telemetry unless asked: however a user starts the project (a stage under `dvc repro`, `brats-seg`, a flow,
+`dvc` in the activated environment), MLflow, Prefect and DVC are told not to phone home, and a choice the user
+made is kept."""
 
 from __future__ import annotations
 
@@ -46,10 +47,34 @@ def test_a_user_who_turns_it_on_keeps_it_on():
 def test_the_activated_environment_turns_it_off_for_commands_started_by_hand():
     """`mlflow ui` or `prefect server start` in a shell after `source .venv/bin/activate` (make setup adds this)."""
     activate = PROJECT_ROOT / ".venv" / "bin" / "activate"
-    require(activate.is_file() and "MLFLOW_DISABLE_TELEMETRY" in activate.read_text(),
+    require(activate.is_file() and "DVC_NO_ANALYTICS" in activate.read_text(),
             "the .venv's activate script has no telemetry defaults: run make setup")
     clean = {k: v for k, v in os.environ.items() if k not in TELEMETRY_OFF}
     out = subprocess.run(["bash", "-c", f"source {activate} && echo $DO_NOT_TRACK $MLFLOW_DISABLE_TELEMETRY "
-                                        "$PREFECT_SERVER_ANALYTICS_ENABLED"],
+                                        "$PREFECT_SERVER_ANALYTICS_ENABLED $DVC_NO_ANALYTICS"],
                          capture_output=True, text=True, env=clean, check=True).stdout.split()
-    assert out == ["1", "true", "false"]
+    assert out == ["1", "true", "false", "1"]
+
+
+def _dvc_init_analytics(tmp_path, env: dict[str, str]) -> str:
+    """What `dvc init -v` in a new git repository says of its analytics ("enabled" or "disabled"). DVC's report
+    would go to DVC_ANALYTICS_ENDPOINT: here a closed port on 127.0.0.1, so even the baseline sends nothing out."""
+    repo = tmp_path / f"repo{len(list(tmp_path.iterdir()))}"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    clean = {k: v for k, v in os.environ.items() if k not in (*TELEMETRY_OFF, "DVC_TEST")}
+    proc = subprocess.run(["dvc", "init", "-v"], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**clean, "DVC_ANALYTICS_ENDPOINT": "http://127.0.0.1:9/", "TMPDIR": str(tmp_path),
+                               **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = {word for word in ("enabled", "disabled") if f"Analytics is {word}." in proc.stdout + proc.stderr}
+    assert len(said) == 1, proc.stdout + proc.stderr
+    return said.pop()
+
+
+def test_dvc_init_of_a_new_repository_reports_unless_told_not_to_and_the_project_tells_it(tmp_path):
+    """A new repository has no `core.analytics false` yet, and DVC ignores DO_NOT_TRACK: only DVC_NO_ANALYTICS
+    (in TELEMETRY_OFF, so in every process the project starts, in the Makefile and in the activated .venv) keeps
+    `dvc init` from reporting. The tests' and the benchmark's scratch repositories are made so."""
+    assert _dvc_init_analytics(tmp_path, {"DO_NOT_TRACK": "1"}) == "enabled"  # the baseline: this test can fail
+    assert _dvc_init_analytics(tmp_path, TELEMETRY_OFF) == "disabled"
