@@ -75,3 +75,32 @@ def test_a_bias_field_is_shared_by_a_modalitys_context_slices_and_split_across_r
     part, _ = augment_batch(images[4:], targets[4:], torch.Generator().manual_seed(2), of=8, at=4, group=3,
                             bias=1.0)
     assert torch.equal(part, whole[4:])  # a rank's half of the global batch gets the field one process would
+
+
+def test_modality_dropout_blanks_whole_modalities_never_all_and_keeps_the_other_draws():
+    """train.modality_dropout: a blanked modality is 0 over the whole slice (context slices together), every sample
+    keeps at least one, about the given fraction is blanked, and the geometry and intensities of the kept ones are
+    those of dropout 0 (its draws come last)."""
+    images, targets = _brain_batch(n=2000, c=1, size=8 * 4)
+    images = images.repeat(1, 12, 1, 1)  # four modalities of three context slices
+    plain, plain_t = augment_batch(images, targets, torch.Generator().manual_seed(7), group=3)
+    dropped, dropped_t = augment_batch(images, targets, torch.Generator().manual_seed(7), group=3, dropout=0.5)
+    assert torch.equal(plain_t, dropped_t)
+    blank = (dropped == 0).flatten(2).all(2)  # [N, 12]: a channel that is 0 everywhere
+    kept = ~blank
+    assert torch.equal(dropped[kept], plain[kept])  # what is kept is exactly the augmentation of before
+    modality = blank.view(-1, 4, 3)
+    assert torch.equal(modality.all(2), modality.any(2))  # a modality's context slices go together
+    assert modality.all(2).sum(1).max() == 3  # never all four
+    assert 0.4 < modality.all(2).float().mean() < 0.5  # 0.5 drawn, less the all-four draws (1/16) kept one back
+
+
+def test_modality_dropout_on_a_rank_is_what_one_process_does_and_zero_draws_nothing():
+    images, targets = _brain_batch(n=8, c=4)
+    whole, _ = augment_batch(images, targets, torch.Generator().manual_seed(4), dropout=0.5)
+    part, _ = augment_batch(images[4:], targets[4:], torch.Generator().manual_seed(4), of=8, at=4, dropout=0.5)
+    assert torch.equal(part, whole[4:])
+    g_plain, g_dropped = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    augment_batch(images, targets, g_plain)
+    augment_batch(images, targets, g_dropped, dropout=0.0)
+    assert torch.equal(g_plain.get_state(), g_dropped.get_state())

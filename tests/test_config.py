@@ -129,6 +129,7 @@ def _with(params: dict, key: str, value: object) -> dict:
     ("train.base", 0, "train.base must be an integer >= 1, got 0."),
     ("train.bce_weight", -1, "train.bce_weight must be a number >= 0, got -1.0."),
     ("train.bias_field", -0.5, "train.bias_field must be a number from 0 (off) to 5 (z-score units), got -0.5."),
+    ("train.modality_dropout", 1, "train.modality_dropout must be a probability from 0 (off) to below 1, got 1."),
     ("train.threads", -2, "train.threads must be an integer >= 0, got -2."),
     ("train.norm", "group", None),  # base 32 suits group norm
     ("base.seed", -1, "base.seed must be an integer >= 0, got -1."),

@@ -108,19 +108,20 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(slices, 
     assert resumed.history == straight.history
 
 
-def test_the_bias_field_lever_changes_the_trained_network_and_needs_augmentation(slices, tmp_path):
-    """train.bias_field adds its field to the augmented batches: other weights after one epoch. Without
-    train.augment there is no augmentation for it to join, so it changes nothing."""
+@pytest.mark.parametrize("lever, on", [("bias_field", 1.0), ("modality_dropout", 0.5)])
+def test_an_augmentation_lever_changes_the_trained_network_and_needs_augmentation(slices, tmp_path, lever, on):
+    """train.bias_field and train.modality_dropout change the augmented batches: other weights after one epoch.
+    Without train.augment there is no augmentation for them to join, so they change nothing."""
     params = dataclasses.replace(PARAMS, epochs=1)
-    runs = {(augment, bias): _train(slices, dataclasses.replace(params, augment=augment, bias_field=bias),
-                                    tmp_path / f"{augment}-{bias}.pt").model.state_dict()
-            for augment in (True, False) for bias in (0.0, 1.0)}
+    runs = {(augment, value): _train(slices, dataclasses.replace(params, augment=augment, **{lever: value}),
+                                     tmp_path / f"{augment}-{value}.pt").model.state_dict()
+            for augment in (True, False) for value in (0.0, on)}
 
     def same(a, b):
         return all(torch.equal(a[k], b[k]) for k in a)
 
-    assert not same(runs[True, 0.0], runs[True, 1.0])
-    assert same(runs[False, 0.0], runs[False, 1.0])
+    assert not same(runs[True, 0.0], runs[True, on])
+    assert same(runs[False, 0.0], runs[False, on])
 
 
 def test_no_tumour_in_a_split_is_one_sentence(slices, tmp_path):
@@ -181,6 +182,7 @@ def test_the_fingerprint_covers_settings_data_content_val_set_epochs_seed_and_co
         "code": _key(train, val, code="code-b"),
         "architecture": _key(train, val, params=dataclasses.replace(PARAMS, model="resunet")),
         "bias field": _key(train, val, params=dataclasses.replace(PARAMS, bias_field=0.5)),
+        "modality dropout": _key(train, val, params=dataclasses.replace(PARAMS, modality_dropout=0.25)),
     }
     assert len(set(changed.values()) | {key}) == len(changed) + 1, changed
 

@@ -10,6 +10,10 @@ intensity inhomogeneity of the kind a receive coil leaves in a scan (a FLAIR bri
 head), which a z-score cannot remove. The field is bicubic between ``BIAS_GRID`` x ``BIAS_GRID`` random values in
 [-bias, bias] (z-score units) over the slice. On the 12 real patients of benchmarks/real_accuracy.py it lowered
 mean WT Dice (README, Accuracy on real patients), so it is off by default.
+
+With ``dropout > 0`` (train.modality_dropout) each modality of each sample is blanked (set to 0, the value of
+"not there") with that probability, never all of a sample's: the network cannot lean on one modality alone (on the
+real patients, one patient's normal brain is as bright as tumour in FLAIR but not in T2 or T1ce).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ BIAS_GRID = 4  # control points per side: a field that varies over a quarter of 
 
 def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
                   scale: float = 0.1, shift: float = 0.1, of: int | None = None,
-                  at: int = 0, group: int = 1, bias: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  at: int = 0, group: int = 1, bias: float = 0.0,
+                  dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly transform a batch; square slices required (H == W).
 
     With ``of``, the batch is part of a larger one: the random draws are made for ``of`` samples and those of
@@ -48,7 +53,18 @@ def augment_batch(images: torch.Tensor, targets: torch.Tensor, generator: torch.
     images = torch.where(brain, images * gains.to(images.dtype) + offsets.to(images.dtype), images)
     if bias > 0:  # drawn after the others: bias 0 leaves every draw, and so every batch, as it was
         images = torch.where(brain, images + bias_field(images, generator, bias, total, part, group), images)
+    if dropout > 0:  # drawn last, as the field: 0 leaves every other draw as it was
+        images = images * kept_modalities(generator, dropout, total, c // group, dev)[part].repeat_interleave(
+            group, dim=1)[..., None, None].to(images.dtype)
     return images, targets
+
+
+def kept_modalities(generator: torch.Generator, dropout: float, total: int, modalities: int,
+                    device: torch.device) -> torch.Tensor:
+    """``[total, modalities]`` booleans: each modality kept with probability ``1 - dropout``, and a sample whose
+    every modality was drawn out keeps the one of its highest draw (the others' draws are left as they are)."""
+    draws = torch.rand((total, modalities), generator=generator, device=device)
+    return (draws >= dropout) | (draws == draws.amax(dim=1, keepdim=True))
 
 
 def bias_field(images: torch.Tensor, generator: torch.Generator, bias: float, total: int, part: slice,

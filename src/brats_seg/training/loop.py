@@ -235,7 +235,7 @@ def _train_epoch(step: Callable, data: DeviceData | StreamData, params: TrainPar
         for s, (x, y) in enumerate(data.batches(order, starts, local)):
             if params.augment:
                 x, y = augment_batch(x, y, generator, of=batch, at=ranks.rank * local, group=group,
-                                     bias=params.bias_field)
+                                     bias=params.bias_field, dropout=params.modality_dropout)
             loss = step(x, y)
             total += loss
             if s % 25 == 0 or total.device.type == "cpu":  # the running loss: a GPU synchronises every 25 steps

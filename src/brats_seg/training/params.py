@@ -32,6 +32,7 @@ class TrainParams:
     norm: Literal["batch", "instance", "group", "none"] = "batch"
     augment: bool = True
     bias_field: float = 0.0  # augmentation: a smooth random intensity field per modality, this high (z-units)
+    modality_dropout: float = 0.0  # augmentation: each modality of a sample blanked with this probability
     # Where it runs (like base.executor): the fingerprint and the run record the device it resolved to.
     device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")
     amp: bool = True
@@ -56,6 +57,8 @@ class TrainParams:
         require_at_least("train.bce_weight", self.bce_weight, 0)
         require("train.bias_field", self.bias_field, 0 <= self.bias_field <= 5,
                 "a number from 0 (off) to 5 (z-score units)")
+        require("train.modality_dropout", self.modality_dropout, 0 <= self.modality_dropout < 1,
+                "a probability from 0 (off) to below 1")
         require_at_least("train.threads", self.threads, 0)
         require_at_least("train.nproc", self.nproc, 1)
         require("train.folds", self.folds, self.folds == 0 or 2 <= self.folds <= MAX_FOLDS,
