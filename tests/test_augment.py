@@ -81,7 +81,7 @@ def test_modality_dropout_blanks_whole_modalities_never_all_and_keeps_the_other_
     """train.modality_dropout: a blanked modality is 0 over the whole slice (context slices together), every sample
     keeps at least one, about the given fraction is blanked, and the geometry and intensities of the kept ones are
     those of dropout 0 (its draws come last)."""
-    images, targets = _brain_batch(n=2000, c=1, size=8 * 4)
+    images, targets = _brain_batch(n=1000, c=1)
     images = images.repeat(1, 12, 1, 1)  # four modalities of three context slices
     plain, plain_t = augment_batch(images, targets, torch.Generator().manual_seed(7), group=3)
     dropped, dropped_t = augment_batch(images, targets, torch.Generator().manual_seed(7), group=3, dropout=0.5)
@@ -92,7 +92,8 @@ def test_modality_dropout_blanks_whole_modalities_never_all_and_keeps_the_other_
     modality = blank.view(-1, 4, 3)
     assert torch.equal(modality.all(2), modality.any(2))  # a modality's context slices go together
     assert modality.all(2).sum(1).max() == 3  # never all four
-    assert 0.4 < modality.all(2).float().mean() < 0.5  # 0.5 drawn, less the all-four draws (1/16) kept one back
+    # each blanked with 0.5, less the one kept back where all four were drawn (1/16): 1.9375 of 4 = 0.484 expected
+    assert 0.46 < modality.all(2).float().mean() < 0.51
 
 
 def test_modality_dropout_on_a_rank_is_what_one_process_does_and_zero_draws_nothing():
