@@ -95,6 +95,27 @@ def test_params_set_keeps_comments_and_refuses_unknown_keys(tmp_path):
         set_params(tmp_path / "missing.yaml", ["train.epochs=1"])
 
 
+def test_numbers_without_a_dot_are_the_numbers_dvc_reads_in_the_file_and_in_params_set(tmp_path):
+    """``lr: 3e-4`` is 0.0003 to DVC (YAML 1.2: what `dvc exp run -S train.lr=3e-4` and `dvc params diff` see) and a
+    string to plain PyYAML (YAML 1.1); the stages and `brats-seg params set` read it as DVC does. Integers stay
+    integers, and a quoted number stays a string (so it is refused as one)."""
+    from dvc.utils.serialize import parse_yaml
+
+    from brats_seg.params_file import set_params
+
+    text = "train:\n  lr: 3e-4\n  bce_weight: 1e0\n  epochs: 5\n  bias_field: .5\n"
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert read_params(path) == parse_yaml(text, str(path)) == {
+        "train": {"lr": 0.0003, "bce_weight": 1.0, "epochs": 5, "bias_field": 0.5}}
+    assert isinstance(read_params(path)["train"]["epochs"], int)
+    assert set_params(path, ["train.lr=1e-3", "train.bias_field=2.5E-1"]) == {"train.lr": 0.001,
+                                                                               "train.bias_field": 0.25}
+    assert read_params(path)["train"]["lr"] == 0.001 and "lr: 0.001" in path.read_text()  # written as a number
+    with pytest.raises(ConfigError, match="train.lr must be a number, got '3e-4'"):
+        load_section(TrainParams, {"train": {"lr": "3e-4"}}, "train")
+
+
 def test_a_missing_report_says_which_stage_to_run(tmp_path):
     from brats_seg.errors import DataError
     from brats_seg.io.tables import read_json

@@ -30,6 +30,7 @@ import pydantic
 import yaml
 
 from brats_seg.errors import ConfigError
+from brats_seg.io.yaml12 import load_yaml
 
 T = TypeVar("T")
 
@@ -40,7 +41,7 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; run from the project root or pass --params PATH.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc}); fix the syntax and retry.") from None
     if not isinstance(data, dict):

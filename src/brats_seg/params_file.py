@@ -11,6 +11,7 @@ import yaml
 
 from brats_seg.config import check_params, read_params
 from brats_seg.errors import ConfigError
+from brats_seg.io.yaml12 import load_yaml
 
 
 def stage_params(description: str, argv: list[str] | None = None) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
     text = io.StringIO()
     yaml_rt.dump(doc, text)
     try:
-        check_params(yaml.safe_load(text.getvalue()) or {}, str(path))
+        check_params(load_yaml(text.getvalue()) or {}, str(path))
     except ConfigError as exc:  # a bad value already in the file, not one being set: say how to get past it
         named = re.search(r": (\S+?)(?:\[\d+\])? (?:must|is) ", str(exc))
         if named is None or any(named.group(1) == key or named.group(1).startswith(f"{key}.") for key in changed):
@@ -96,7 +97,7 @@ def _assign(doc: Any, key: str, raw: str, path: Path) -> Any:
     if not isinstance(node, dict) or leaf not in node:
         raise ConfigError(f"{path}: {key} is not a known key; check the spelling against {path}.")
     try:
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = load_yaml(raw)
     except yaml.YAMLError:
         raise ConfigError(f"{key}={raw} does not hold a YAML value; quote strings and close brackets "
                           f"(for example slice.split=[0.7,0.15,0.15]).") from None
