@@ -76,11 +76,12 @@ def report(summary: dict) -> str:
     if p.get("warning"):
         lines.append(f"warning: {p['warning']}")
     if summary.get("commit"):
-        lines.append(f"recorded as commit {summary['commit'][:10]} on branch {DEMO_BRANCH}: try a variant with "
-                     f"`dvc exp run -S train.lr=3e-4`, then `dvc metrics diff`")
+        lines.append(f"recorded as commit {summary['commit'][:10]} on branch {DEMO_BRANCH}")
     lines += ["the run report (opens offline in any browser): reports/index.html",
-              "first `source .venv/bin/activate`, then:",
-              "  look at the runs: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 "
+              "first `source .venv/bin/activate`, then:"]
+    if summary.get("commit"):  # an experiment needs the commit it varies
+        lines.append("  try a variant: dvc exp run -S train.lr=3e-4, then dvc metrics diff")
+    lines += ["  look at the runs: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 "
               "(open http://127.0.0.1:5000)",
               "  trace the champion: brats-seg lineage models:/brats-unet@champion --verify"]
     return "\n".join(lines)

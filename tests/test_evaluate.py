@@ -134,5 +134,5 @@ def test_the_summary_gives_each_patients_lesion_wise_dice_beside_its_dice(case, 
     wt = frame.set_index("region").loc["wt"]
     assert any(f"p1{' ' * 26} WT Dice {wt['dice']:.3f} / lesion-wise {wt['lesion_dice']:.3f}  HD95" in line
                for line in lines), lines
-    assert any(f"WT mean Dice {wt['dice']:.3f}, lesion-wise {wt['lesion_dice']:.3f}, median" in line
-               for line in lines), lines
+    assert any(f"WT Dice mean {wt['dice']:.3f}, median {wt['dice']:.3f}; lesion-wise Dice mean "
+               f"{wt['lesion_dice']:.3f} (slice-level" in line for line in lines), lines  # which median: Dice's

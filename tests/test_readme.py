@@ -148,6 +148,8 @@ def test_the_readme_commands_work_as_written(tmp_path):
     demo = _shell("python -m flows.demo", repo)  # what `make demo` runs after writing its params
     assert demo.returncode == 0 and "Traceback" not in demo.stderr, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert "recorded as commit" in demo.stdout
+    # every command it suggests comes after the line that says to activate the environment they need
+    assert demo.stdout.index("source .venv/bin/activate") < demo.stdout.index("dvc exp run"), demo.stdout[-2000:]
     assert run_cmd(["git", "branch", "--show-current"], repo).stdout.strip() == "brats-seg-demo"
     assert run_cmd(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
     # the model's run names the commit that holds its params.yaml and dvc.lock (lineage complete from a dirty tree)

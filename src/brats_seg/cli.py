@@ -76,9 +76,9 @@ def _eval_lines(base: BaseParams, per_case: bool = True) -> list[str]:
     order = ("wt", "tc", "et")  # outside in, as BraTS lists them (eval.json's keys are sorted)
     for region, stats in sorted(report.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
         if isinstance(stats, dict):
-            lesion = f", lesion-wise {stats['lesion_dice_mean']:.3f}" if "lesion_dice_mean" in stats else ""
-            lines.append(f"             {region.upper()} mean Dice {stats['dice_mean']:.3f}{lesion}, median "
-                         f"{stats['dice_median']:.3f} (slice-level mean, not comparable: "
+            lesion = f"; lesion-wise Dice mean {stats['lesion_dice_mean']:.3f}" if "lesion_dice_mean" in stats else ""
+            lines.append(f"             {region.upper()} Dice mean {stats['dice_mean']:.3f}, median "
+                         f"{stats['dice_median']:.3f}{lesion} (slice-level mean, not comparable: "
                          f"{stats['slice_level_dice_mean']:.3f})")
     return lines
 
