@@ -112,8 +112,9 @@ def test_numbers_without_a_dot_are_the_numbers_dvc_reads_in_the_file_and_in_para
     assert set_params(path, ["train.lr=1e-3", "train.bias_field=2.5E-1"]) == {"train.lr": 0.001,
                                                                                "train.bias_field": 0.25}
     assert read_params(path)["train"]["lr"] == 0.001 and "lr: 0.001" in path.read_text()  # written as a number
+    path.write_text('train:\n  lr: "3e-4"\n')
     with pytest.raises(ConfigError, match="train.lr must be a number, got '3e-4'"):
-        load_section(TrainParams, {"train": {"lr": "3e-4"}}, "train")
+        load_section(TrainParams, read_params(path), "train")
 
 
 def test_a_missing_report_says_which_stage_to_run(tmp_path):
