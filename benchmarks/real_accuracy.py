@@ -30,8 +30,10 @@ import pandas as pd
 import yaml
 
 from brats_seg import TELEMETRY_OFF
+from brats_seg.config import read_params
 from brats_seg.data.layouts import discover_cases
 from brats_seg.data.slicing import fitting_seeds, patient_id
+from brats_seg.io.yaml12 import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COHORTS = (ROOT.parent / "shared" / "data" / "real-cohort", ROOT.parent / "shared" / "data" / "real")
@@ -66,7 +68,7 @@ def make_project(repo: Path, params: dict, env: dict) -> None:
 
 
 def fold_params(args: argparse.Namespace, cases_dir: Path, seed: int, fold: int) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")
     params["base"]["seed"] = seed
     params["download"].update(source="local", local={"path": str(cases_dir)})
     params["slice"].update(size=args.size, folds=args.folds, fold=fold)
@@ -78,7 +80,7 @@ def fold_params(args: argparse.Namespace, cases_dir: Path, seed: int, fold: int)
         node = params
         for name in sections:
             node = node.setdefault(name, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml(value)  # numbers as DVC and the stages read them: 3e-4 is 0.0003
     return params
 
 

@@ -117,6 +117,22 @@ def test_numbers_without_a_dot_are_the_numbers_dvc_reads_in_the_file_and_in_para
         load_section(TrainParams, read_params(path), "train")
 
 
+def test_the_accuracy_benchmarks_levers_are_read_as_dvc_reads_them(tmp_path):
+    """`benchmarks/real_accuracy.py --set train.lr=3e-4` puts the number 0.0003 into every fold's params, which the
+    stages accept (a string there would stop each fold's train stage)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_accuracy", PROJECT_ROOT / "benchmarks" / "real_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(size=96, folds=4, epochs=20, base=16, depth=3, batch=32, lr=1e-4, device="cpu",
+                              threads=1, set=["train.lr=3e-4", "train.modality_dropout=25e-2"])
+    params = bench.fold_params(args, tmp_path, seed=0, fold=1)
+    assert (params["train"]["lr"], params["train"]["modality_dropout"]) == (0.0003, 0.25)
+    check_params(params)
+
+
 def test_a_missing_report_says_which_stage_to_run(tmp_path):
     from brats_seg.errors import DataError
     from brats_seg.io.tables import read_json
