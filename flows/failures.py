@@ -10,6 +10,7 @@ for it keeps the exception's sentence but not its traceback (:class:`UserErrorsW
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from prefect import get_run_logger
 from prefect.states import Failed
 
 from brats_seg.errors import UserError
+from brats_seg.orchestration.driver import STAGE_LINE
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -83,23 +85,50 @@ def is_not_a_user_error(task: object, task_run: object, state: object) -> bool:
     return True
 
 
-class OneLinePerRecord(logging.Filter):
+class TemporaryServerNotices(logging.Filter):
     """Prefect's notice that it starts a temporary server is two lines under one timestamp, the second a link to
-    its documentation: keep the first (one timestamp per line; the README says how to run a server)."""
+    its documentation: keep the first (one timestamp per line; the README says how to run a server). Its notice
+    that it stops the server comes at exit, after the command's own last line (the summary, the demo's next
+    steps): dropped, it says nothing a person acts on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Starting temporary server") and "\n" in record.msg:
+        if not isinstance(record.msg, str):
+            return True
+        if record.msg.startswith("Starting temporary server") and "\n" in record.msg:
             record.msg = record.msg.split("\n", 1)[0]
+        return not record.msg.startswith("Stopping temporary server")
+
+
+class StageWarningsOncePerRun(logging.Filter):
+    """A warning that several stages of one flow run each give for themselves (every stage that loads a network
+    says "no CUDA GPU available" in its own process) is logged once per flow run: the first time. Only lines
+    relayed from a stage's output (:data:`STAGE_LINE`); the flow's own warnings (dvc busy, retrying) all stay."""
+
+    def __init__(self, remember: int = 1000) -> None:
+        super().__init__()
+        self.remember = remember
+        self.said: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not getattr(record, STAGE_LINE, False):
+            return True
+        key = (str(getattr(record, "flow_run_id", "")), record.getMessage())
+        if key in self.said:
+            return False
+        self.said[key] = None
+        while len(self.said) > self.remember:  # a worker runs flows for months: forget the oldest runs' lines
+            self.said.popitem(last=False)
         return True
 
 
-_PREFECT_LOGGER = logging.getLogger("prefect")  # the temporary server's notice is logged on it directly
-if not any(isinstance(f, OneLinePerRecord) for f in _PREFECT_LOGGER.filters):
-    _PREFECT_LOGGER.addFilter(OneLinePerRecord())
+def _add_filter(logger: logging.Logger, kind: type[logging.Filter]) -> None:
+    if not any(isinstance(f, kind) for f in logger.filters):  # once, however often this module is reloaded
+        logger.addFilter(kind())
 
-_TASK_LOGGER = logging.getLogger("prefect.task_runs")
-if not any(isinstance(f, UserErrorsWithoutTraceback) for f in _TASK_LOGGER.filters):
-    _TASK_LOGGER.addFilter(UserErrorsWithoutTraceback())
+
+_add_filter(logging.getLogger("prefect"), TemporaryServerNotices)  # the temporary server logs on it directly
+_add_filter(logging.getLogger("prefect.task_runs"), UserErrorsWithoutTraceback)
+_add_filter(logging.getLogger("prefect.task_runs"), StageWarningsOncePerRun)
 
 
 def run_name(what: str) -> Callable[[], str]:

@@ -23,14 +23,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, prefect_server):
-    """The pipeline flow run twice in a fresh project: (repo, first summary, second summary)."""
+    """The pipeline flow run twice in a fresh project: (repo, first summary, second summary, the first run's log
+    as Prefect's server holds it)."""
     from flows.pipeline import pipeline
 
     project = make_dvc_project(tmp_path_factory.mktemp("flows") / "project", {"promote": {"min_dice": 0.0}})
     repo = project.path
-    first = pipeline(str(repo))
+    first = pipeline(str(repo), return_state=True)
     second = pipeline(str(repo))
-    return repo, first, second
+    return repo, first.result(), second, _logged(first)
 
 
 def _logged(state) -> list[str]:
@@ -59,7 +60,7 @@ def test_a_deployed_run_logs_its_summary_and_a_command_line_run_leaves_it_to_its
 
 
 def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage_but_the_source_check(ran):
-    repo, first, second = ran
+    repo, first, second, _ = ran
     assert list(STAGES) == ["source", "download", "validate", "slice", "train", "evaluate", "register", "report"]
     stages = flow_stages(repo)  # STAGES, then any stage dvc.yaml has gained since
     assert [(r["stage"], r["status"]) for r in first["stages"]] == [("source", "checked")] + [
@@ -71,6 +72,18 @@ def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage_but_the_s
     assert [(r["stage"], r["status"]) for r in second["stages"]] == [("source", "checked")] + [
         (stage, "skipped") for stage in stages[1:]]
     assert second["model"]["version"] == "1"  # nothing changed: no new version
+
+
+def test_a_warning_each_stage_gives_for_itself_is_logged_once_per_run(ran):
+    """Train, evaluate and register each load a network in their own process and each say when there is no GPU:
+    the run's log (Prefect's UI; the console shows the same records) says it once, as the first stage said it."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: no stage warns")
+    logged = ran[3]
+    assert logged.count("no CUDA GPU available: running on the CPU") == 1, logged
+    assert logged.index("no CUDA GPU available: running on the CPU") > logged.index("Running stage 'train':")
 
 
 def test_a_second_concurrent_run_fails_clearly_and_leaves_dvc_usable(ran):

@@ -158,3 +158,44 @@ def test_a_stages_lines_are_logged_at_their_own_level_without_saying_it_twice(tm
     assert ("WARNING", "no CUDA GPU available: running on the CPU") in said
     assert ("INFO", "Running stage 'talk':") in said
     assert not [m for _, m in said if m.startswith(("INFO ", "WARNING "))], said
+
+
+
+def test_a_warning_every_stage_gives_is_said_once_per_flow_run(tmp_path):
+    """Every stage that loads a network decides its device in its own process, so on a machine without a GPU
+    train, evaluate and register each print "no CUDA GPU available": a flow run logs the first only, a later run
+    logs it again, and the flow's own warnings and a stage's other lines are all kept."""
+    import logging
+
+    from prefect.logging.loggers import PrefectLogAdapter
+
+    from flows.failures import StageWarningsOncePerRun
+    from tests.support.projects import run_cmd
+
+    (tmp_path / "talk.py").write_text('print("INFO loaded the model")\n'
+                                      'print("WARNING no CUDA GPU available: running on the CPU")\n')
+    (tmp_path / "dvc.yaml").write_text("stages:\n" + "".join(
+        f"  {name}:\n    cmd: python talk.py\n    always_changed: true\n" for name in ("a", "b")))
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_cmd(args, tmp_path)
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("tests.once")  # its own handler: importing Prefect reconfigures the root's
+    logger.addFilter(StageWarningsOncePerRun())
+    logger.addHandler(type("Keep", (logging.Handler,), {"emit": lambda self, record: records.append(record)})())
+    logger.setLevel(logging.INFO)
+
+    def flow_run(run_id: str) -> list[tuple[str, str]]:
+        records.clear()
+        adapter = PrefectLogAdapter(logger, {"flow_run_id": run_id})  # what get_run_logger() gives a task
+        for stage in ("a", "b"):
+            assert run_dvc_stage(stage, tmp_path, adapter, single=True)["ran"]
+        adapter.warning("dvc is busy (held); retrying in 1 s")
+        adapter.warning("dvc is busy (held); retrying in 1 s")
+        return [(r.levelname, r.getMessage()) for r in records]
+
+    gpu = ("WARNING", "no CUDA GPU available: running on the CPU")
+    first = flow_run("run-1")
+    assert first.count(gpu) == 1, first
+    assert first.count(("INFO", "loaded the model")) == 2, first  # a stage's other lines, every time
+    assert first.count(("WARNING", "dvc is busy (held); retrying in 1 s")) == 2, first  # the flow's own warnings
+    assert flow_run("run-2").count(gpu) == 1  # the next run says it again

@@ -148,6 +148,10 @@ def test_the_readme_commands_work_as_written(tmp_path):
     demo = _shell("python -m flows.demo", repo)  # what `make demo` runs after writing its params
     assert demo.returncode == 0 and "Traceback" not in demo.stderr, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert "recorded as commit" in demo.stdout
+    # no line said twice (each stage that loads a network warns of a missing GPU in its own process), and nothing
+    # from Prefect after the demo's own last lines (it stopped its temporary server: nothing to act on)
+    assert (demo.stdout + demo.stderr).count("no CUDA GPU available") <= 1, demo.stderr[-3000:]
+    assert "Stopping temporary server" not in demo.stdout + demo.stderr, demo.stderr[-3000:]
     # every command it suggests comes after the line that says to activate the environment they need
     assert demo.stdout.index("source .venv/bin/activate") < demo.stdout.index("dvc exp run"), demo.stdout[-2000:]
     assert run_cmd(["git", "branch", "--show-current"], repo).stdout.strip() == "brats-seg-demo"

@@ -30,6 +30,7 @@ STAGES: tuple[str, ...] = ("source", "download", "validate", "slice", "train", "
 LOCK_NAME = "brats-seg-pipeline.lock"
 RELAYED_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
                   "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+STAGE_LINE = "stage_line"  # the log record attribute that marks a line relayed from a stage's output
 # What dvc prints when another dvc process holds the repository (dvc/lock.py) or a stage's files (dvc/rwlock.py).
 DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
 
@@ -122,12 +123,13 @@ def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger 
 def relay(logger: logging.Logger, line: str) -> None:
     """Log a line of a stage's output at its own level: a stage under a flow prints ``LEVEL message`` (no time:
     the flow's log stamps it), which becomes ``message`` at LEVEL, so a warning reads as one in Prefect's log
-    and its UI and the level is not said twice. Other lines (dvc's own) are INFO."""
+    and its UI and the level is not said twice. Other lines (dvc's own) are INFO. Each record carries
+    ``stage_line`` (:data:`STAGE_LINE`), so that a flow can tell a stage's words from its own."""
     level, _, message = line.partition(" ")
     if level in RELAYED_LEVELS and message:
-        logger.log(RELAYED_LEVELS[level], "%s", message)
+        logger.log(RELAYED_LEVELS[level], "%s", message, extra={STAGE_LINE: True})
     else:
-        logger.info("%s", line)
+        logger.info("%s", line, extra={STAGE_LINE: True})
 
 
 def _repro(args: list[str], workdir: str | Path, logger: logging.Logger) -> list[str]:
