@@ -111,28 +111,19 @@ bench: setup
 	$(BIN)/python benchmarks/train_scale.py
 	$(BIN)/python benchmarks/predict_throughput.py
 
-# Rebuildable outputs only: DVC stage outputs (restored by `dvc checkout` from the DVC cache, or rebuilt by
-# `dvc repro`), reports and download staging (default paths of params.yaml `base`). Kept: training checkpoints
-# (data/cache/checkpoints: hours of interrupted training; `make clean-checkpoints`, or `make clean
-# CLEAN_CHECKPOINTS=1`, deletes them), downloaded archives (data/cache/downloads), the source manifest
-# (data/source.json) and the MLflow tracking store with every registered model version (see clean-tracking).
-CLEAN_PATHS := data/raw data/validated data/slices models/unet.pt reports/validation reports/validation.json \
-	reports/train.json reports/train_run.json reports/train_curve.csv reports/train_curve.png reports/eval.json reports/eval_metrics.json reports/eval_cases.csv reports/eval_lesions.csv \
-	reports/overlays reports/registered.json data/cache/extracted data/cache/raw-*
-CHECKPOINTS := data/cache/checkpoints
+# Rebuildable outputs only, where params.yaml puts them now (brats_seg/orchestration/clean.py): DVC stage outputs
+# (restored by `dvc checkout` from the DVC cache, or rebuilt by `dvc repro`), reports and download staging; a folder
+# only when brats-seg made it, a file only when it is what dvc.lock records. Kept: training checkpoints (hours of an
+# interrupted run; `make clean-checkpoints`, or `make clean CLEAN_CHECKPOINTS=1`, deletes them), downloaded
+# archives, the source manifest and the MLflow tracking store with every registered model version (see
+# clean-tracking).
+clean: setup
+	@$(BIN)/brats-seg clean $(if $(filter 1,$(CLEAN_CHECKPOINTS)),all,outputs)
+
+clean-checkpoints: setup
+	@$(BIN)/brats-seg clean checkpoints
+
 TRACKING_STORE := mlflow/mlflow.db mlflow/artifacts
-
-clean:
-	@echo "removing rebuildable outputs: $(CLEAN_PATHS)"
-	@rm -rf -- $(CLEAN_PATHS)
-	@if [ "$(CLEAN_CHECKPOINTS)" = 1 ]; then echo "removing training checkpoints: $(CHECKPOINTS)"; \
-		rm -rf -- $(CHECKPOINTS); \
-	else echo "kept: training checkpoints ($(CHECKPOINTS); make clean-checkpoints deletes them)"; fi
-	@echo "kept: downloads (data/cache/downloads), data/source.json and the MLflow store (make clean-tracking)"
-
-clean-checkpoints:
-	@echo "removing training checkpoints (an interrupted training run starts over): $(CHECKPOINTS)"
-	@rm -rf -- $(CHECKPOINTS)
 
 # Deletes every MLflow run, registered model version and alias (champion history) of the local store, after
 # saying so and asking: type 'delete' at the prompt, or pass CONFIRM=1 where there is no terminal.

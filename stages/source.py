@@ -8,6 +8,7 @@ from brats_seg.config import load_section
 from brats_seg.data.source_manifest import check_source
 from brats_seg.data.sources import DownloadParams
 from brats_seg.errors import exit_on_user_error
+from brats_seg.orchestration.outputs import check_output_folders
 from brats_seg.params_file import stage_params
 
 
@@ -15,6 +16,7 @@ from brats_seg.params_file import stage_params
 def main(argv: list[str] | None = None) -> None:
     params = stage_params(__doc__, argv)
     base = load_section(BaseParams, params, "base")
+    check_output_folders(".", params)  # first in every dvc repro: before dvc deletes any output a user's folder sits at
     check_source(load_section(DownloadParams, params, "download"), base.source_manifest, base.raw_dir,
                  base.cache_dir, base.seed)
 

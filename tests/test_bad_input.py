@@ -384,29 +384,77 @@ def test_bad_input_is_one_sentence_and_loses_nothing(tmp_path, model_file, build
     assert snapshot(work) == before  # nothing deleted, changed or created (no payload ran, no half a mask)
 
 
-def test_make_clean_removes_rebuildable_outputs_only(tmp_path):
-    for rel in ("data/raw/c1/c1_flair.nii.gz", "data/validated/manifest.parquet", "data/slices/index.parquet",
-                "models/unet.pt", "reports/eval.json", "reports/validation/index.html", "data/cache/checkpoints/a.pt",
-                "data/cache/raw-abc/c1/x.nii.gz", "data/cache/downloads/Task01.tar", "data/source.json",
-                "mlflow/mlflow.db", "mlflow/artifacts/1/model.pth", "reports/my-notes.txt"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(rel)
-    kept = {k: v for k, v in snapshot(tmp_path).items() if k.startswith(("data/cache/downloads", "data/source.json",
-                                                                          "mlflow", "reports/my-notes.txt"))}
-    checkpoint = {"data/cache/checkpoints/a.pt": snapshot(tmp_path)["data/cache/checkpoints/a.pt"]}
-    make = ["make", "-s", "-f", str(PROJECT_ROOT / "Makefile")]
-    said = subprocess.run([*make, "clean"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
-    files = {k: v for k, v in snapshot(tmp_path).items() if v != "dir"}
-    assert files == {**{k: v for k, v in kept.items() if v != "dir"}, **checkpoint}  # checkpoints: kept unless asked
-    assert "kept: training checkpoints (data/cache/checkpoints; make clean-checkpoints deletes them)" in said
-    subprocess.run([*make, "clean", "CLEAN_CHECKPOINTS=1"], cwd=tmp_path, check=True, capture_output=True)
-    assert not (tmp_path / "data/cache/checkpoints").exists()
-    (tmp_path / "data/cache/checkpoints").mkdir()
-    (tmp_path / "data/cache/checkpoints/b.pt").write_text("b")
-    subprocess.run([*make, "clean-checkpoints"], cwd=tmp_path, check=True, capture_output=True)
-    assert not (tmp_path / "data/cache/checkpoints").exists()
-    files = {k: v for k, v in snapshot(tmp_path).items() if v != "dir"}
-    assert files == {k: v for k, v in kept.items() if v != "dir"}
+def test_make_clean_removes_the_outputs_params_yaml_names_and_nothing_a_user_made(tmp_path):
+    """`make clean` where dvc.lock records every output (`dvc commit`, as after a `dvc repro`) and base.raw_dir has
+    moved: the outputs at the paths params.yaml gives them now go; the user's cohort kept where raw_dir used to be,
+    a folder of theirs and an edited file at output paths, the checkpoints (until asked), downloads, the source
+    manifest and the MLflow store stay, and each output kept is said with its reason. `dvc repro` (its first stage)
+    and the flow refuse an output path that holds the user's folder before dvc deletes it."""
+    from brats_seg.errors import UserError
+    from brats_seg.io.atomic import mark_output_dir
+    from brats_seg.orchestration.driver import check_workspace_params
+    from brats_seg.orchestration.outputs import stage_outputs
+    from tests.support.projects import make_dvc_project, run_cmd
+
+    write_params = make_dvc_project(tmp_path / "project", {"base": {"raw_dir": "data/cohort-b"}})
+    repo = write_params.path
+    outputs = stage_outputs(repo)
+    assert "data/cohort-b" in outputs and "data/raw" not in outputs and "data/source.json" not in outputs  # persist
+    for rel in outputs:  # as the stages write them: a folder carries the marker
+        if Path(rel).suffix:
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_text(rel)
+        else:
+            (mark_output_dir(repo / rel) / "part.bin").write_text(rel)
+    ckpt = "data/cache/checkpoints/0123456789abcdef"
+    kept = {"data/raw/BraTS20_001/BraTS20_001_flair.nii.gz": "the user's cohort", "reports/my-notes.txt": "notes",
+            "data/source.json": "{}", "data/cache/downloads/Task01.tar": "tar", "mlflow/mlflow.db": "db",
+            "data/cache/raw-0ld/BraTS20_002/x.nii.gz": "an unmarked staging folder", f"{ckpt}.pt": "weights",
+            f"{ckpt}-fold1.pt": "weights", f"{ckpt}.run.json": "{}", "data/cache/checkpoints/my-best.pt": "mine",
+            "reports/pictures/holiday.png": "the user's picture"}
+    for rel, text in kept.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    (mark_output_dir(repo / "data/cache/raw-5ca1ed") / "x.nii.gz").write_text("staged")  # an interrupted download
+    run_cmd(["dvc", "commit", "-f"], repo)  # dvc.lock records every output
+    (repo / "reports/eval.json").write_text("edited by hand")
+    (repo / "reports/overlays/.brats-seg-output").unlink()  # an output of an older version: dvc.lock records it
+    write_params({"base": {"raw_dir": "data/cohort-b", "overlays_dir": "reports/pictures"}})  # the user's folder
+
+    refused = run_cmd(["dvc", "repro"], repo, check=False)
+    said = ("error: base.overlays_dir is reports/pictures, a folder brats-seg did not write, and dvc repro deletes a "
+            "stage's outputs before it runs; nothing was deleted: point base.overlays_dir at a new or empty folder, or "
+            "move what reports/pictures holds elsewhere.")
+    assert refused.returncode != 0 and said in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+    with pytest.raises(UserError) as flow_said:
+        check_workspace_params(repo)
+    assert f"error: {flow_said.value}" == said
+    assert (repo / "reports/pictures/holiday.png").read_text() == "the user's picture"
+
+    (repo / ".venv").symlink_to(PROJECT_ROOT / ".venv")
+    make = ["make", "-s", "-f", str(PROJECT_ROOT / "Makefile"), "-o", ".venv/.installed"]
+    said = subprocess.run([*make, "clean"], cwd=repo, check=True, capture_output=True, text=True).stdout
+    left = {str(p.relative_to(repo)) for folder in ("data", "models", "reports", "mlflow")
+            for p in (repo / folder).rglob("*") if p.is_file() and p.name != ".gitignore"}
+    assert left == {*kept, "reports/eval.json", "reports/overlays/part.bin"}, said  # overlays: no output now
+    assert "kept reports/pictures: a folder brats-seg did not write (no .brats-seg-output in it)" in said
+    assert "kept reports/eval.json: not the file dvc.lock records" in said and "kept data/cache/raw-0ld" in said
+    assert "data/raw" not in said and said.startswith("removed data/cohort-b, data/validated/manifest.parquet"), said
+    assert "kept: training checkpoints (data/cache/checkpoints; brats-seg clean checkpoints, or make " in said
+    write_params({"base": {"raw_dir": "data/cohort-b"}})  # back: the older output, recorded by dvc.lock, goes
+    said = subprocess.run([*make, "clean"], cwd=repo, check=True, capture_output=True, text=True).stdout
+    assert said.startswith("removed reports/overlays\n") and not (repo / "reports/overlays").exists(), said
+
+    said = subprocess.run([*make, "clean", "CLEAN_CHECKPOINTS=1"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout
+    assert not [rel for rel in kept if rel.startswith(ckpt) and (repo / rel).exists()]  # the run's checkpoints went
+    assert (repo / "data/cache/checkpoints/my-best.pt").read_text() == "mine"
+    assert "kept data/cache/checkpoints: the checkpoints went; my-best.pt is not one" in said, said
+    (repo / "data/cache/checkpoints/my-best.pt").unlink()
+    (repo / f"{ckpt}.pt").write_text("weights")
+    subprocess.run([*make, "clean-checkpoints"], cwd=repo, check=True, capture_output=True)
+    assert not (repo / "data/cache/checkpoints").exists()
+    assert (repo / "data/raw/BraTS20_001/BraTS20_001_flair.nii.gz").read_text() == "the user's cohort"
 
 
 def _free_port() -> int:

@@ -74,7 +74,8 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
     assert (cases["case_region"] == cases["case_id"] + " " + cases["region"].str.upper()).all()
     metrics = json.loads((repo / "reports" / "eval_metrics.json").read_text())  # the headline DVC metric
     assert metrics["wt"] == {"dice": report["wt"]["dice_mean"], "lesion_dice": report["wt"]["lesion_dice_mean"]}
-    assert {p.name for p in (repo / "reports" / "overlays").iterdir()} == {"best.png", "median.png", "worst.png"}
+    assert {p.name for p in (repo / "reports" / "overlays").iterdir()} == {"best.png", "median.png", "worst.png",
+                                                                          ".brats-seg-output"}
     train = _train(repo)
     _assert_numbers_only(repo)
 

@@ -144,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["set"])
     p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("clean", help="remove the pipeline's rebuildable outputs where params.yaml puts them now, "
+                       "and nothing a user made (make clean)")
+    p.add_argument("what", nargs="?", choices=("outputs", "checkpoints", "all"), default="outputs",
+                   help="outputs (the default: DVC outputs, reports, download staging), checkpoints (the training "
+                   "checkpoints, hours of an interrupted run) or all")
     p = sub.add_parser("copy-store", help="copy every experiment, run (params, metric histories, tags, inputs, "
                        "artifacts) and registered model (versions under the same numbers, aliases) of one MLflow store "
                        "into another, e.g. the local store into the team's server; run again, it copies only what is "
@@ -218,6 +223,10 @@ def _run(args: argparse.Namespace) -> int:
 
         for key, value in set_params(args.params, args.assignments).items():
             sys.stdout.write(f"{key} = {value}\n")
+    elif args.command == "clean":
+        from brats_seg.orchestration.outputs import clean, describe
+
+        sys.stdout.write(describe(clean(".", args.what)) + "\n")
     elif args.command == "copy-store":
         from brats_seg.registry.copy_store import copy_store, describe
 

@@ -34,7 +34,7 @@ from brats_seg.data.layouts import (
 from brats_seg.data.sources import DownloadParams, SyntheticSource, local_source_path
 from brats_seg.errors import DataError
 from brats_seg.io.archives import extract_archive, is_archive
-from brats_seg.io.atomic import check_removable, mark_output_dir, remove_output_dir
+from brats_seg.io.atomic import check_removable, claim_output_dir, mark_output_dir, remove_output_dir
 from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run_download(params: DownloadParams, raw_dir: str | Path, cache_dir: str | P
     key = hashlib.sha256(json.dumps([params.source, dataclasses.asdict(used), seed], sort_keys=True,
                                     default=str).encode()).hexdigest()[:12]
     staging = cache_dir / f"raw-{key}"
-    staging.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(staging)  # marked from the start: brats-seg clean removes an interrupted download's too
     if params.source == "synthetic":
         record = _synthetic(used, staging, seed, params.workers, executor)
     else:

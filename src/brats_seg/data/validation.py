@@ -23,7 +23,7 @@ from brats_seg.config import require_at_least, require_fraction, runtime_field
 from brats_seg.data.inspect import inspect_case
 from brats_seg.data.layouts import UNLABELLED_DIR, list_canonical_cases
 from brats_seg.errors import DataError
-from brats_seg.io.atomic import mark_output_dir, remove_output_dir
+from brats_seg.io.atomic import claim_output_dir, mark_output_dir, remove_output_dir
 from brats_seg.io.tables import write_json, write_parquet
 from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
 
@@ -164,6 +164,7 @@ def _run_suite(manifest: pd.DataFrame, rules: list[Rule], report_dir: str | Path
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # and again: it resets it on import
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    claim_output_dir(report_dir)  # brats-seg clean removes it only so
     docs = Path(report_dir) / "data_docs"
     remove_output_dir(docs, "base.validation_reports data_docs folder")
     mark_output_dir(docs)

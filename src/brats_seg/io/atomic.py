@@ -48,6 +48,15 @@ def mark_output_dir(path: str | Path) -> Path:
     return path
 
 
+def claim_output_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed; mark it (:func:`mark_output_dir`) when it is new, empty or marked already, so
+    that a folder of the user's named as an output, which the stage writes into, never becomes removable."""
+    path = Path(path)
+    if is_removable(path):
+        return mark_output_dir(path)
+    return path
+
+
 def is_removable(path: str | Path) -> bool:
     """True when ``path`` is absent, an empty folder, or a folder carrying the project's marker."""
     path = Path(path)

@@ -18,11 +18,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
 from brats_seg.config import read_params
 from brats_seg.errors import UserError
-from brats_seg.orchestration.dvc import dvc_popen
+from brats_seg.orchestration.dvc import dvc_popen, dvc_stages
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +75,15 @@ def workspace_lock(workdir: str | Path = ".", timeout_s: float = 0.0) -> Iterato
 
 
 def check_workspace_params(workdir: str | Path = ".") -> None:
-    """Check ``workdir``'s params.yaml as every stage will (one sentence, ConfigError), before dvc runs any."""
+    """Check ``workdir``'s params.yaml as every stage will (one sentence, ConfigError), and that no output path
+    holds a folder of the user's (:func:`~brats_seg.orchestration.outputs.check_output_folders`), before dvc
+    runs any stage."""
     from brats_seg.config import check_params
+    from brats_seg.orchestration.outputs import check_output_folders
 
     path = Path(workdir) / "params.yaml"
     check_params(read_params(path), str(path))
+    check_output_folders(workdir)
 
 
 def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger | None = None,
@@ -188,21 +190,13 @@ def default_remote(workdir: str | Path = ".") -> str | None:
 
 def always_changed_stages(workdir: str | Path = ".") -> set[str]:
     """Stages of ``workdir``/dvc.yaml marked ``always_changed`` (they run on every repro)."""
-    return {name for name, stage in _dvc_stages(workdir).items() if stage.get("always_changed")}
+    return {name for name, stage in dvc_stages(workdir).items() if stage.get("always_changed")}
 
 
 def flow_stages(workdir: str | Path = ".") -> list[str]:
     """What the pipeline flow runs, in order: :data:`STAGES`, then any other stage of ``workdir``/dvc.yaml in
     the file's order (one added since; the flow runs those with their upstream check, see :func:`run_dvc_stage`)."""
-    return [*STAGES, *(name for name in _dvc_stages(workdir) if name not in STAGES)]
-
-
-def _dvc_stages(workdir: str | Path) -> dict[str, dict]:
-    path = Path(workdir) / "dvc.yaml"
-    if not path.is_file():
-        return {}
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
-    return {name: stage for name, stage in stages.items() if isinstance(stage, dict)}
+    return [*STAGES, *(name for name in dvc_stages(workdir) if name not in STAGES)]
 
 
 @contextlib.contextmanager

@@ -37,3 +37,14 @@ def dvc_popen(args: list[str], cwd: str | Path, **kwargs: object) -> subprocess.
 def dvc_run(args: list[str], cwd: str | Path) -> subprocess.CompletedProcess:
     """Run ``dvc ARGS`` in ``cwd`` and capture its output."""
     return subprocess.run([dvc_executable(), *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+
+
+def dvc_stages(workdir: str | Path = ".") -> dict[str, dict]:
+    """The stages of ``workdir``/dvc.yaml, by name, as written (``${...}`` not resolved); {} without the file."""
+    import yaml
+
+    path = Path(workdir) / "dvc.yaml"
+    if not path.is_file():
+        return {}
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    return {name: stage for name, stage in stages.items() if isinstance(stage, dict)}

@@ -16,6 +16,7 @@ from brats_seg.data.layouts import canonical_files
 from brats_seg.data.preprocess import CaseGeometry
 from brats_seg.inference.bundle import ModelBundle
 from brats_seg.inference.segment import segment_case
+from brats_seg.io.atomic import claim_output_dir
 from brats_seg.io.nifti import read_nifti
 from brats_seg.io.shards import read_shard
 from brats_seg.reporting.plots import SliceView, plot_case_overlay
@@ -39,6 +40,7 @@ def write_overlays(bundle: ModelBundle, frame: pd.DataFrame, slices_dir: str | P
     (:func:`pick_slices`), shown in the radiological convention with the patient's directions marked."""
     cases = pd.read_parquet(Path(slices_dir) / "cases.parquet").set_index("case_id")
     picked = pick_cases(frame)
+    claim_output_dir(out_dir)  # brats-seg clean removes it only so
     paths = []
     for name, case_id in picked.items():
         rec = {"case_id": case_id, **cases.loc[case_id].to_dict()}
