@@ -116,7 +116,11 @@ def clean(root: str | Path = ".", what: str = "outputs") -> Cleaned:
 
 def describe(done: Cleaned) -> str:
     """What :func:`clean` did, for people: what went, what stayed and why, and what is kept on purpose."""
-    lines = [f"removed {', '.join(done.removed)}" if done.removed else "removed nothing: none was there"]
+    import textwrap
+
+    lines = [textwrap.fill(f"removed {', '.join(done.removed)} (dvc checkout restores what DVC's cache holds, dvc "
+                           f"repro rebuilds)", width=110, subsequent_indent="  ", break_on_hyphens=False)
+             if done.removed else "removed nothing: none was there"]
     lines += [f"kept {path}: {why}" for path, why in done.kept]
     return "\n".join(lines + done.notes)
 
