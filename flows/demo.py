@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import torch
 from prefect import flow
 
 from brats_seg.base_params import BaseParams
@@ -38,7 +39,8 @@ def demo(workdir: str = ".") -> dict:
         case_id = cases[cases["split"] == "test"]["case_id"].iloc[0]
         has_champion = summary["promotion"]["promoted"] or "already" in summary["promotion"]["reason"]
         model = DEFAULT_MODEL if has_champion else base.model
-        bundle: ModelBundle = resolve_model(model)
+        # the stages that load a network say when there is no GPU: the demo's one prediction does not say it again
+        bundle: ModelBundle = resolve_model(model, "auto" if torch.cuda.is_available() else "cpu")
         (case,) = discover_cases(f"{base.raw_dir}/{case_id}")
         summary["prediction"] = {**predict_case(case, bundle, "predictions"), "model": bundle.origin,
                                  "cohort": cohort_summary(bundle), "warning": cohort_warning(bundle)}

@@ -398,7 +398,7 @@ def test_make_clean_removes_the_outputs_params_yaml_names_and_nothing_a_user_mad
 
     write_params = make_dvc_project(tmp_path / "project", {"base": {"raw_dir": "data/cohort-b"}})
     repo = write_params.path
-    outputs = stage_outputs(repo)
+    outputs = [rel for rel, _ in stage_outputs(repo)]
     assert "data/cohort-b" in outputs and "data/raw" not in outputs and "data/source.json" not in outputs  # persist
     for rel in outputs:  # as the stages write them: a folder carries the marker
         if Path(rel).suffix:
@@ -701,3 +701,32 @@ def test_disk_full_at_the_write_call_is_one_sentence(tmp_path, capsys):
 
     with pytest.raises(RuntimeError, match="not a full disk"):  # other errors stay what they are
         fails_otherwise()
+
+
+def test_a_path_set_that_would_lose_a_folder_is_refused_before_anything_is_written(tmp_path):
+    """`brats-seg params set` of an output path that holds a folder of the user's, or that another output already
+    uses (the flow's dvc repro of one stage would delete the other's), is one sentence; params.yaml and the folder
+    stay as they were. The flow's check says the same of a params.yaml edited by hand."""
+    from brats_seg.errors import UserError
+    from brats_seg.orchestration.driver import check_workspace_params
+    from tests.support.projects import make_dvc_project
+
+    write_params = make_dvc_project(tmp_path / "project")
+    repo = write_params.path
+    (repo / "my_pictures").mkdir()
+    (repo / "my_pictures" / "note.txt").write_text("mine")
+    before = (repo / "params.yaml").read_text()
+    cli = [sys.executable, "-m", "brats_seg.cli", "params", "set"]
+    for value, said in (("my_pictures", "error: base.overlays_dir is my_pictures, a folder brats-seg did not write, "
+                                        "and dvc repro deletes a stage's outputs before it runs; nothing was deleted"),
+                        ("data/raw", "error: base.overlays_dir is data/raw, the same path as base.raw_dir (data/raw), "
+                                     "and dvc repro deletes a stage's outputs before it runs; nothing was deleted: "
+                                     "give base.overlays_dir a path of its own."),
+                        ("data/slices/pictures", "error: base.overlays_dir is data/slices/pictures, inside "
+                                                 "base.slices_dir (data/slices)")):
+        proc = subprocess.run([*cli, f"base.overlays_dir={value}"], cwd=repo, capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith(said) and proc.stderr.count("\n") == 1, proc.stderr
+    assert (repo / "params.yaml").read_text() == before and (repo / "my_pictures" / "note.txt").read_text() == "mine"
+    write_params({"base": {"validation_reports": "data/slices"}})  # by hand
+    with pytest.raises(UserError, match=r"^base.slices_dir is data/slices, the same path as base.validation_reports"):
+        check_workspace_params(repo)

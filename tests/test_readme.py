@@ -187,6 +187,9 @@ def test_the_readme_commands_work_as_written(tmp_path):
             regions = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("test:")]
             assert regions == ["WT", "TC", "ET"], proc.stdout  # outside in, as everywhere else
             assert len(re.findall(r"brats-unet v\d", out)) == 1, out[-3000:]  # the model said once, not logged too
+        if command.startswith("dvc plots"):  # every plot drawn: the curves, the bars and the three pictures
+            assert "failed to load" not in out, out[-3000:]
+            assert len(list((repo / "dvc_plots" / "static").glob("*_overlays_*.png"))) >= 3, out[-3000:]
         if command == "dvc metrics diff":  # the demo commit against the experiment: numbers on both sides
             rows = [line for line in proc.stdout.splitlines() if len(re.findall(r"\d\.\d+", line)) >= 2]
             assert "HEAD" in proc.stdout and "workspace" in proc.stdout and rows, proc.stdout

@@ -219,9 +219,12 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write("verify   workspace matches the model's params, code and data\n" if not drift else "")
             return 1 if drift else 0
     elif args.command == "params":
+        from brats_seg.orchestration.outputs import check_output_folders
         from brats_seg.params_file import set_params
 
-        for key, value in set_params(args.params, args.assignments).items():
+        root = Path(args.params).parent  # dvc.yaml's folder: a path set must not hold a folder of the user's
+        changed = set_params(args.params, args.assignments, lambda doc: check_output_folders(root, doc))
+        for key, value in changed.items():
             sys.stdout.write(f"{key} = {value}\n")
     elif args.command == "clean":
         from brats_seg.orchestration.outputs import clean, describe

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,13 @@ def stage_params(description: str, argv: list[str] | None = None) -> dict[str, A
     return read_params(args.params)
 
 
-def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
+def set_params(path: str | Path, assignments: list[str],
+               check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Apply ``KEY=VALUE`` assignments (dotted keys, YAML values) to a params file, keeping its comments.
 
     The same edit ``dvc exp run -S`` makes; returns the new values. Unknown keys are refused, and the whole
-    resulting document is checked (:func:`check_params`) before the file is replaced, atomically.
+    resulting document is checked (:func:`check_params`, then ``check``, e.g. that no output path holds a
+    user's folder) before the file is replaced, atomically.
     """
     import io
 
@@ -57,6 +60,8 @@ def set_params(path: str | Path, assignments: list[str]) -> dict[str, Any]:
         raise ConfigError(f"{str(exc)[:-1]}; that value is already in {path}: set it too ({named.group(1)}=...) "
                           f"or restore the file (git checkout -- {path.name}).") from None
     _check_set_paths(changed, path.parent)
+    if check is not None:
+        check(load_yaml(text.getvalue()) or {})
     with atomic_path(path) as tmp:
         tmp.write_text(text.getvalue())
     return changed

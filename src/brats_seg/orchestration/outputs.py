@@ -39,20 +39,21 @@ class Cleaned:
     notes: list[str] = dataclasses.field(default_factory=list)  # what is kept on purpose
 
 
-def stage_outputs(root: str | Path, params: dict[str, Any] | None = None) -> dict[str, str]:
-    """The outputs, metrics and plots of ``root``/dvc.yaml's stages but ``persist`` ones, in the file's order:
-    resolved path (with ``params``, by default ``root``/params.yaml) -> as dvc.yaml writes it (``${base.raw_dir}``)."""
+def stage_outputs(root: str | Path, params: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The outputs, metrics and plots of ``root``/dvc.yaml's stages but ``persist`` ones, in the file's order, each
+    as (its path resolved with ``params``, by default ``root``/params.yaml; as dvc.yaml writes it, e.g.
+    ``${base.raw_dir}``); two at one path are both listed."""
     root = Path(root)
     if not (root / "dvc.yaml").is_file():
-        return {}
+        return []
     params = read_params(root / "params.yaml") if params is None else params
-    found: dict[str, str] = {}
+    found = []
     for stage in dvc_stages(root).values():
         for field in ("outs", "metrics", "plots"):
             for entry in stage.get(field) or []:
                 path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
                 if not (options or {}).get("persist"):
-                    found.setdefault(_resolve(str(path), params), str(path))
+                    found.append((_resolve(str(path), params), str(path)))
     return found
 
 
@@ -80,14 +81,34 @@ def check_output_folders(root: str | Path = ".", params: dict[str, Any] | None =
     """Raise UserError (one sentence) when an output path of ``root``/dvc.yaml (none without one) holds a folder (or
     link) that is not the pipeline's own: `dvc repro` would delete it before the stage that writes there runs."""
     root = Path(root)
-    recorded = lock_hashes(root)
-    for rel, written in stage_outputs(root, params).items():
+    recorded, outputs = lock_hashes(root), stage_outputs(root, params)
+    _check_distinct(outputs)
+    for rel, written in outputs:
         path = root / rel
         if (path.is_dir() or path.is_symlink()) and not is_own_output(root, rel, recorded):
-            key = written.strip("${}") if written.startswith("${") else f"dvc.yaml's output {written}"
+            key = _key(written)
             raise UserError(f"{key} is {rel}, a {'link' if path.is_symlink() else 'folder'} brats-seg did not write, "
                             f"and dvc repro deletes a stage's outputs before it runs; nothing was deleted: point {key} "
                             f"at a new or empty folder, or move what {rel} holds elsewhere.")
+
+
+def _check_distinct(outputs: list[tuple[str, str]]) -> None:
+    """Two outputs at one path, or one inside another: dvc repro of one stage would delete the other's."""
+    seen: list[tuple[Path, str]] = []
+    for rel, written in outputs:
+        path = Path(rel)
+        for other, other_written in seen:
+            if path == other or path.is_relative_to(other) or other.is_relative_to(path):
+                how = "the same path as" if path == other else "inside" if path.is_relative_to(other) else "around"
+                raise UserError(f"{_key(written)} is {rel}, {how} {_key(other_written)} ({other}), and dvc repro "
+                                f"deletes a stage's outputs before it runs; nothing was deleted: give "
+                                f"{_key(written)} a path of its own.")
+        seen.append((path, written))
+
+
+def _key(written: str) -> str:
+    """``base.raw_dir`` for ``${base.raw_dir}``, else how dvc.yaml names the output."""
+    return written.strip("${}") if written.startswith("${") else f"dvc.yaml's output {written}"
 
 
 def clean(root: str | Path = ".", what: str = "outputs") -> Cleaned:
@@ -96,12 +117,11 @@ def clean(root: str | Path = ".", what: str = "outputs") -> Cleaned:
     where each is the pipeline's own; returns what went, what stayed and why."""
     root = Path(root)
     base = load_section(BaseParams, read_params(root / "params.yaml"), "base")
-    done = Cleaned()
+    done, cache = Cleaned(), root / base.cache_dir
     if what in ("outputs", "all"):
         recorded = lock_hashes(root)
-        cache = root / base.cache_dir
         staging = [str(p.relative_to(root)) for p in sorted([cache / "extracted", *cache.glob("raw-*")])]
-        for rel in [*stage_outputs(root), *staging]:
+        for rel in dict.fromkeys([*(rel for rel, _ in stage_outputs(root)), *staging]):
             _remove(root, rel, recorded, done)
     if what in ("checkpoints", "all"):
         _remove_checkpoints(root, base.checkpoint_dir, done)
@@ -109,8 +129,10 @@ def clean(root: str | Path = ".", what: str = "outputs") -> Cleaned:
         done.notes.append(f"kept: training checkpoints ({base.checkpoint_dir}; brats-seg clean checkpoints, or make "
                           f"clean-checkpoints, deletes them)")
     if what != "checkpoints":
-        done.notes.append(f"kept: downloads ({Path(base.cache_dir) / 'downloads'}), {base.source_manifest} and the "
-                          f"MLflow store (make clean-tracking)")
+        kept = [f"downloads ({Path(base.cache_dir) / 'downloads'})"] if (cache / "downloads").is_dir() else []
+        kept += [base.source_manifest] if (root / base.source_manifest).is_file() else []
+        kept += ["the MLflow store (make clean-tracking)"] if (root / "mlflow").is_dir() else []
+        done.notes += [f"kept: {', '.join(kept)}"] if kept else []
     return done
 
 
@@ -118,8 +140,9 @@ def describe(done: Cleaned) -> str:
     """What :func:`clean` did, for people: what went, what stayed and why, and what is kept on purpose."""
     import textwrap
 
-    lines = [textwrap.fill(f"removed {', '.join(done.removed)} (dvc checkout restores what DVC's cache holds, dvc "
-                           f"repro rebuilds)", width=110, subsequent_indent="  ", break_on_hyphens=False)
+    lines = [textwrap.fill(f"removed {', '.join(done.removed)} (dvc repro rebuilds them; dvc checkout restores "
+                           f"those DVC caches, git checkout those git tracks)", width=110, subsequent_indent="  ",
+                           break_on_hyphens=False)
              if done.removed else "removed nothing: none was there"]
     lines += [f"kept {path}: {why}" for path, why in done.kept]
     return "\n".join(lines + done.notes)
