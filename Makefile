@@ -41,8 +41,9 @@ setup: $(VENV)/.installed
 		'export DVC_NO_ANALYTICS="$${DVC_NO_ANALYTICS:-1}"' >> $(BIN)/activate
 
 demo: setup
-	$(BIN)/brats-seg params set $(DEMO_PARAMS)
-	$(BIN)/python -m flows.demo
+	@echo "make demo: params.yaml set to the demo's sizes (git diff params.yaml shows them), then the pipeline flow"
+	@$(BIN)/brats-seg params set $(DEMO_PARAMS)
+	@$(BIN)/python -m flows.demo
 
 # Every test, a worker per core (at most 4: each may run a dvc repro of its own); a test file (or a group of files
 # sharing session fixtures: SHARED in tests/conftest.py) stays on one worker, so that its fixtures are built once;
