@@ -199,3 +199,38 @@ def test_a_warning_every_stage_gives_is_said_once_per_flow_run(tmp_path):
     assert first.count(("INFO", "loaded the model")) == 2, first  # a stage's other lines, every time
     assert first.count(("WARNING", "dvc is busy (held); retrying in 1 s")) == 2, first  # the flow's own warnings
     assert flow_run("run-2").count(gpu) == 1  # the next run says it again
+
+
+def test_a_run_that_cannot_reach_the_demo_branch_says_why_and_what_to_do(tmp_path):
+    """`make demo` again after the README's `git switch main`: this run's dvc.lock is untracked on main and the demo
+    branch holds its own, so git will not switch. The run is not recorded, nothing is changed, and the warning
+    names the files and the way to record it (it used to say "(Aborting)", git's last line)."""
+    import logging
+
+    from brats_seg.orchestration.history import DEMO_BRANCH, record_run
+    from tests.support.projects import run_cmd
+
+    for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "t@example.com"],
+                 ["git", "config", "user.name", "t"]):
+        run_cmd(args, tmp_path)
+    (tmp_path / "params.yaml").write_text("train: {epochs: 1}\n")
+    run_cmd(["git", "add", "params.yaml"], tmp_path)
+    run_cmd(["git", "commit", "-qm", "main"], tmp_path)
+    (tmp_path / "dvc.lock").write_text("first run\n")
+    assert record_run(tmp_path, "first run") is not None  # creates the branch, commits there
+    run_cmd(["git", "switch", "-q", "main"], tmp_path)
+    (tmp_path / "dvc.lock").write_text("second run\n")  # untracked on main
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("brats_seg.orchestration.history")
+    handler = type("Keep", (logging.Handler,), {"emit": lambda self, record: records.append(record)})()
+    logger.addHandler(handler)
+    try:
+        assert record_run(tmp_path, "second run") is None
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        f"the run is not recorded: git will not switch to branch {DEMO_BRANCH} because this run's dvc.lock would "
+        f"overwrite or be overwritten by the branch's own; its outputs are here in the workspace: to record runs "
+        f"there, `git stash -u` (or commit them here), `git switch {DEMO_BRANCH}`, and run again."]
+    assert run_cmd(["git", "branch", "--show-current"], tmp_path).stdout.strip() == "main"
+    assert (tmp_path / "dvc.lock").read_text() == "second run\n"

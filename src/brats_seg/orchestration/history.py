@@ -34,8 +34,7 @@ def record_run(workdir: str | Path, message: str, branch: str = DEMO_BRANCH) -> 
         exists = _git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], cwd).returncode == 0
         switched = _git(["switch", branch] if exists else ["switch", "-c", branch], cwd)
         if switched.returncode != 0:
-            log.warning("could not switch to branch %s (%s): the run is not recorded", branch,
-                        switched.stderr.strip().splitlines()[-1] if switched.stderr.strip() else "git failed")
+            log.warning("%s", _not_switched(branch, switched.stderr))
             return None
     paths = [p for p in RECORDED if (cwd / p).exists()]
     ignores = _git(["ls-files", "--others", "--modified", "--exclude-standard", "--", ":(glob)**/.gitignore"], cwd)
@@ -49,3 +48,16 @@ def record_run(workdir: str | Path, message: str, branch: str = DEMO_BRANCH) -> 
         log.warning("git commit failed (%s): the run is not recorded", committed.stderr.strip()[:200])
         return None
     return _git(["rev-parse", "HEAD"], cwd).stdout.strip()
+
+
+def _not_switched(branch: str, stderr: str) -> str:
+    """Why ``git switch BRANCH`` failed, in one sentence with what to do: usually this run's files (dvc.lock,
+    reports) are untracked or changed here and the branch holds its own."""
+    blocking = [line.strip() for line in stderr.splitlines() if line.startswith("\t")]
+    if not blocking:
+        return (f"the run is not recorded: git could not switch to branch {branch} "
+                f"({(stderr.strip().splitlines() or ['git failed'])[-1]}).")
+    named = ", ".join(blocking[:3]) + (f" and {len(blocking) - 3} more" if len(blocking) > 3 else "")
+    return (f"the run is not recorded: git will not switch to branch {branch} because this run's {named} would "
+            f"overwrite or be overwritten by the branch's own; its outputs are here in the workspace: to record runs "
+            f"there, `git stash -u` (or commit them here), `git switch {branch}`, and run again.")

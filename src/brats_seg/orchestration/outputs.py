@@ -125,7 +125,7 @@ def clean(root: str | Path = ".", what: str = "outputs") -> Cleaned:
             _remove(root, rel, recorded, done)
     if what in ("checkpoints", "all"):
         _remove_checkpoints(root, base.checkpoint_dir, done)
-    elif (root / base.checkpoint_dir).is_dir():
+    elif (root / base.checkpoint_dir).is_dir() and any((root / base.checkpoint_dir).iterdir()):
         done.notes.append(f"kept: training checkpoints ({base.checkpoint_dir}; brats-seg clean checkpoints, or make "
                           f"clean-checkpoints, deletes them)")
     if what != "checkpoints":
