@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -730,3 +731,17 @@ def test_a_path_set_that_would_lose_a_folder_is_refused_before_anything_is_writt
     write_params({"base": {"validation_reports": "data/slices"}})  # by hand
     with pytest.raises(UserError, match=r"^base.slices_dir is data/slices, the same path as base.validation_reports"):
         check_workspace_params(repo)
+
+
+def test_a_broken_dvc_lock_is_one_sentence_for_clean_and_the_checks(tmp_path):
+    """dvc.lock half-edited by hand: `brats-seg clean` says so in one sentence and removes nothing."""
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: [\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "unet.pt").write_text("weights")
+    proc = run(["-m", "brats_seg.cli", "clean"], tmp_path)
+    said = proc.stderr.rstrip()
+    assert proc.returncode == 2 and said.startswith("error: dvc.lock is not valid YAML (") and said.endswith(
+        "restore it (git checkout -- dvc.lock) or rebuild it (dvc commit -f)."), proc.stderr
+    assert proc.stderr.count("\n") == 1 and (tmp_path / "models" / "unet.pt").read_text() == "weights"

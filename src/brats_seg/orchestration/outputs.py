@@ -19,13 +19,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section, read_params
 from brats_seg.errors import ConfigError, UserError
 from brats_seg.io.atomic import OUTPUT_MARKER, is_removable
 from brats_seg.orchestration.dvc import dvc_stages
+from brats_seg.orchestration.provenance import dvc_lock_outputs
 
 # what the train stage writes in base.checkpoint_dir (brats_seg.io.checkpoint): <fingerprint>.pt, a member's
 # <fingerprint>-fold<i>.pt, <fingerprint>.run.json, and an unfinished write's .<name>.<pid>.tmp
@@ -57,16 +56,6 @@ def stage_outputs(root: str | Path, params: dict[str, Any] | None = None) -> lis
     return found
 
 
-def lock_hashes(root: str | Path) -> dict[str, str]:
-    """Path -> MD5 of every output dvc.lock records (a folder's ends in ``.dir``)."""
-    path = Path(root) / "dvc.lock"
-    if not path.is_file():
-        return {}
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
-    return {out["path"]: out["md5"] for stage in stages.values() if isinstance(stage, dict)
-            for out in stage.get("outs") or [] if isinstance(out, dict) and isinstance(out.get("md5"), str)}
-
-
 def is_own_output(root: Path, rel: str, recorded: dict[str, str]) -> bool:
     """Whether ``root``/``rel`` is absent or the pipeline's own (see the module's docstring)."""
     path = root / rel
@@ -81,7 +70,7 @@ def check_output_folders(root: str | Path = ".", params: dict[str, Any] | None =
     """Raise UserError (one sentence) when an output path of ``root``/dvc.yaml (none without one) holds a folder (or
     link) that is not the pipeline's own: `dvc repro` would delete it before the stage that writes there runs."""
     root = Path(root)
-    recorded, outputs = lock_hashes(root), stage_outputs(root, params)
+    recorded, outputs = dvc_lock_outputs(root / "dvc.lock"), stage_outputs(root, params)
     _check_distinct(outputs)
     for rel, written in outputs:
         path = root / rel
@@ -119,7 +108,7 @@ def clean(root: str | Path = ".", what: str = "outputs") -> Cleaned:
     base = load_section(BaseParams, read_params(root / "params.yaml"), "base")
     done, cache = Cleaned(), root / base.cache_dir
     if what in ("outputs", "all"):
-        recorded = lock_hashes(root)
+        recorded = dvc_lock_outputs(root / "dvc.lock")
         staging = [str(p.relative_to(root)) for p in sorted([cache / "extracted", *cache.glob("raw-*")])]
         for rel in dict.fromkeys([*(rel for rel, _ in stage_outputs(root)), *staging]):
             _remove(root, rel, recorded, done)

@@ -38,22 +38,30 @@ def git_state(repo: str | Path = ".") -> dict[str, str]:
     return {"commit": commit, "dirty": str(bool(status.strip())).lower()}
 
 
+def dvc_lock_outputs(lock: str | Path = "dvc.lock") -> dict[str, str]:
+    """``{path: md5}`` of every output dvc.lock records (a folder's md5 ends in ``.dir``); {} without the file."""
+    from brats_seg.errors import ConfigError
+
+    lock = Path(lock)
+    if not lock.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{lock} is not valid YAML ({str(exc).splitlines()[0]}); restore it (git checkout -- "
+                          f"{lock.name}) or rebuild it (dvc commit -f).") from None
+    return {Path(out["path"]).as_posix(): out["md5"] for stage in (data.get("stages") or {}).values()
+            if isinstance(stage, dict) for out in stage.get("outs") or []
+            if isinstance(out, dict) and isinstance(out.get("md5"), str) and isinstance(out.get("path"), str)}
+
+
 def dvc_lock_hashes(paths: dict[str, str], lock: str | Path = "dvc.lock") -> dict[str, str]:
     """``{name: md5}`` of the DVC outputs at ``paths`` (``{name: path}``) as recorded in dvc.lock.
 
     Paths that dvc.lock does not record (yet) are left out.
     """
-    lock = Path(lock)
-    if not lock.is_file():
-        return {}
-    data = yaml.safe_load(lock.read_text()) or {}
-    found = {}
-    for stage in (data.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            for name, path in paths.items():
-                if Path(out.get("path", "")) == Path(path) and "md5" in out:
-                    found[name] = out["md5"]
-    return found
+    recorded = dvc_lock_outputs(lock)
+    return {name: recorded[Path(path).as_posix()] for name, path in paths.items() if Path(path).as_posix() in recorded}
 
 
 def module_file(name: str, roots: Iterable[Path] = IMPORT_ROOTS) -> Path | None:
