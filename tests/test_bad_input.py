@@ -745,3 +745,15 @@ def test_a_broken_dvc_lock_is_one_sentence_for_clean_and_the_checks(tmp_path):
     assert proc.returncode == 2 and said.startswith("error: dvc.lock is not valid YAML (") and said.endswith(
         "restore it (git checkout -- dvc.lock) or rebuild it (dvc commit -f)."), proc.stderr
     assert proc.stderr.count("\n") == 1 and (tmp_path / "models" / "unet.pt").read_text() == "weights"
+
+
+
+def test_a_broken_dvc_yaml_is_one_sentence_for_clean(tmp_path):
+    """dvc.yaml half-edited by hand: `brats-seg clean` says so in one sentence (it read dvc.yaml with a traceback)."""
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train: [\n")
+    proc = run(["-m", "brats_seg.cli", "clean"], tmp_path)
+    said = proc.stderr.rstrip()
+    assert proc.returncode == 2 and said.startswith("error: dvc.yaml is not valid YAML (") and said.endswith(
+        "fix it or restore it (git checkout -- dvc.yaml)."), proc.stderr
+    assert proc.stderr.count("\n") == 1

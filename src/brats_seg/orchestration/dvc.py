@@ -43,8 +43,15 @@ def dvc_stages(workdir: str | Path = ".") -> dict[str, dict]:
     """The stages of ``workdir``/dvc.yaml, by name, as written (``${...}`` not resolved); {} without the file."""
     import yaml
 
+    from brats_seg.errors import ConfigError
+
     path = Path(workdir) / "dvc.yaml"
     if not path.is_file():
         return {}
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix it or restore it "
+                          f"(git checkout -- {path.name}).") from None
+    stages = (doc.get("stages") if isinstance(doc, dict) else None) or {}
     return {name: stage for name, stage in stages.items() if isinstance(stage, dict)}

@@ -105,12 +105,13 @@ def clean(root: str | Path = ".", what: str = "outputs") -> Cleaned:
     ``base.cache_dir``), the training checkpoints in ``base.checkpoint_dir`` (``checkpoints``) or both (``all``),
     where each is the pipeline's own; returns what went, what stayed and why."""
     root = Path(root)
-    base = load_section(BaseParams, read_params(root / "params.yaml"), "base")
+    params = read_params(root / "params.yaml")
+    base = load_section(BaseParams, params, "base")
     done, cache = Cleaned(), root / base.cache_dir
     if what in ("outputs", "all"):
         recorded = dvc_lock_outputs(root / "dvc.lock")
         staging = [str(p.relative_to(root)) for p in sorted([cache / "extracted", *cache.glob("raw-*")])]
-        for rel in dict.fromkeys([*(rel for rel, _ in stage_outputs(root)), *staging]):
+        for rel in dict.fromkeys([*(rel for rel, _ in stage_outputs(root, params)), *staging]):
             _remove(root, rel, recorded, done)
     if what in ("checkpoints", "all"):
         _remove_checkpoints(root, base.checkpoint_dir, done)
