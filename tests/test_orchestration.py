@@ -13,6 +13,7 @@ import pytest
 
 from brats_seg.errors import UserError
 from brats_seg.orchestration.driver import StageFailed, run_dvc_stage, workspace_lock
+from tests.support.projects import init_git_dvc, run_cmd
 
 
 def test_a_second_holder_waits_for_the_first(tmp_path):
@@ -82,13 +83,11 @@ _DVC_YAML = """stages:
 def _busy_repo(tmp_path, sleep: float):
     """A git + DVC repository whose stage `slow` is being reproduced by another `dvc repro` (a person's),
     which is inside its stage command when this returns; `after` depends on its output."""
-    from tests.support.projects import run_cmd
 
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "dvc.yaml").write_text(_DVC_YAML.format(sleep=sleep))
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run_cmd(args, repo)
+    init_git_dvc(repo)
     manual = subprocess.Popen(["dvc", "repro", "slow"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     for line in manual.stdout:
@@ -143,13 +142,11 @@ def test_a_stages_lines_are_logged_at_their_own_level_without_saying_it_twice(tm
     in Prefect's UI), and dvc's own lines stay INFO."""
     import logging
 
-    from tests.support.projects import run_cmd
 
     (tmp_path / "talk.py").write_text('print("INFO sliced 3 cases")\n'
                                       'print("WARNING no CUDA GPU available: running on the CPU")\n')
     (tmp_path / "dvc.yaml").write_text("stages:\n  talk:\n    cmd: python talk.py\n")
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run_cmd(args, tmp_path)
+    init_git_dvc(tmp_path)
     logger = logging.getLogger("tests.relay")
     with caplog.at_level(logging.INFO, logger="tests.relay"):
         result = run_dvc_stage("talk", tmp_path, logger)
@@ -170,14 +167,12 @@ def test_a_warning_every_stage_gives_is_said_once_per_flow_run(tmp_path):
     from prefect.logging.loggers import PrefectLogAdapter
 
     from flows.failures import StageWarningsOncePerRun
-    from tests.support.projects import run_cmd
 
     (tmp_path / "talk.py").write_text('print("INFO loaded the model")\n'
                                       'print("WARNING no CUDA GPU available: running on the CPU")\n')
     (tmp_path / "dvc.yaml").write_text("stages:\n" + "".join(
         f"  {name}:\n    cmd: python talk.py\n    always_changed: true\n" for name in ("a", "b")))
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run_cmd(args, tmp_path)
+    init_git_dvc(tmp_path)
     records: list[logging.LogRecord] = []
     logger = logging.getLogger("tests.once")  # its own handler: importing Prefect reconfigures the root's
     logger.addFilter(StageWarningsOncePerRun())
@@ -208,7 +203,6 @@ def test_a_run_that_cannot_reach_the_demo_branch_says_why_and_what_to_do(tmp_pat
     import logging
 
     from brats_seg.orchestration.history import DEMO_BRANCH, record_run
-    from tests.support.projects import run_cmd
 
     for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "t@example.com"],
                  ["git", "config", "user.name", "t"]):

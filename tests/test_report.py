@@ -146,12 +146,11 @@ def test_the_report_stage_is_declared_with_its_inputs():
 def test_dvc_plots_render_offline_with_the_projects_template(tmp_path):
     """`dvc plots show` with .dvc/config's template: the CSV plots draw with no request leaving the machine."""
     sync_playwright = _chromium_or_skip()
-    from tests.support.projects import run_cmd
+    from tests.support.projects import init_git_dvc, run_cmd
 
     repo = tmp_path / "plots"
     repo.mkdir()
-    run_cmd(["git", "init", "-q"], repo)
-    run_cmd(["dvc", "init", "-q"], repo)
+    init_git_dvc(repo)
     shutil.copy(PROJECT_ROOT / ".dvc" / "offline-plots.html", repo / ".dvc" / "offline-plots.html")
     shutil.copy(PROJECT_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     (repo / "dvc.yaml").write_text("plots:\n  - curve.csv:\n      x: epoch\n      y: val_dice\n")

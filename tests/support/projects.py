@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,15 +71,38 @@ def make_dvc_project(repo: Path, overrides: dict | None = None):
         (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
     write_params()
-    run_cmd(["git", "init", "-q", "-b", "main"], repo)
+    init_git_dvc(repo)
     run_cmd(["git", "config", "user.email", "test@example.com"], repo)
     run_cmd(["git", "config", "user.name", "test"], repo)
-    run_cmd(["dvc", "init", "-q"], repo)
-    run_cmd(["dvc", "config", "core.analytics", "false"], repo)
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-qm", "pipeline"], repo)
     write_params.path = repo  # type: ignore[attr-defined]
     return write_params
+
+
+def init_git_dvc(repo: Path) -> None:
+    """`git init` (branch main), then what `dvc init` and `dvc config core.analytics false` write, staged as `dvc
+    init` stages it: copied from a repository those real commands made once per test process (:func:`_dvc_init`),
+    since each dvc process costs about a second of CPU and the suite makes some thirty scratch repositories."""
+    run_cmd(["git", "init", "-q", "-b", "main"], repo)
+    made = _dvc_init()
+    files = sorted(str(p.relative_to(made)) for p in made.rglob("*")  # not git's, nor DVC's scratch space
+                   if p.is_file() and p.relative_to(made).parts[0] != ".git" and p.parent != made / ".dvc" / "tmp")
+    for name in files:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(made / name, repo / name)
+    run_cmd(["git", "add", "--", *files], repo)
+
+
+@functools.cache
+def _dvc_init() -> Path:
+    """A git repository in which the real `dvc init -q` and `dvc config core.analytics false` ran (this process's
+    copy; removed at exit)."""
+    made = Path(tempfile.mkdtemp(prefix="brats-dvc-init-"))
+    atexit.register(shutil.rmtree, made, ignore_errors=True)
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_cmd(args, made)
+    return made
 
 
 def require(found: bool, what: str) -> None:
