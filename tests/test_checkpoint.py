@@ -75,7 +75,8 @@ def test_a_completed_training_run_prunes_abandoned_checkpoints(slices, tmp_path,
     kept = _checkpoint(folder, "1" * 16, age_s=10) + _checkpoint(folder, "2" * 16, age_s=20)
     oldest = _checkpoint(folder, "3" * 16, age_s=30)
     # no raw data here: the post-processing chosen on the validation patients' own grids is another test's subject
-    params = TrainParams(epochs=1, batch_size=8, lr=3e-3, base=8, depth=2, threads=1, device="cpu", postprocess=False)
+    params = TrainParams(epochs=1, batch_size=8, lr=3e-3, base=8, depth=2, threads=1, device="cpu", postprocess=False,
+                         threshold=0.5)
     report = train_stage(params, BaseParams(seed=0))
     assert report["epochs"] == 1 and Path("models/unet.pt").is_file()
     assert sorted(folder.iterdir()) == sorted(kept) and not any(p.exists() for p in oldest)

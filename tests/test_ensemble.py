@@ -96,7 +96,7 @@ def test_the_train_stage_writes_one_model_file_of_the_ensemble_and_each_folds_va
     monkeypatch.chdir(tmp_path)
     shutil.copytree(slices, tmp_path / "data" / "slices")
     # no raw data here: the post-processing chosen on the validation patients' own grids is another test's subject
-    params = dataclasses.replace(PARAMS, folds=2, device="cpu", postprocess=False)
+    params = dataclasses.replace(PARAMS, folds=2, device="cpu", postprocess=False, threshold=0.5)
     report = train_stage(params, BaseParams(seed=0))
     bundle = load_model("models/unet.pt")
     assert isinstance(bundle.model, Ensemble) and bundle.model.config.members == 2

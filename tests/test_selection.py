@@ -24,7 +24,7 @@ from brats_seg.training.params import TrainParams
 from brats_seg.training.selection import LesionSelection, lesion_dice, selection_for
 
 PARAMS = TrainParams(epochs=5, batch_size=4, lr=3e-3, base=8, depth=2, threads=1, target="wt", augment=False,
-                     device="cpu", postprocess=False, bce_weight=0.0)
+                     device="cpu", postprocess=False, threshold=0.5, bce_weight=0.0)
 
 
 def _disc(n: int, centre: tuple[int, int], radius: int) -> np.ndarray:

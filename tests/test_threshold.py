@@ -90,7 +90,7 @@ def test_train_threshold_is_auto_or_a_probability(value):
         load_section(TrainParams, {"train": {"threshold": value}}, "train")
     assert load_section(TrainParams, {"train": {"threshold": "auto"}}, "train").threshold == "auto"
     assert load_section(TrainParams, {"train": {"threshold": 0.4}}, "train").threshold == 0.4
-    assert TrainParams().threshold == 0.5  # the default is the threshold of every model before it
+    assert TrainParams().threshold == "auto"  # the default (0.5, the rule of every model before, is set by hand)
 
 
 @pytest.fixture

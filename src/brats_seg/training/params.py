@@ -45,7 +45,7 @@ class TrainParams:
     postprocess: bool = True  # choose post-processing on the validation patients (brats_seg.inference.postprocess)
     main_tumour: bool = True  # also choose there a fraction of the largest tumour under which the others go
     folds: int = 0  # 0: one network | N: an ensemble of N, member i trained without fold i of the training patients
-    threshold: float | Literal["auto"] = 0.5  # a region's mask is probability > this; auto: chosen on validation
+    threshold: float | Literal["auto"] = "auto"  # a region's mask is probability > this; auto: chosen on validation
     select: Literal["dice", "lesion_dice"] = "dice"  # the epoch kept: best per-patient Dice or lesion-wise Dice
 
     def __post_init__(self) -> None:
