@@ -18,12 +18,12 @@ from prefect.tasks import exponential_backoff
 from brats_seg.errors import exit_on_user_error
 from brats_seg.orchestration.driver import (
     STAGES,
-    check_workspace_params,
     flow_stages,
     run_dvc_stage,
     workspace_lock,
 )
 from brats_seg.reporting.summary import pipeline_summary
+from brats_seg.sections import check_workspace_params
 from flows.failures import fail_on_user_error, is_not_a_user_error, run_name, server_start_in_one_sentence
 
 

@@ -393,8 +393,8 @@ def test_make_clean_removes_the_outputs_params_yaml_names_and_nothing_a_user_mad
     and the flow refuse an output path that holds the user's folder before dvc deletes it."""
     from brats_seg.errors import UserError
     from brats_seg.io.atomic import mark_output_dir
-    from brats_seg.orchestration.driver import check_workspace_params
     from brats_seg.orchestration.outputs import stage_outputs
+    from brats_seg.sections import check_workspace_params
     from tests.support.projects import make_dvc_project, run_cmd
 
     write_params = make_dvc_project(tmp_path / "project", {"base": {"raw_dir": "data/cohort-b"}})
@@ -709,7 +709,7 @@ def test_a_path_set_that_would_lose_a_folder_is_refused_before_anything_is_writt
     uses (the flow's dvc repro of one stage would delete the other's), is one sentence; params.yaml and the folder
     stay as they were. The flow's check says the same of a params.yaml edited by hand."""
     from brats_seg.errors import UserError
-    from brats_seg.orchestration.driver import check_workspace_params
+    from brats_seg.sections import check_workspace_params
     from tests.support.projects import make_dvc_project
 
     write_params = make_dvc_project(tmp_path / "project")

@@ -8,10 +8,11 @@ from typing import Literal
 import pytest
 
 from brats_seg.base_params import BaseParams
-from brats_seg.config import SECTIONS, check_cross_section, check_params, load_section, read_params
+from brats_seg.config import check_cross_section, load_section, read_params
 from brats_seg.data.sources import DownloadParams
 from brats_seg.data.spec import SliceParams
 from brats_seg.errors import ConfigError
+from brats_seg.sections import SECTIONS, check_params
 from brats_seg.training.params import TrainParams
 from tests.support.cohorts import PROJECT_ROOT
 
@@ -84,15 +85,16 @@ def test_params_set_keeps_comments_and_refuses_unknown_keys(tmp_path):
 
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  epochs: 20   # the seed's default\n  lr: 1.0e-4\n")
-    assert set_params(path, ["train.epochs=5", "train.lr=0.001"]) == {"train.epochs": 5, "train.lr": 0.001}
+    changed = set_params(path, ["train.epochs=5", "train.lr=0.001"], check_params)
+    assert changed == {"train.epochs": 5, "train.lr": 0.001}
     text = path.read_text()
     assert "# the seed's default" in text and read_params(path)["train"] == {"epochs": 5, "lr": 0.001}
     with pytest.raises(ConfigError, match="train.epoch is not a known key"):
-        set_params(path, ["train.epoch=3"])
+        set_params(path, ["train.epoch=3"], check_params)
     with pytest.raises(ConfigError, match="is not KEY=VALUE"):
-        set_params(path, ["train.epochs"])
+        set_params(path, ["train.epochs"], check_params)
     with pytest.raises(ConfigError, match="does not exist"):
-        set_params(tmp_path / "missing.yaml", ["train.epochs=1"])
+        set_params(tmp_path / "missing.yaml", ["train.epochs=1"], check_params)
 
 
 def test_numbers_without_a_dot_are_the_numbers_dvc_reads_in_the_file_and_in_params_set(tmp_path):
@@ -109,8 +111,8 @@ def test_numbers_without_a_dot_are_the_numbers_dvc_reads_in_the_file_and_in_para
     assert read_params(path) == parse_yaml(text, str(path)) == {
         "train": {"lr": 0.0003, "bce_weight": 1.0, "epochs": 5, "bias_field": 0.5}}
     assert isinstance(read_params(path)["train"]["epochs"], int)
-    assert set_params(path, ["train.lr=1e-3", "train.bias_field=2.5E-1"]) == {"train.lr": 0.001,
-                                                                               "train.bias_field": 0.25}
+    changed = set_params(path, ["train.lr=1e-3", "train.bias_field=2.5E-1"], check_params)
+    assert changed == {"train.lr": 0.001, "train.bias_field": 0.25}
     assert read_params(path)["train"]["lr"] == 0.001 and "lr: 0.001" in path.read_text()  # written as a number
     path.write_text('train:\n  lr: "3e-4"\n')
     with pytest.raises(ConfigError, match="train.lr must be a number, got '3e-4'"):
@@ -273,8 +275,18 @@ def test_the_cross_section_rule_leaves_a_bad_value_to_its_own_section():
     assert load_section(SliceParams, params, "slice").size == params["slice"]["size"]  # train reports train.depth
     with pytest.raises(ConfigError, match="train.depth must be an integer, got 'deep'"):
         load_section(TrainParams, params, "train")
-    with pytest.raises(ConfigError, match="= 16 .train.depth is 4., got 60"):  # absent: the default applies
-        check_cross_section({"slice": {"size": 60}, "train": {}})
+
+def test_a_value_params_yaml_leaves_out_is_checked_at_its_default_by_the_whole_document_check():
+    """A stage checks the rule on the values its params.yaml writes (its own import closure holds its own sections
+    only); the whole-document check (`brats-seg params set`, the flow) knows every section's defaults, and training
+    checks the slices it reads (tests/test_train.py)."""
+    params = {"slice": {"size": 60}, "train": {}}
+    check_cross_section(params)  # train.depth absent: nothing to compare here
+    assert load_section(SliceParams, params, "slice").size == 60
+    with pytest.raises(ConfigError, match="= 16 .train.depth is 4., got 60"):  # the default depth, 4
+        check_params(params)
+    with pytest.raises(ConfigError, match="= 8 .train.depth is 3., got 60"):  # written: the stage stops too
+        load_section(SliceParams, {"slice": {"size": 60}, "train": {"depth": 3}}, "slice")
 
 
 def test_messages_name_the_file_they_came_from():
@@ -299,7 +311,7 @@ def test_params_set_refuses_bad_values_before_writing(tmp_path, assignments, mes
     path.write_bytes((PROJECT_ROOT / "params.yaml").read_bytes())
     before = path.read_bytes()
     with pytest.raises(ConfigError) as err:
-        set_params(path, assignments)
+        set_params(path, assignments, check_params)
     assert message in str(err.value)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -328,7 +340,7 @@ def test_every_section_is_checked_without_importing_torch_mlflow_or_prefect():
     import subprocess
     import sys
 
-    code = ("import sys; from brats_seg.config import SECTIONS, section_class; [section_class(n) for n in SECTIONS]; "
+    code = ("import sys; from brats_seg.sections import check_params; "
             "print(sorted(m for m in ('torch', 'mlflow', 'prefect', 'great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")})
@@ -360,11 +372,11 @@ def test_params_set_past_a_bad_value_already_in_the_file_says_how(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((PROJECT_ROOT / "params.yaml").read_text().replace("  select: dice ", "  select: best "))
     with pytest.raises(ConfigError) as err:
-        set_params(path, ["train.threshold=auto"])
+        set_params(path, ["train.threshold=auto"], check_params)
     assert str(err.value).endswith("got 'best'; that value is already in " + str(path) + ": set it too "
                                    "(train.select=...) or restore the file (git checkout -- params.yaml).")
     with pytest.raises(ConfigError) as err:  # the value being set is the bad one: its own sentence, no more
-        set_params(path, ["train.select=worst"])
+        set_params(path, ["train.select=worst"], check_params)
     assert str(err.value).endswith("got 'worst'.")
-    assert set_params(path, ["train.select=dice", "train.threshold=auto"]) == {"train.select": "dice",
-                                                                               "train.threshold": "auto"}
+    changed = set_params(path, ["train.select=dice", "train.threshold=auto"], check_params)
+    assert changed == {"train.select": "dice", "train.threshold": "auto"}

@@ -95,12 +95,13 @@ def derived_params(stage_module: str) -> set[str]:
     """What a stage's dvc.yaml ``params:`` must be, derived from the one runtime mark (config.runtime_field): every
     unmarked field of each section the stage reads; of ``base`` only the seed, where the stage's code uses it (its
     paths are deps and outs)."""
-    from brats_seg.config import result_keys, section_class
+    from brats_seg.config import result_keys
+    from brats_seg.sections import SECTIONS
 
     uses_seed = any("base.seed" in p.read_text() for p in import_closure(stage_module)
                     if p.name not in ("config.py", "base_params.py"))  # where base.seed is defined
     keys = {f"{name}.{key}" for name in _sections_read(stage_module) - {"base"}
-            for key in result_keys(section_class(name))}
+            for key in result_keys(SECTIONS[name])}
     return keys | ({"base.seed"} if uses_seed else set())
 
 
@@ -127,14 +128,16 @@ def test_the_derivation_reads_the_stages_sections():
 
 def test_lineage_and_the_fingerprint_use_the_same_mark():
     from brats_seg.config import result_keys, runtime_keys
+    from brats_seg.data.spec import SliceParams
     from brats_seg.registry.lineage import RUNTIME_PARAMS
     from brats_seg.training.loop import computation
     from brats_seg.training.params import TrainParams
 
-    assert set(RUNTIME_PARAMS) == set(runtime_keys("train")) | set(runtime_keys("slice"))
+    train_runtime = runtime_keys(TrainParams, "train")
+    assert set(RUNTIME_PARAMS) == set(train_runtime) | set(runtime_keys(SliceParams, "slice"))
     resolved = computation(TrainParams(), "cpu")
     assert set(result_keys(TrainParams)) <= set(resolved)
-    assert not {k.partition(".")[2] for k in runtime_keys("train")} - {"device"} & set(resolved)
+    assert not {k.partition(".")[2] for k in train_runtime} - {"device"} & set(resolved)
 
 
 def test_the_checkout_and_the_package_are_found_from_the_files_not_the_working_directory(tmp_path):

@@ -23,6 +23,7 @@ LAYERS = (
     ("brats_seg.evaluation",),
     ("brats_seg.training",),
     ("brats_seg.registry",),
+    ("brats_seg.sections",),
     ("brats_seg.reporting",),
     ("brats_seg.runners",),
     ("brats_seg.predict", "brats_seg.cli"),

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from brats_seg.data.dataset import load_split
-from brats_seg.errors import DataError
+from brats_seg.errors import ConfigError, DataError
 from brats_seg.io.checkpoint import load_checkpoint
 from brats_seg.training.loop import fingerprint, train_model, validate
 from brats_seg.training.params import TrainParams
@@ -37,6 +37,15 @@ def test_two_epochs_lower_the_loss_and_raise_validation_dice(slices, tmp_path):
     assert second["train_loss"] < first["train_loss"]
     assert second["val_dice"] > first["val_dice"]
     assert result.best_epoch == 2 and result.regions == ("wt",)
+
+
+def test_slices_the_network_cannot_pool_depth_times_are_one_sentence_before_training(slices, tmp_path):
+    """However params.yaml was checked (a file that leaves train.depth out is checked at the default only by the
+    whole-document check), training itself refuses slices whose side 2 ** depth does not divide."""
+    with pytest.raises(ConfigError, match=r"slice.size must be a multiple of 2\*\*train.depth = 64 \(train.depth "
+                                          r"is 6\), got 32; use a multiple of 64"):
+        _train(slices, dataclasses.replace(PARAMS, depth=6), tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()
 
 
 def test_regions_target_has_three_channels(slices, tmp_path):

@@ -221,9 +221,10 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "params":
         from brats_seg.orchestration.outputs import check_output_folders
         from brats_seg.params_file import set_params
+        from brats_seg.sections import check_params
 
         root = Path(args.params).parent  # dvc.yaml's folder: a path set must not hold a folder of the user's
-        changed = set_params(args.params, args.assignments, lambda doc: check_output_folders(root, doc))
+        changed = set_params(args.params, args.assignments, check_params, lambda doc: check_output_folders(root, doc))
         for key, value in changed.items():
             sys.stdout.write(f"{key} = {value}\n")
     elif args.command == "clean":

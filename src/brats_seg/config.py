@@ -6,17 +6,17 @@ and what is allowed, e.g. ``params.yaml: train.epochs must be an integer >= 1, g
 
 Types are checked by pydantic (:func:`build`: strict, as JSON reads YAML's values, no unknown key), its errors
 formatted here into those sentences; each section's dataclass checks the meaning of its values in
-``__post_init__`` with :func:`require` and its shorthands; rules that tie two sections together live in
-:func:`check_cross_section`, which :func:`load_section` applies to the sections they involve, so that
-``slice.size: 60`` with ``train.depth: 3`` stops the slice stage before it slices anything.
-:func:`check_params` checks a whole document (what ``brats-seg params set`` writes).
+``__post_init__`` with :func:`require` and its shorthands. The dataclasses live with the phases that own them
+(this module sits below those); :mod:`brats_seg.sections` names every one and checks a whole document. The rule
+that ties two sections together, :func:`check_unet_fits`, is applied by :func:`load_section` to the values both
+sections write (``slice.size: 60`` with ``train.depth: 3`` stops the slice stage before it slices anything), by
+the whole-document check, and by training on the slices it reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import json
 import math
 import re
@@ -51,59 +51,40 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 PARAMS_FILE = "params.yaml"  # how __post_init__ messages name the file; build() puts the real name in
 
-# Every section of params.yaml and the dataclass that checks it: one torch- and MLflow-free module per section
-# (tests/test_config.py holds them so), named here because config sits below the phases that own them; imported
-# when a whole document is checked.
-SECTIONS: dict[str, str] = {
-    "base": "brats_seg.base_params:BaseParams",
-    "download": "brats_seg.data.sources:DownloadParams",
-    "validate": "brats_seg.data.validation:ValidateParams",
-    "slice": "brats_seg.data.spec:SliceParams",
-    "train": "brats_seg.training.params:TrainParams",
-    "evaluate": "brats_seg.evaluation.params:EvaluateParams",
-    "register": "brats_seg.registry.params:RegisterParams",
-    "promote": "brats_seg.registry.params:PromoteParams",
-    "schedule": "brats_seg.base_params:ScheduleParams",
-}
-_CROSS_SECTION = ("slice", "train")
-
-
 def load_section(cls: type[T], params: Mapping[str, Any], name: str, source: str = PARAMS_FILE) -> T:
-    """Build dataclass ``cls`` from ``params[name]``, checking every key, type and value, and the rules
-    that tie this section to another one present in ``params`` (:func:`check_cross_section`)."""
+    """Build dataclass ``cls`` from ``params[name]``, checking every key, type and value, and the rule that ties
+    the slice and train sections where ``params`` writes both values (:func:`check_cross_section`)."""
     if name not in params:
         raise ConfigError(f"{source} has no '{name}' section; add it (see the project's params.yaml).")
     section = build(cls, params[name], f"{source}: {name}")
-    if name in _CROSS_SECTION:
+    if name in ("slice", "train"):
         check_cross_section(params, source)
     return section
 
 
-def check_params(params: Mapping[str, Any], source: str = PARAMS_FILE) -> None:
-    """Check a whole params document: every known section present in it (others are left alone), then
-    the rules between sections. Raises ConfigError with one sentence for the first problem."""
-    for name in SECTIONS:
-        if name in params:
-            build(section_class(name), params[name], f"{source}: {name}")
-    check_cross_section(params, source)
-
-
 def check_cross_section(params: Mapping[str, Any], source: str = PARAMS_FILE) -> None:
-    """Rules between sections: ``slice.size`` must be divisible by ``2 ** train.depth`` (the U-Net pools
-    ``depth`` times and concatenates skips of equal size). Values that are missing or not yet valid are left
-    to their own section's check; the defaults are those of SliceParams and TrainParams."""
-    if "slice" not in params or "train" not in params:
-        return
-    size, depth = _raw_value(params, "slice", "size"), _raw_value(params, "train", "depth")
+    """:func:`check_unet_fits` on the values ``params`` writes: ``slice.size`` and ``train.depth`` (with
+    ``train.base`` and ``train.batch_size`` for the memory). A value that is missing or not yet valid is left to
+    its own section's check, and to the whole-document check and training, which know the defaults."""
+    size, depth = _written(params, "slice", "size"), _written(params, "train", "depth")
     if not (_is_int(size) and _is_int(depth) and size >= 1 and depth >= 1):
         return
+    base, batch = _written(params, "train", "base"), _written(params, "train", "batch_size")
+    memory = _is_int(base) and _is_int(batch) and base >= 1 and batch >= 1
+    check_unet_fits(size, depth, base if memory else None, batch if memory else None, source)
+
+
+def check_unet_fits(size: int, depth: int, base: int | None = None, batch: int | None = None,
+                    source: str = PARAMS_FILE) -> None:
+    """Slices of side ``size`` must be divisible by ``2 ** depth`` (the U-Net pools ``depth`` times and
+    concatenates skips of equal size); with ``base`` and ``batch``, one training step must fit this host's memory
+    (:func:`check_training_memory`). One sentence (ConfigError) otherwise."""
     step = 2**depth
     if size % step:
         raise ConfigError(f"{source}: slice.size must be a multiple of 2**train.depth = {step} (train.depth is "
                           f"{depth}), got {size}; use a multiple of {step} such as "
                           f"{max(step, round(size / step) * step)}, or a smaller train.depth.")
-    base, batch = _raw_value(params, "train", "base"), _raw_value(params, "train", "batch_size")
-    if _is_int(base) and _is_int(batch) and base >= 1 and batch >= 1:
+    if base is not None and batch is not None:
         check_training_memory(base, depth, size, batch, host_memory(), "this host's memory", source)
 
 
@@ -154,23 +135,16 @@ def result_keys(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get(RUNTIME))  # type: ignore[arg-type]
 
 
-def runtime_keys(name: str) -> tuple[str, ...]:
-    """The dotted keys of section ``name`` marked :func:`runtime_field`, e.g. ``("train.resume", ...)``."""
-    return tuple(f"{name}.{f.name}" for f in dataclasses.fields(section_class(name)) if f.metadata.get(RUNTIME))
+def runtime_keys(cls: type, name: str) -> tuple[str, ...]:
+    """The dotted keys of section ``name`` (checked by ``cls``) marked :func:`runtime_field`, e.g.
+    ``("train.resume", ...)``."""
+    return tuple(f"{name}.{f.name}" for f in dataclasses.fields(cls) if f.metadata.get(RUNTIME))
 
 
-def section_class(name: str) -> type:
-    """The dataclass that checks section ``name`` (imported on first use; see :data:`SECTIONS`)."""
-    module, _, attr = SECTIONS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _raw_value(params: Mapping[str, Any], section: str, key: str) -> Any:
-    """``params[section][key]`` as written, or the section dataclass's default when it is absent."""
-    values = params[section]
-    if isinstance(values, Mapping) and key in values:
-        return values[key]
-    return next(f.default for f in dataclasses.fields(section_class(section)) if f.name == key)
+def _written(params: Mapping[str, Any], section: str, key: str) -> Any:
+    """``params[section][key]`` as written; None when the section or the key is absent."""
+    values = params.get(section)
+    return values.get(key) if isinstance(values, Mapping) else None
 
 
 def _is_int(value: Any) -> bool:

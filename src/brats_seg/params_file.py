@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from brats_seg.config import check_params, read_params
+from brats_seg.config import read_params
 from brats_seg.errors import ConfigError
 from brats_seg.io.yaml12 import load_yaml
 
@@ -29,13 +29,14 @@ def stage_params(description: str, argv: list[str] | None = None) -> dict[str, A
     return read_params(args.params)
 
 
-def set_params(path: str | Path, assignments: list[str],
+def set_params(path: str | Path, assignments: list[str], validate: Callable[[dict[str, Any], str], None],
                check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Apply ``KEY=VALUE`` assignments (dotted keys, YAML values) to a params file, keeping its comments.
 
     The same edit ``dvc exp run -S`` makes; returns the new values. Unknown keys are refused, and the whole
-    resulting document is checked (:func:`check_params`, then ``check``, e.g. that no output path holds a
-    user's folder) before the file is replaced, atomically.
+    resulting document is checked (``validate(document, file name)``: every section's values,
+    :func:`brats_seg.sections.check_params`; then ``check``, e.g. that no output path holds a user's folder)
+    before the file is replaced, atomically.
     """
     import io
 
@@ -52,7 +53,7 @@ def set_params(path: str | Path, assignments: list[str],
     text = io.StringIO()
     yaml_rt.dump(doc, text)
     try:
-        check_params(load_yaml(text.getvalue()) or {}, str(path))
+        validate(load_yaml(text.getvalue()) or {}, str(path))
     except ConfigError as exc:  # a bad value already in the file, not one being set: say how to get past it
         named = re.search(r": (\S+?)(?:\[\d+\])? (?:must|is) ", str(exc))
         if named is None or any(named.group(1) == key or named.group(1).startswith(f"{key}.") for key in changed):

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from brats_seg.config import read_params
 from brats_seg.errors import UserError
 from brats_seg.orchestration.dvc import dvc_popen, dvc_stages
 
@@ -72,18 +71,6 @@ def workspace_lock(workdir: str | Path = ".", timeout_s: float = 0.0) -> Iterato
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def check_workspace_params(workdir: str | Path = ".") -> None:
-    """Check ``workdir``'s params.yaml as every stage will (one sentence, ConfigError), and that no output path
-    holds a folder of the user's (:func:`~brats_seg.orchestration.outputs.check_output_folders`), before dvc
-    runs any stage."""
-    from brats_seg.config import check_params
-    from brats_seg.orchestration.outputs import check_output_folders
-
-    path = Path(workdir) / "params.yaml"
-    check_params(read_params(path), str(path))
-    check_output_folders(workdir)
 
 
 def run_dvc_stage(stage: str, workdir: str | Path = ".", logger: logging.Logger | None = None,

@@ -11,13 +11,16 @@ from pathlib import Path
 
 from brats_seg.base_params import BaseParams
 from brats_seg.config import load_section, runtime_keys
+from brats_seg.data.spec import SliceParams
 from brats_seg.errors import UserError
 from brats_seg.orchestration.dvc import dvc_run
 from brats_seg.orchestration.provenance import code_manifest, dvc_lock_hashes, git_state
 from brats_seg.registry import tracking, versions
+from brats_seg.training.params import TrainParams, model_params
 
-# Settings logged with a run that do not shape the model: a different value in params.yaml is no drift.
-RUNTIME_PARAMS = (*runtime_keys("train"), *runtime_keys("slice"))  # marked once, on the params dataclasses
+# Settings logged with a run that do not shape the model (marked once, on the params dataclasses): a different
+# value in params.yaml is no drift.
+RUNTIME_PARAMS = (*runtime_keys(TrainParams, "train"), *runtime_keys(SliceParams, "slice"))
 
 
 def lineage(uri: str) -> dict:
@@ -56,9 +59,6 @@ def verify(chain: dict, params: dict, repo: str | Path = ".") -> list[str]:
 
 
 def _params_drift(chain: dict, params: dict) -> list[str]:
-    from brats_seg.data.spec import SliceParams
-    from brats_seg.training.params import TrainParams, model_params
-
     def logged(train: TrainParams, slicing: SliceParams, seed: int) -> dict[str, str]:
         settings = {k: v for k, v in dataclasses.asdict(slicing).items() if k != "workers"}
         return tracking.param_strings(model_params(train, settings, seed))

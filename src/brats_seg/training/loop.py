@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brats_seg.config import check_training_memory, result_keys
+from brats_seg.config import check_training_memory, check_unet_fits, result_keys
 from brats_seg.data.dataset import ShardedSplit, SliceSet
 from brats_seg.errors import DataError, UserError
 from brats_seg.inference.bundle import pick_device, predict_slices
@@ -178,8 +178,10 @@ def _parallel(model: torch.nn.Module, params: TrainParams, device: torch.device,
 
 
 def _check_sizes(params: TrainParams, train_set: Split, device: torch.device, ranks: Ranks) -> None:
-    """Before any work: refuse a network and batch that cannot fit the GPU's memory (the host's was checked when
-    params.yaml was loaded), and say so when the batch is larger than the training set."""
+    """Before any work: refuse slices the network cannot pool ``depth`` times, and a network and batch that cannot
+    fit the host's or the GPU's memory (checked when params.yaml was loaded where it wrote both sections' values;
+    here on the slices themselves), and say so when the batch is larger than the training set."""
+    check_unet_fits(train_set.shape[-1], params.depth, params.base, params.batch_size)
     if device.type == "cuda":
         check_training_memory(params.base, params.depth, train_set.shape[-1], params.batch_size // ranks.world,
                               torch.cuda.get_device_properties(device).total_memory, "the GPU's memory")
