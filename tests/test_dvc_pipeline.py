@@ -8,9 +8,21 @@ import re
 import pandas as pd
 import pytest
 
-from tests.support.projects import run_cmd
+from tests.support.projects import make_dvc_project, run_cmd
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """One fresh project reproduced from scratch through evaluate and committed, shared by the tests below that
+    read it (each proves something of that first run) or clone it (a second clean run to compare with): the
+    project, and the first `dvc repro`'s output."""
+    project = make_dvc_project(tmp_path_factory.mktemp("reproduced") / "project")
+    first = run_cmd(["dvc", "repro", "evaluate"], project.path)
+    run_cmd(["git", "add", "-A"], project.path)
+    run_cmd(["git", "commit", "-qm", "reproduced through evaluate"], project.path)
+    return project, first.stdout
 
 
 def _ran(stdout: str) -> list[str]:
@@ -62,9 +74,10 @@ def test_a_bad_param_stops_the_stage_with_one_sentence(dvc_project):
     assert "error: params.yaml: slice.sise is not a known key" in proc.stderr + proc.stdout
 
 
-def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatch):
-    repo = dvc_project.path
-    run_cmd(["dvc", "repro", "evaluate"], repo)
+def test_repro_through_evaluate_tracks_the_run_in_mlflow(reproduced, monkeypatch):
+    project, first = reproduced
+    repo = project.path
+    assert _ran(first) == ["source", "download", "validate", "slice", "train", "evaluate"]
     report = json.loads((repo / "reports" / "eval.json").read_text())
     assert report["n_cases"] >= 1 and 0.0 <= report["wt"]["dice_mean"] <= 1.0
     cases = pd.read_csv(repo / "reports" / "eval_cases.csv")
@@ -87,7 +100,7 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(dvc_project, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = tracking.get_run(train["run_id"])
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    head = run_cmd(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    head = run_cmd(["git", "rev-parse", "HEAD~1"], repo).stdout.strip()  # the commit it ran on, before the fixture's
     assert run["tags"]["git_commit"] == head and run["tags"]["git_dirty"] in ("true", "false")
     assert run["tags"]["dvc_raw_md5"] == lock["download"]["outs"][0]["md5"]
     assert run["tags"]["dvc_slices_md5"] == lock["slice"]["outs"][0]["md5"]
@@ -132,6 +145,12 @@ def _assert_numbers_only(repo) -> None:
         assert values and not strays, f"{path} holds non-numbers: {strays}"
 
 
+def _md5(path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def _cached_out_hashes(repo) -> dict[str, str]:
     """``{path: md5}`` of every output dvc.lock records that dvc.yaml caches (``cache: false`` ones left out)."""
     import yaml
@@ -145,21 +164,28 @@ def _cached_out_hashes(repo) -> dict[str, str]:
     return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", []) if o["path"] not in uncached}
 
 
-def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_epochs(dvc_project):
-    """Byte-reproducible cached outputs on CPU, and `dvc exp run -S train.epochs=1` after a 2-epoch run."""
-    repo = dvc_project.path
-    run_cmd(["dvc", "repro", "train"], repo)
-    first = _cached_out_hashes(repo)
-    assert set(first) == {"data/raw", "data/validated/manifest.parquet", "data/slices", "models/unet.pt"}
-    longer = _train(repo)
-    run_cmd(["git", "add", "-A"], repo)
-    run_cmd(["git", "commit", "-qm", "2 epochs"], repo)
+def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_epochs(reproduced, tmp_path):
+    """Byte-reproducible cached outputs on CPU: a clone of the reproduced project (its outputs stay behind: git
+    ignores them), sharing its DVC cache, runs every stage up to train again (`--force --no-run-cache`: none
+    checked out or restored from the cache); then `dvc exp run -S train.epochs=1` after that 2-epoch run."""
+    origin = reproduced[0].path
+    upstream = {"data/raw", "data/validated/manifest.parquet", "data/slices", "models/unet.pt"}  # train and before
+    first = _cached_out_hashes(origin)
+    assert set(first) == upstream | {"reports/overlays"}  # evaluate's pictures: not rerun below
+    longer = _train(origin)
+    repo = tmp_path / "clone"
+    run_cmd(["git", "clone", "-q", str(origin), str(repo)], tmp_path)
+    (repo / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {origin / '.dvc' / 'cache'}\n")
+    assert not (repo / "data" / "raw").exists() and not (repo / "models" / "unet.pt").exists()
 
-    forced = run_cmd(["dvc", "repro", "--force", "train"], repo)
-    assert "Running stage 'download'" in forced.stdout and "Running stage 'train'" in forced.stdout
-    assert _cached_out_hashes(repo) == first
+    again_run = run_cmd(["dvc", "repro", "--force", "--no-run-cache", "train"], repo)
+    assert _ran(again_run.stdout) == ["source", "download", "validate", "slice", "train"]
+    assert _cached_out_hashes(repo) == first  # dvc.lock: train and every stage before it wrote the same bytes
+    assert {path: _md5(repo / path) for path in ("models/unet.pt", "data/validated/manifest.parquet")} == {
+        path: _md5(origin / path) for path in ("models/unet.pt", "data/validated/manifest.parquet")}
     again = _train(repo)
     assert again["run_id"] != longer["run_id"] and again["fingerprint"] == longer["fingerprint"]
+    run_cmd(["git", "commit", "-qam", "2 epochs, again"], repo)
 
     run_cmd(["dvc", "exp", "run", "-S", "train.epochs=1", "train"], repo)
     shorter = _train(repo)
