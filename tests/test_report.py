@@ -55,9 +55,11 @@ def built(tmp_path, monkeypatch) -> tuple[BaseParams, str]:
                   "patient_id": ["BraTS20_Train_004", "BraTS20_Val_005", *SCORED],
                   "split": ["train", "val", "test", "test", "test"]}).to_parquet(f"{base.slices_dir}/cases.parquet")
     with tracking.start_run(base.experiment) as run:
-        run.log_params({"train": {"lr": 0.001, "epochs": 3, "base": 8, "depth": 2, "target": "regions"},
+        run.log_params({"train": {"lr": 0.001, "epochs": 3, "base": 8, "depth": 2, "target": "regions",
+                                  "threshold": "auto"},
                         "slice": {"size": 32, "modalities": ["flair", "t1"]}, "seed": 42})
-        run.set_tags({"git_commit": "abc123", "git_dirty": "false", "code_digest": "c0de", "dvc_raw_md5": "r4w"})
+        run.set_tags({"git_commit": "abc123", "git_dirty": "false", "code_digest": "c0de", "dvc_raw_md5": "r4w",
+                      "threshold": "0.6", "postprocess": "WT >= 10 mm3, TC keeps all, ET keeps all"})
     Path(base.registered_report).write_text(json.dumps({"name": "brats-unet", "version": "1", "alias": "challenger",
                                                         "run_id": run.run_id}))
     report_stage(base)
@@ -77,7 +79,9 @@ def test_the_report_is_one_file_with_every_section_and_nothing_to_fetch(built):
                  "patient&#x27;s right on the left",
                  # what the model is, in words, and the gate's rules
                  "a 2D U-Net (base 8, depth 2) on 32 x 32 axial slices of flair, t1, segmenting WT, TC, ET",
-                 "<code>promote.min_dice</code> = 0.7", "Nothing is promoted by this report"):
+                 "<code>promote.min_dice</code> = 0.7", "Nothing is promoted by this report",
+                 # what the train stage chose on the validation patients, which the params alone do not say
+                 "0.6 (chosen on the validation patients)", "WT &gt;= 10 mm3, TC keeps all, ET keeps all"):
         assert text in page, text
     gate_data = json.loads(re.search(r'<script type="application/json" id="gate-data">(.*?)</script>', page)[1])
     assert gate_data["decision"] == "unregistered" and gate_data["metric"] == "wt_dice"

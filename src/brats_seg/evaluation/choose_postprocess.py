@@ -162,7 +162,7 @@ def _main_fraction(cases: list[Case], score: Score, pp: PostProcess, tables: dic
 def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", "tc", "et"),
            candidates_mm3: Sequence[float] = SIZE_CANDIDATES_MM3,
            et_candidates_mm3: Sequence[float] = ET_CANDIDATES_MM3, main_fractions: Sequence[float] = (),
-           log_level: int = logging.INFO) -> Choice:
+           log_level: int = logging.INFO, bar: bool = True) -> Choice:
     """Choose a :class:`PostProcess` on validation ``cases``: ``(masks, ref_labels, spacing)``, the raw predicted
     boolean masks ``[X, Y, Z]``, the canonical uint8 reference label map of that shape and the spacing in mm;
     ``score(pred_mask, ref_mask, spacing)`` is the per-case metric to maximise. Greedily ET, TC, WT (those in
@@ -170,7 +170,8 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
     smallest-component size maximising the region's mean score on the nested masks, the inner regions as chosen
     (ties: the smaller); ET's relabel threshold maximising ET's mean; with ``main_fractions`` (candidates in
     [0, 1]), last the fraction of the largest tumour under which components are dropped, maximising the mean over
-    the regions. Each case and region is labelled once; the choice is logged at ``log_level``."""
+    the regions. Each case and region is labelled once; the choice is logged at ``log_level``, its progress shown
+    unless ``bar`` is false (a caller that shows its own)."""
     cases, order = _checked_cases(cases, regions)
     order = order[::-1]
     done: list[dict[str, np.ndarray]] = [{} for _ in cases]
@@ -179,12 +180,12 @@ def choose(cases: Sequence[Case], score: Score, regions: Sequence[str] = ("wt", 
     chosen: dict[str, float] = {}
     tried: dict[str, dict[float, float]] = {}
     tables: dict[str, list[_Table]] = {}
-    with progress(total=len(cases) * len(order), desc="choose post-processing", unit="case") as bar:
+    with progress(total=len(cases) * len(order), desc="choose post-processing", unit="case", disable=not bar) as shown:
         for region in order:
             tables[region] = []
             for case, kept in zip(cases, done):
                 tables[region].append(_case_table(case, region, score, sizes, kept))
-                bar.update(1)
+                shown.update(1)
             means = [float(np.mean([t.scores[i] for t in tables[region]])) for i in range(len(sizes))]
             chosen[region] = _best(sizes, means)
             tried[region] = dict(zip(sizes, means))
@@ -220,7 +221,8 @@ def choose_threshold(cases_at: Callable[[float], Sequence[Case]], score: Score, 
         raise UserError(f"probability thresholds {tuple(thresholds)} are not all numbers between 0 and 1; give "
                         "thresholds such as 0.4, 0.5, 0.6.")
     candidates = [DEFAULT_THRESHOLD, *sorted({float(t) for t in thresholds} - {DEFAULT_THRESHOLD})]
-    choices = {t: choose(cases_at(t), score, **options, log_level=logging.DEBUG) for t in candidates}
+    choices = {t: choose(cases_at(t), score, **options, log_level=logging.DEBUG, bar=False)
+               for t in progress(candidates, desc="choose threshold and post-processing", unit="threshold")}
     means = {t: float(np.mean(list(c.after.values()))) for t, c in choices.items()}
     best = DEFAULT_THRESHOLD
     for t in candidates:  # strictly better only: ties keep the default (first), then the lower threshold

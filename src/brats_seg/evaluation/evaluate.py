@@ -82,6 +82,7 @@ def predicted_cases(bundle: ModelBundle, slices_dir: str | Path, raw_dir: str | 
             raise DataError(f"case {rec['case_id']} of the {split} split has no label file in {raw_dir}; the raw data "
                             f"does not match the slices: run `dvc checkout` (or `dvc repro download`), then retry.")
         seg, meta = read_nifti(seg_file)
+        seg = np.ascontiguousarray(seg)  # in the masks' C order: each region mask and comparison of it stays fast
         done = segment_case(bundle, shard["images"], shard["z"], CaseGeometry.from_record(rec), meta.spacing,
                             batch_size, postprocess)
         yield CasePrediction(rec, shard, seg, meta.spacing, done.probabilities, done.masks)

@@ -41,6 +41,7 @@ from scipy.optimize import linear_sum_assignment
 
 from brats_seg.data.labels import region_mask
 from brats_seg.errors import UserError
+from brats_seg.evaluation.metrics import bounding_box
 
 PACKAGE = "brats-evaluation 0.0.10 (panoptica 2.1.7)"
 LESION_DICE = "lesionwise_dsc_mean"
@@ -141,11 +142,8 @@ def score_canonical(pred_labels: np.ndarray, ref_labels: np.ndarray, spacing: tu
 
 def _crop(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cut to their joint bounding box plus 2 voxels (as panoptica does; no result changes)."""
-    box = ndimage.find_objects((pred | ref).astype(np.uint8))
-    if not box:
-        return pred, ref
-    cut = tuple(slice(max(s.start - _CROP_PAD, 0), s.stop + _CROP_PAD) for s in box[0])
-    return pred[cut], ref[cut]
+    cut = bounding_box(pred | ref, _CROP_PAD)
+    return (pred, ref) if cut is None else (pred[cut], ref[cut])
 
 
 def _match(ref_lesions: np.ndarray, n_ref: int, pred_lesions: np.ndarray, n_pred: int,

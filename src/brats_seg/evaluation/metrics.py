@@ -59,20 +59,23 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] = (1.0, 1
         return 0.0
     if not pred.any() or not ref.any():
         return HD95_ONE_EMPTY_MM
-    box = _bounding_box(pred | ref, pad=2)
+    box = bounding_box(pred | ref, pad=2)
     sp, sr = surface(pred[box]), surface(ref[box])
     to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)[sp]
     to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)[sr]
     return float(np.percentile(np.concatenate([to_ref, to_pred]), 95))
 
 
-def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
-    """Slices around the mask's voxels (plus ``pad``): distances between the masks don't change, the
-    distance transforms get much cheaper."""
+def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+    """Slices around the mask's voxels (plus ``pad``), None for an empty mask: distances and lesions between the
+    masks don't change, the distance transforms and labellings get much cheaper. (What ``ndimage.find_objects``
+    gives for one label, from one projection per axis: about a tenth of its time on a 240 x 240 x 155 case.)"""
     box = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
         idx = np.flatnonzero(mask.any(axis=other))
+        if idx.size == 0:
+            return None
         box.append(slice(max(int(idx[0]) - pad, 0), int(idx[-1]) + pad + 1))
     return tuple(box)
 

@@ -23,7 +23,7 @@ def plot_training_curve(history: list[dict], path: str | Path) -> Path:
         ax_loss.plot(epochs, [h["train_loss"] for h in rows], label=f"train{name}")
         ax_loss.plot(epochs, [h["val_loss"] for h in rows], label=f"validation{name}", linestyle="--")
         ax_dice.plot(epochs, [h["val_dice"] for h in rows], label=f"validation{name}")
-    ax_loss.set(xlabel="epoch", ylabel="loss (soft Dice; lower is better)", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss (Dice + BCE; lower is better)", title="loss")
     ax_loss.legend(fontsize=7)
     ax_dice.set(xlabel="epoch", ylabel="Dice per case, slice space (higher is better)", title="validation Dice",
                 ylim=(0, 1))

@@ -257,7 +257,8 @@ def lineage_section(lineage: dict) -> str:
 
 
 def curve_section(curve_png: str | Path) -> str:
-    note = ('<p class="note">Left: loss (soft Dice, lower is better) on the training and validation sets. Right: '
-            "validation Dice per case in slice space (higher is better).</p>")
+    note = ('<p class="note">Left: loss (soft Dice + <code>train.bce_weight</code> x BCE per region, lower is '
+            "better) on the training and validation sets. Right: validation Dice per case in slice space (higher is "
+            "better).</p>")
     return f"<h2>Training</h2>{note}{image_tag(curve_png, 'training curves', 'curve')}"
 

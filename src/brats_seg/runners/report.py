@@ -42,7 +42,11 @@ def model_lineage(registered: dict, run: dict, aliases: list[str] | None) -> dic
     data digests, and the run's params."""
     tags = run["tags"]
     shown = ", ".join(f"@{a}" for a in aliases) if aliases else "none"
+    chosen, asked = tags.get("threshold"), run["params"].get("train.threshold")
+    threshold = f"{chosen} (chosen on the validation patients)" if chosen and asked == "auto" else \
+        chosen or asked or "0.5"
     return {"model": f"{registered['name']} v{registered['version']} (aliases at report time: {shown})",
+            "probability threshold": threshold, "post-processing": tags.get("postprocess") or "none",
             "MLflow run": registered["run_id"],
             "git commit": f"{tags.get('git_commit')} (dirty: {tags.get('git_dirty')})",
             "DVC experiment": tags.get("dvc_exp_name") or "none (a plain dvc repro)",
