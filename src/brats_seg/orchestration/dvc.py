@@ -11,6 +11,7 @@ from pathlib import Path
 
 from brats_seg.console import TIME_VARIABLE
 from brats_seg.errors import UserError
+from brats_seg.orchestration.provenance import read_dvc_file
 
 
 def dvc_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -41,17 +42,6 @@ def dvc_run(args: list[str], cwd: str | Path) -> subprocess.CompletedProcess:
 
 def dvc_stages(workdir: str | Path = ".") -> dict[str, dict]:
     """The stages of ``workdir``/dvc.yaml, by name, as written (``${...}`` not resolved); {} without the file."""
-    import yaml
-
-    from brats_seg.errors import ConfigError
-
-    path = Path(workdir) / "dvc.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix it or restore it "
-                          f"(git checkout -- {path.name}).") from None
+    doc = read_dvc_file(Path(workdir) / "dvc.yaml", "fix it or restore it (git checkout -- dvc.yaml)")
     stages = (doc.get("stages") if isinstance(doc, dict) else None) or {}
     return {name: stage for name, stage in stages.items() if isinstance(stage, dict)}

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
+from brats_seg.errors import ConfigError
 
 # The project's import roots: stages/ and flows/ at the top, the library under src/ (a checkout with an
 # editable install, as `make setup` makes; otherwise the current directory is taken as the checkout).
@@ -38,18 +38,24 @@ def git_state(repo: str | Path = ".") -> dict[str, str]:
     return {"commit": commit, "dirty": str(bool(status.strip())).lower()}
 
 
+def read_dvc_file(path: str | Path, fix: str) -> object:
+    """dvc.yaml or dvc.lock as DVC writes it (PyYAML's reading: an md5 stays a string); None without the file, and
+    one sentence, ending in ``fix``, for a file that is not YAML."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); {fix}.") from None
+
+
 def dvc_lock_outputs(lock: str | Path = "dvc.lock") -> dict[str, str]:
     """``{path: md5}`` of every output dvc.lock records (a folder's md5 ends in ``.dir``); {} without the file."""
-    from brats_seg.errors import ConfigError
-
-    lock = Path(lock)
-    if not lock.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(lock.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{lock} is not valid YAML ({str(exc).splitlines()[0]}); restore it (git checkout -- "
-                          f"{lock.name}) or rebuild it (dvc commit -f).") from None
+    data = read_dvc_file(lock, f"restore it (git checkout -- {Path(lock).name}) or rebuild it (dvc commit -f)")
+    data = data if isinstance(data, dict) else {}
     return {Path(out["path"]).as_posix(): out["md5"] for stage in (data.get("stages") or {}).values()
             if isinstance(stage, dict) for out in stage.get("outs") or []
             if isinstance(out, dict) and isinstance(out.get("md5"), str) and isinstance(out.get("path"), str)}
