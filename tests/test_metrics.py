@@ -8,7 +8,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
 
-from brats_seg.evaluation.metrics import case_metrics, hd95, scores_from_counts, summarise, surface
+from brats_seg.evaluation.metrics import bounding_box, case_metrics, hd95, scores_from_counts, summarise, surface
 
 # (tp, fp, fn) -> expected dice, iou, precision, recall, computed by hand. docs/design.md's empty-case rules:
 # both empty -> all 1; recall with an empty reference = 1 if the prediction is empty else 0; precision with
@@ -119,3 +119,16 @@ def test_far_false_positives_count_outside_the_widened_box_by_hand():
     assert far_false_positives(pred, ref, (2.0, 1.0, 1.0), margin_mm=22.0) == 3  # 11 voxels of margin: both in
     assert far_false_positives(pred, np.zeros_like(ref), (1.0, 1.0, 1.0)) == int(pred.sum())
     assert far_false_positives(ref, ref) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_bounding_box_is_find_objects_box_padded_and_none_when_empty(seed):
+    """Against scipy's find_objects of the mask as one label: the same box, widened by pad and cut at 0."""
+    mask = np.zeros((20, 16, 12), dtype=bool)
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        x, y, z = rng.integers(0, (18, 14, 10))
+        mask[x:x + 2, y:y + 3, z:z + 2] = True
+    (box,) = ndimage.find_objects(mask.astype(np.uint8))
+    assert bounding_box(mask, 2) == tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)
+    assert bounding_box(np.zeros_like(mask), 2) is None

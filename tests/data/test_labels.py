@@ -57,6 +57,15 @@ def test_regions():
     assert region_stack(labels[None, :, None]).shape == (1, 3, 4, 1)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_region_masks_are_what_np_isin_says_in_either_memory_order(order):
+    """The comparisons region_mask ORs give np.isin's answer, on a label map laid out as nibabel reads one (F) or
+    as the masks are (C), every canonical label and an unexpected one present."""
+    labels = np.asarray(np.random.default_rng(0).choice([0, 1, 2, 3, 4], size=(9, 7, 5)), dtype=np.uint8, order=order)
+    for region, ids in (("wt", [1, 2, 4]), ("tc", [1, 4]), ("et", [4])):
+        np.testing.assert_array_equal(region_mask(labels, region), np.isin(labels, ids))
+
+
 def test_region_targets_match_region_masks():
     import torch
 

@@ -108,8 +108,8 @@ def unexpected_labels(seg: np.ndarray, allowed: frozenset[int] = CANONICAL_LABEL
 
 def region_mask(labels: np.ndarray, region: str = "wt") -> np.ndarray:
     """Boolean mask of ``region`` ('wt', 'tc' or 'et') for a canonical label array of any shape. (One comparison
-    per label id, ORed: ``np.isin``'s answer, without its copy of a Fortran-ordered NIfTI array, 5 to 15 times
-    faster on a 240 x 240 x 155 case.)"""
+    per label id, ORed: ``np.isin``'s answer without its copy of a Fortran-ordered NIfTI array; on a 240 x 240 x 155
+    case about 14 times faster in that order, 2.5 times in C order.)"""
     try:
         ids = REGIONS[region]
     except KeyError:
