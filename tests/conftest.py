@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 
 import brats_seg  # noqa: F401  # its import sets the telemetry defaults (TELEMETRY_OFF) for every test's processes
+from brats_seg.runtime import tune_for_a_short_process
+
+# a test worker imports torch, MLflow and pandas too: the collector settings of a stage (benchmarks/process_gc.py)
+tune_for_a_short_process()
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 # dvc, and the `python` its stages run, come from this interpreter's environment (as under `make`)

@@ -13,7 +13,7 @@ from brats_seg.orchestration.provenance import PROJECT_ROOT
 SRC = PROJECT_ROOT / "src"
 # Bottom to top: a module may import its own layer and the layers below it, never one above.
 LAYERS = (
-    ("brats_seg", "brats_seg.errors", "brats_seg.console", "brats_seg.progress"),
+    ("brats_seg", "brats_seg.errors", "brats_seg.console", "brats_seg.progress", "brats_seg.runtime"),
     ("brats_seg.io",),
     ("brats_seg.config", "brats_seg.base_params", "brats_seg.params_file"),
     ("brats_seg.orchestration",),

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from brats_seg.runtime import tune_for_a_short_process
+
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -90,10 +92,12 @@ def mask_credentials(text: str) -> str:
 
 
 def exit_on_user_error(func: F) -> F:
-    """Wrap a CLI entry point: a UserError prints its sentence to stderr and exits with status 2."""
+    """Wrap a CLI entry point: a UserError prints its sentence to stderr and exits with status 2. The process's
+    garbage collector is tuned for a short program first (:mod:`brats_seg.runtime`)."""
 
     @functools.wraps(func)
     def wrapper(*args: object, **kwargs: object) -> object:
+        tune_for_a_short_process()
         try:
             return func(*args, **kwargs)
         except Exception as exc:
