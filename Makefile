@@ -32,13 +32,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The telemetry defaults above also for what a user starts by hand once the environment is active (mlflow ui,
-# prefect server start); a value the user exported is kept.
+# prefect server start); a value the user exported is kept. And mlflow's job runner off (seven processes beside
+# `mlflow ui` for GenAI jobs; this project logs no traces), as for `make mlflow-server`. Each line is added where
+# missing, so an older .venv gets the ones added since.
+ACTIVATE_DEFAULTS := '\# brats-seg: no telemetry unless asked' \
+	'export DO_NOT_TRACK="$${DO_NOT_TRACK:-1}"' \
+	'export MLFLOW_DISABLE_TELEMETRY="$${MLFLOW_DISABLE_TELEMETRY:-true}"' \
+	'export PREFECT_SERVER_ANALYTICS_ENABLED="$${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"' \
+	'export DVC_NO_ANALYTICS="$${DVC_NO_ANALYTICS:-1}"' \
+	'export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"'
 setup: $(VENV)/.installed
-	@grep -q DVC_NO_ANALYTICS $(BIN)/activate || printf '%s\n' '# brats-seg: no telemetry unless asked' \
-		'export DO_NOT_TRACK="$${DO_NOT_TRACK:-1}"' \
-		'export MLFLOW_DISABLE_TELEMETRY="$${MLFLOW_DISABLE_TELEMETRY:-true}"' \
-		'export PREFECT_SERVER_ANALYTICS_ENABLED="$${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"' \
-		'export DVC_NO_ANALYTICS="$${DVC_NO_ANALYTICS:-1}"' >> $(BIN)/activate
+	@for line in $(ACTIVATE_DEFAULTS); do grep -qxF "$$line" $(BIN)/activate || echo "$$line" >> $(BIN)/activate; done
 
 demo: setup
 	@echo "make demo: params.yaml set to the demo's sizes (git diff params.yaml shows them), then the pipeline flow"

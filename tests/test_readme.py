@@ -58,7 +58,8 @@ EXEMPT = {
     "export PREFECT_API_URL=http://127.0.0.1:4200/api": "tests/test_team_prefect.py (that server's address)",
     "prefect deployment run 'brats-seg-scheduled/pool-weekly'": "tests/test_team_prefect.py (the run completes)",
 }
-LONG_RUNNING = {"mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1": "http://127.0.0.1:5000"}
+LONG_RUNNING = {"mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --workers 1":
+                    "http://127.0.0.1:5000"}
 MAY_EXIT_1 = {"brats-seg lineage models:/brats-unet@champion --verify"}  # exit 1 is its answer "drifted"
 
 

@@ -50,10 +50,12 @@ def test_the_activated_environment_turns_it_off_for_commands_started_by_hand():
     require(activate.is_file() and "DVC_NO_ANALYTICS" in activate.read_text(),
             "the .venv's activate script has no telemetry defaults: run make setup")
     clean = {k: v for k, v in os.environ.items() if k not in TELEMETRY_OFF}
+    clean.pop("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", None)
     out = subprocess.run(["bash", "-c", f"source {activate} && echo $DO_NOT_TRACK $MLFLOW_DISABLE_TELEMETRY "
-                                        "$PREFECT_SERVER_ANALYTICS_ENABLED $DVC_NO_ANALYTICS"],
+                                        "$PREFECT_SERVER_ANALYTICS_ENABLED $DVC_NO_ANALYTICS "
+                                        "$MLFLOW_SERVER_ENABLE_JOB_EXECUTION"],
                          capture_output=True, text=True, env=clean, check=True).stdout.split()
-    assert out == ["1", "true", "false", "1"]
+    assert out == ["1", "true", "false", "1", "false"]  # and mlflow ui's job runner off (no GenAI jobs here)
 
 
 def _dvc_init_analytics(tmp_path, env: dict[str, str]) -> str:
