@@ -2,7 +2,7 @@
 process, on the same small project: the outputs must stay the same bytes, the CPU time is what changed.
 
   - project: the stage as ``dvc repro`` runs it (``python -m stages.NAME``): the youngest generation collected every
-    10,000 allocations instead of 700, and the heap frozen at exit, after every other exit handler;
+    10,000 allocations instead of 700, and the heap frozen at exit;
   - baseline: the same command with the collector left at CPython's defaults (what brats-seg did before).
 
     python benchmarks/process_gc.py                  # 5 tiny synthetic cases, 3 runs of each stage per setting

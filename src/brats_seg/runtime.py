@@ -9,8 +9,8 @@ stage, beside the default collector). Two settings, for programs only (the libra
 
 - the youngest generation is collected every :data:`GEN0_THRESHOLD` allocations (cyclic garbage waits a little
   longer; memory is still freed by reference counting as soon as nothing refers to it);
-- at exit, after every other exit handler, the heap is frozen (:func:`gc.freeze`), so that the interpreter's last
-  collections skip what was alive at the end. Nothing brats-seg writes depends on them: files are closed by their
+- at exit the heap is frozen (:func:`gc.freeze`), so that the interpreter's last collections skip what was alive
+  at the end. Nothing brats-seg writes depends on them: files are closed by their
   ``with`` blocks, logging flushes in its own exit handler, and Python never promised to collect what lives at exit.
 """
 
@@ -32,5 +32,6 @@ def tune_for_a_short_process() -> None:
     first, *older = gc.get_threshold()
     if first:  # 0: automatic collection was turned off (gc.set_threshold(0)): leave it off
         gc.set_threshold(max(first, GEN0_THRESHOLD), *older)
-    # registered before any library's handler (an entry point calls this first), so it runs after all of them
+    # exit handlers run last registered first: a library imported once the stage has started (MLflow: its end of
+    # run) runs its handler before this one, logging's flush after it; freezing only stops the collector looking
     atexit.register(gc.freeze)
