@@ -84,7 +84,7 @@ def report(summary: dict) -> str:
     if summary.get("commit"):  # an experiment needs the commit it varies
         lines.append("  try a variant: dvc exp run -S train.lr=3e-4, then dvc metrics diff")
     lines += ["  look at the runs: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 "
-              "(open http://127.0.0.1:5000)",
+              "--workers 1 (open http://127.0.0.1:5000)",
               "  trace the champion: brats-seg lineage models:/brats-unet@champion --verify"]
     return "\n".join(lines)
 
