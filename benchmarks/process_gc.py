@@ -36,15 +36,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # real_accuracy's scratch project
 from real_accuracy import QUIET, ROOT, make_project  # noqa: E402
 
+sys.path.insert(0, str(ROOT))  # the test suite's tiny params, not a copy of them
+
 from brats_seg.config import read_params  # noqa: E402
+from tests.support.projects import TINY_PARAMS, merge_params  # noqa: E402
 
 STAGES = ("source", "download", "validate", "slice", "train", "evaluate", "register", "report")
 RECORDS_A_VERSION = {"register", "report"}
-TINY = {"base": {"seed": 132},  # the five cases fill train, val and test (the test suite's cohort seed)
-        "download": {"workers": 1, "synthetic": {"n_cases": 5, "shape": [48, 48, 24], "tumour_free_fraction": 0.2}},
-        "validate": {"workers": 1}, "slice": {"size": 32, "workers": 1},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "base": 8, "depth": 2, "threads": 1},
-        "promote": {"min_dice": 0.0}}
+TINY = merge_params(TINY_PARAMS, {"promote": {"min_dice": 0.0}})
 # The baseline: marks the collector as tuned already, so that the entry point leaves CPython's defaults in place.
 BASELINE = ("import runpy, sys, brats_seg.runtime as r; r._tuned = True; sys.argv = [sys.argv[1]]; "
             "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
@@ -84,13 +83,6 @@ def digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def merged(params: dict, more: dict) -> dict:
-    out = dict(params)
-    for key, value in more.items():
-        out[key] = merged(params.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each stage per setting (default 3)")
@@ -102,7 +94,7 @@ def main() -> None:
         env = {**os.environ, **QUIET, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                "PYTHONPATH": str(repo / "src")}
         env.pop("MLFLOW_TRACKING_URI", None)  # the scratch project's own store
-        make_project(repo, merged(read_params(ROOT / "params.yaml"), TINY), env)
+        make_project(repo, merge_params(read_params(ROOT / "params.yaml"), TINY), env)
         cpu_seconds(["dvc", "repro"], repo, env)
         outputs, rows = cached_outputs(repo), []
         for stage in STAGES:

@@ -651,11 +651,11 @@ def _one_sentence(proc: subprocess.CompletedProcess, *parts: str) -> str:
 
 @pytest.mark.slow
 def test_a_full_disk_during_slice_and_train_is_one_sentence(tmp_path):
-    from tests.support.projects import TINY_PARAMS, _merge
+    from tests.support.projects import TINY_PARAMS, merge_params
 
     work = tmp_path / "work"
     work.mkdir()
-    params = _merge(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    params = merge_params(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()), TINY_PARAMS)
     params["base"]["slices_dir"] = "small/slices"
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("download", "validate"):

@@ -26,10 +26,11 @@ TINY_PARAMS = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_params(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s values, section by section (neither is changed)."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        out[key] = merge_params(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
@@ -67,7 +68,7 @@ def make_dvc_project(repo: Path, overrides: dict | None = None):
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 
     def write_params(more: dict | None = None) -> None:
-        merged = _merge(_merge(_merge(params, TINY_PARAMS), overrides or {}), more or {})
+        merged = merge_params(merge_params(merge_params(params, TINY_PARAMS), overrides or {}), more or {})
         (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
     write_params()
