@@ -155,7 +155,7 @@ def test_the_readme_commands_work_as_written(tmp_path):
     assert "Stopping temporary server" not in demo.stdout + demo.stderr, demo.stderr[-3000:]
     # every command it suggests comes after the line that says to activate the environment they need
     assert demo.stdout.index("source .venv/bin/activate") < demo.stdout.index("dvc exp run"), demo.stdout[-2000:]
-    # the commands it suggests are the README's own, as written there
+    # the UI command it suggests is the README's own, as written there
     suggested = re.search(r"look at the runs: (.*?) \(open", demo.stdout)[1]
     assert suggested in readme_commands((PROJECT_ROOT / "README.md").read_text()), suggested
     assert run_cmd(["git", "branch", "--show-current"], repo).stdout.strip() == "brats-seg-demo"
