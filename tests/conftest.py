@@ -4,6 +4,7 @@ built from lives in tests/support/ (cohorts, projects, services), which tests im
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -44,6 +45,16 @@ DURATIONS = Path(__file__).parent / "durations.json"  # seconds per test file (s
 # (PostgreSQL, `mlflow server`) and their pipeline run. tests/test_durations.py finds every file that uses them.
 SHARED = {file: "team" for file in ("tests/test_team_mlflow.py", "tests/test_team_prefect.py",
                                     "tests/test_team_dvc_remote.py", "tests/test_copy_store.py")}
+
+
+def pytest_configure(config):
+    """A flow run without PREFECT_API_URL starts Prefect's temporary server, whose database lives in PREFECT_HOME:
+    each process that runs tests (each xdist worker, not their controller) gets a home of its own instead of the
+    user's ~/.prefect, which the workers would share with each other and with the user's own runs."""
+    if "PREFECT_HOME" in os.environ or (config.getvalue("dist") != "no" and not hasattr(config, "workerinput")):
+        return
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="brats-test-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 
 
 def group_of(nodeid: str) -> str:
