@@ -51,7 +51,7 @@ def pytest_configure(config):
     """A flow run without PREFECT_API_URL starts Prefect's temporary server, whose database lives in PREFECT_HOME:
     each process that runs tests (each xdist worker, not their controller) gets a home of its own instead of the
     user's ~/.prefect, which the workers would share with each other and with the user's own runs."""
-    if "PREFECT_HOME" in os.environ or (config.getvalue("dist") != "no" and not hasattr(config, "workerinput")):
+    if "PREFECT_HOME" in os.environ or (config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")):
         return
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="brats-test-prefect-")
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
