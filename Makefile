@@ -1,5 +1,5 @@
 # make demo: set up .venv and run the pipeline on the built-in synthetic cohort.
-# make test: set up .venv and run the whole test suite (installs PostgreSQL's server binaries first if missing).
+# make test: set up .venv and run the whole test suite (installs Debian's postgresql and chromium first if missing).
 # make test-fast: the unit tests only (no DVC pipeline, Prefect flow or server), for the edit-test loop.
 # make mlflow-server: a tracking server for a team (mlflow/README.md).
 SHELL := /bin/bash
