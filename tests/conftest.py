@@ -26,6 +26,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 from tests.support.cohorts import PROJECT_ROOT, REAL_DATA, FileServer, write_synthetic_cohort  # noqa: E402
+from tests.support.prefect_db import TEMPLATE_DIR, seeded_home  # noqa: E402
 from tests.support.projects import make_dvc_project, require, run_cmd  # noqa: E402
 from tests.support.services import (  # noqa: E402
     MLFLOW_SERVER_SIDE,
@@ -39,22 +40,41 @@ from tests.support.services import (  # noqa: E402
 )
 
 DURATIONS = Path(__file__).parent / "durations.json"  # seconds per test file (scripts/test_durations.py)
+OWN_PREFECT_HOME = "BRATS_TEST_PREFECT_HOME"  # the PREFECT_HOME a worker made for itself
 
 
 # Test files that share session fixtures, run on one worker so that those are built once: the team servers
-# (PostgreSQL, `mlflow server`) and their pipeline run. tests/test_durations.py finds every file that uses them.
-SHARED = {file: "team" for file in ("tests/test_team_mlflow.py", "tests/test_team_prefect.py",
-                                    "tests/test_team_dvc_remote.py", "tests/test_copy_store.py")}
+# (PostgreSQL, `mlflow server`) and their pipeline run; Prefect's test harness (its server migrates a database of its
+# own at start-up). tests/test_durations.py finds every file that uses them.
+SHARED_FIXTURES = {"team": {"postgres", "team_mlflow", "team_project"}, "prefect-harness": {"prefect_server"}}
+SHARED = {**{file: "team" for file in ("tests/test_team_mlflow.py", "tests/test_team_prefect.py",
+                                       "tests/test_team_dvc_remote.py", "tests/test_copy_store.py")},
+          **{file: "prefect-harness" for file in ("tests/test_flows.py", "tests/test_lifecycle.py")}}
 
 
 def pytest_configure(config):
     """A flow run without PREFECT_API_URL starts Prefect's temporary server, whose database lives in PREFECT_HOME:
     each process that runs tests (each xdist worker, not their controller) gets a home of its own instead of the
-    user's ~/.prefect, which the workers would share with each other and with the user's own runs."""
-    if "PREFECT_HOME" in os.environ or (config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")):
+    user's ~/.prefect, which the workers would share with each other and with the user's own runs. The run's top
+    process (the controller, or pytest alone) makes the folder of the run's migrated Prefect database, which its
+    workers inherit (tests/support/prefect_db.py)."""
+    worker = hasattr(config, "workerinput")
+    if not worker and TEMPLATE_DIR not in os.environ:
+        os.environ[TEMPLATE_DIR] = tempfile.mkdtemp(prefix="brats-test-prefect-template-")
+        atexit.register(shutil.rmtree, os.environ[TEMPLATE_DIR], True)
+    if "PREFECT_HOME" in os.environ or (config.getoption("dist", "no") != "no" and not worker):
         return
-    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="brats-test-prefect-")
+    os.environ["PREFECT_HOME"] = os.environ[OWN_PREFECT_HOME] = tempfile.mkdtemp(prefix="brats-test-prefect-")
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
+
+
+@pytest.fixture(scope="session")
+def prefect_home() -> Path | None:
+    """The worker's own Prefect home (:func:`pytest_configure`) holding a migrated database, for a test whose flow
+    starts Prefect's temporary server there: it starts in seconds, not after every migration. None where
+    PREFECT_HOME is the user's own: that is left as it is."""
+    own = os.environ.get(OWN_PREFECT_HOME)
+    return seeded_home(Path(own)) if own is not None and own == os.environ.get("PREFECT_HOME") else None
 
 
 def group_of(nodeid: str) -> str:

@@ -547,11 +547,12 @@ def test_credentials_are_masked_in_every_sentence_the_cli_prints():
      "error: dvc repro source: download.local.path '/nonexistent' does not exist; point it at a folder"),
 ], ids=["checked-first", "said-by-a-stage"])
 def test_a_bad_param_under_the_flow_is_one_sentence_and_exit_2(tmp_path, bad, expected):
+    from tests.support.prefect_db import seeded_home
     from tests.support.projects import make_dvc_project
 
     project = make_dvc_project(tmp_path / "project", bad)
     env = {**os.environ, "PYTHONPATH": str(project.path), "PYTHONWARNINGS": "ignore",
-           "PREFECT_HOME": str(tmp_path / "prefect")}
+           "PREFECT_HOME": str(seeded_home(tmp_path / "prefect"))}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=project.path, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -608,11 +609,12 @@ def test_killing_a_stage_kills_its_pool_workers(tmp_path):
 def test_killing_a_flow_kills_prefects_temporary_server(tmp_path):
     import signal
 
+    from tests.support.prefect_db import seeded_home
     from tests.support.projects import make_dvc_project
 
     project = make_dvc_project(tmp_path / "project")
     env = {**os.environ, "PYTHONPATH": str(project.path), "PYTHONWARNINGS": "ignore",
-           "PREFECT_HOME": str(tmp_path / "prefect")}
+           "PREFECT_HOME": str(seeded_home(tmp_path / "prefect"))}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline"], cwd=project.path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from scripts.test_durations import DURATIONS, file_seconds
-from tests.conftest import SHARED, run_order
+from tests.conftest import SHARED, SHARED_FIXTURES, run_order
 from tests.support.cohorts import PROJECT_ROOT
 
 OUTPUT = """
@@ -34,20 +34,21 @@ def test_groups_start_longest_first_unlisted_files_first_of_all_and_each_keeps_i
         ("b.py", "b.py"), ("a.py", "a.py"), ("a.py", "a.py")]
 
 
-def test_every_test_file_that_uses_the_team_servers_is_in_their_group():
-    """The team servers and their pipeline run (session fixtures) are built once per worker that needs them: a new
-    file using them must join their group (``SHARED`` in conftest), or a second worker builds them again."""
+def test_every_test_file_that_uses_a_shared_session_fixture_is_in_its_group():
+    """The team servers and their pipeline run, and Prefect's test harness (session fixtures), are built once per
+    worker that needs them: a new file using them must join their group (``SHARED`` in conftest), or a second
+    worker builds them again."""
     import ast
 
-    shared = {"postgres", "team_mlflow", "team_project"}
     missing = []
     for path in sorted((PROJECT_ROOT / "tests").rglob("test_*.py")):
         tree = ast.parse(path.read_text())
-        uses = any(isinstance(node, ast.FunctionDef) and {a.arg for a in node.args.args} & shared
-                   for node in ast.walk(tree))
-        if uses and SHARED.get(path.relative_to(PROJECT_ROOT).as_posix()) != "team":
-            missing.append(path.name)
-    assert not missing, f"these use the team servers but are not in conftest's SHARED group 'team': {missing}"
+        used = {a.arg for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) for a in node.args.args}
+        for group, fixtures in SHARED_FIXTURES.items():
+            if used & fixtures and SHARED.get(path.relative_to(PROJECT_ROOT).as_posix()) != group:
+                missing.append(f"{path.name} (group {group!r})")
+    assert SHARED_FIXTURES["team"] >= {"team_project"} and SHARED_FIXTURES["prefect-harness"] == {"prefect_server"}
+    assert not missing, f"these use a shared session fixture but are not in conftest's SHARED group: {missing}"
 
 
 def test_the_durations_name_only_test_files_that_exist():

@@ -243,6 +243,7 @@ def test_the_served_deployment_carries_the_schedule_from_params(ran):
     assert [s.schedule.cron for s in build_deployment(str(repo)).schedules] == ["30 1 * * *"]
 
 
+@pytest.mark.usefixtures("prefect_home")  # migrated already: the server stopped after 1 s leaves none half done
 def test_a_temporary_server_that_starts_too_slowly_is_one_sentence(tmp_path):
     """The flow on a machine too busy for Prefect's temporary server: its start-up limit (prefect.toml, here
     lowered to 1 s through the environment as an artificially slow start) runs out, and the command says so in

@@ -140,6 +140,7 @@ def _patient_data_staged_on_main(repo: Path) -> list[str]:
             or p.endswith((".nii.gz", ".nii", ".npz", ".parquet", ".pt"))]
 
 
+@pytest.mark.usefixtures("prefect_home")  # the demo's and the flows' temporary Prefect server
 def test_the_readme_commands_work_as_written(tmp_path):
     # 6 epochs: on the 5 tiny cases a U-Net of three regions needs 4 or so to leave its all-tumour start, and the
     # experiments below must change the metrics (`dvc metrics diff` shows numbers on both sides)

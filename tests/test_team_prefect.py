@@ -19,6 +19,7 @@ import yaml
 
 from mlflow import MlflowClient
 from tests.support.cohorts import PROJECT_ROOT
+from tests.support.prefect_db import seeded_home
 from tests.support.projects import run_cmd
 from tests.support.services import Service, free_port
 
@@ -54,7 +55,7 @@ def pool_run(team_project, tmp_path_factory):
     """A Prefect server, a fresh clone, then prefect.yaml's commands in it; yields what they left behind."""
     root = tmp_path_factory.mktemp("prefect")
     port = free_port()
-    env = {"PREFECT_HOME": str(root / "home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    env = {"PREFECT_HOME": str(seeded_home(root / "home")), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **team_project.env}
     clone = root / "clone"
     run_cmd(["git", "clone", "-q", str(team_project.path), str(clone)], root)

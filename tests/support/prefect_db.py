@@ -1,0 +1,73 @@
+"""One migrated Prefect database per test run, copied into each Prefect home a test makes.
+
+A Prefect server on an empty database (a flow's temporary server, `prefect server start`) first runs every one
+of Prefect's migrations: about 10 s of CPU, longer than the flow it serves on the tiny cohort. The run's first test
+that needs a database migrates one (Prefect's own code, as its server does at start-up, block types included); the
+others, on any worker, copy it. Only the database is copied: each home keeps its own settings and memo files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TEMPLATE_DIR = "BRATS_TEST_PREFECT_TEMPLATE"  # a folder shared by every worker of the run (tests/conftest.py)
+DATABASE = "prefect.db"  # the name Prefect gives it in PREFECT_HOME
+
+# What a Prefect server does to an empty database at start-up (prefect.server.api.server's lifespan): the
+# migrations, then the block types.
+_MIGRATE = """
+import asyncio
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+
+async def main():
+    db = provide_database_interface()
+    await db.create_db()
+    async with await db.session() as session:
+        await run_block_auto_registration(session=session)
+
+asyncio.run(main())
+"""
+
+
+def template_dir() -> Path:
+    """The run's template folder: the one tests/conftest.py made for the run, else (a test run outside pytest's
+    configuration) one of this process's own."""
+    if TEMPLATE_DIR not in os.environ:
+        os.environ[TEMPLATE_DIR] = tempfile.mkdtemp(prefix="brats-test-prefect-template-")
+    return Path(os.environ[TEMPLATE_DIR])
+
+
+def migrated_database() -> Path:
+    """The run's migrated Prefect database, made by the first caller (the others, on any worker, wait for it)."""
+    folder = template_dir()
+    database = folder / DATABASE
+    with open(folder / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not database.is_file():
+            home = Path(tempfile.mkdtemp(prefix="home-", dir=folder))
+            proc = subprocess.run([sys.executable, "-c", _MIGRATE], env={**os.environ, "PREFECT_HOME": str(home)},
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"migrating a Prefect database failed:\n{proc.stdout}{proc.stderr[-4000:]}"
+            os.replace(home / DATABASE, database)  # whole or absent: a failed run leaves no half a template
+            shutil.rmtree(home, ignore_errors=True)
+    return database
+
+
+def seeded_home(home: Path) -> Path:
+    """``home`` (made if missing) holding a migrated Prefect database, unless it already holds one."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / DATABASE).exists():
+        partial = home / f".{DATABASE}.part"
+        shutil.copyfile(migrated_database(), partial)
+        with contextlib.suppress(FileExistsError):
+            os.link(partial, home / DATABASE)  # a server that made one meanwhile keeps its own
+        partial.unlink()
+    return home
