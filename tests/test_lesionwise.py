@@ -27,14 +27,8 @@ from brats_seg.cli import main
 from brats_seg.data.labels import from_canonical
 from brats_seg.data.synthetic import lps_affine, make_case
 from brats_seg.errors import UserError
-from brats_seg.evaluation.lesionwise import (
-    CONFIGS,
-    HD95_PENALTY_MM,
-    LESION_DICE,
-    get_config,
-    region_metrics,
-    score_canonical,
-)
+from brats_seg.evaluation.lesion_configs import CONFIGS, get_config
+from brats_seg.evaluation.lesionwise import HD95_PENALTY_MM, LESION_DICE, region_metrics, score_canonical
 from brats_seg.evaluation.scoring import score_files
 from brats_seg.io.tables import json_safe
 from tests.support.projects import require

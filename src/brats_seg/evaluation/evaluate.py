@@ -25,6 +25,7 @@ from brats_seg.data.preprocess import CaseGeometry
 from brats_seg.errors import DataError
 from brats_seg.evaluation import lesionwise
 from brats_seg.evaluation.choose_postprocess import MAIN_FRACTIONS, Choice, choose, choose_threshold
+from brats_seg.evaluation.lesion_configs import get_config
 from brats_seg.evaluation.lesionwise import lesion_columns
 from brats_seg.evaluation.metrics import (
     METRICS,
@@ -195,7 +196,7 @@ def choose_postprocessing(bundle: ModelBundle, slices_dir: str | Path, raw_dir: 
 def lesion_score(lesion_config: str = "gli") -> Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float]:
     """One region's ``lesion_dice`` (:func:`lesion_columns`) of two boolean masks: what post-processing maximises.
     Distances are skipped: Dice alone is about twice as fast."""
-    config = lesionwise.get_config(lesion_config)
+    config = get_config(lesion_config)
 
     def score(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float:
         official = lesionwise.region_metrics(pred, ref, spacing, config, distances=False)

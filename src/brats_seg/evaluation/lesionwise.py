@@ -31,7 +31,6 @@ on anisotropic grids its HD95 and NSD use the spacing in reverse axis order. Her
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 
@@ -40,10 +39,9 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from brats_seg.data.labels import region_mask
-from brats_seg.errors import UserError
+from brats_seg.evaluation.lesion_configs import LesionConfig, get_config
 from brats_seg.evaluation.metrics import bounding_box
 
-PACKAGE = "brats-evaluation 0.0.10 (panoptica 2.1.7)"
 LESION_DICE = "lesionwise_dsc_mean"
 """The leaderboard's lesion-wise Dice: the ``lesionwise_dsc_mean_<region>`` column of ``brats-parse-metrics``,
 which is panoptica's ``sq_dsc`` (mean Dice of the matched lesions) for every config but mets, and for mets the mean
@@ -52,51 +50,10 @@ and prediction are both empty (mets: when the reference has no such lesion), so 
 Outside mets it ignores false-positive and missed lesions once one lesion matches; ``pq_dsc`` (sq_dsc x F1) counts them.
 """
 HD95_PENALTY_MM = 373.0  # brats-parse-metrics: "diameter of the cube in SRI space" for an infinite HD95
-_MATCH_THRESHOLD = 1e-6  # MaxBipartiteMatching(matching_metric=DSC, matching_threshold=0.000001), >=
 _NO_MATCH_COST = 1.0 + 1e-6
 _CROP_PAD = 2  # panoptica crops each pair to its bounding box plus 2 voxels
 _NO_MATCH = {"dsc": 0.0, "hd95": math.inf, "nsd": 0.0}  # the configs' zero-TP results (NaN with no lesion at all)
 _GLOBAL_NSD_TOLERANCE = 0.5  # voxels: panoptica's default when no spacing reaches the metric
-
-
-@dataclasses.dataclass(frozen=True)
-class LesionConfig:
-    """One official configuration: what differs between challenges.
-
-    ``regions``: (official region name, label ids in ``labels``' convention) in the YAML's order;
-    ``project_regions``: (project region key, official region name) that :func:`score_canonical` scores;
-    ``large_lesion_mm3``: mets only, reference lesions below it leave the lesion-wise means (None: none leave).
-    """
-
-    name: str
-    labels: str
-    regions: tuple[tuple[str, tuple[int, ...]], ...]
-    project_regions: tuple[tuple[str, str], ...] = (("wt", "wt"), ("tc", "tc"), ("et", "et"))
-    large_lesion_mm3: float | None = None
-    connectivity: int = 26
-    matching_threshold: float = _MATCH_THRESHOLD
-
-
-_WT_TC_ET = (("et", (3,)), ("tc", (1, 3)), ("wt", (1, 2, 3)))
-CONFIGS: dict[str, LesionConfig] = {c.name: c for c in (
-    LesionConfig("gli", "BraTS 2023-2025 glioma: 1 NETC, 2 SNFH, 3 ET, 4 RC",
-                 (("snfh", (2,)), ("et", (3,)), ("netc", (1,)), ("rc", (4,)), ("tc", (1, 3)), ("wt", (1, 2, 3)))),
-    LesionConfig("mets", "BraTS metastases: 1 NETC, 2 SNFH, 3 ET, 4 RC",
-                 (("et", (3,)), ("rc", (4,)), ("tc", (1, 3)), ("wt", (1, 2, 3))), large_lesion_mm3=20.0),
-    LesionConfig("ped", "BraTS paediatric: 1 ET, 2 NET, 3 CC, 4 ED",
-                 (("et", (1,)), ("netc", (2,)), ("cc", (3,)), ("ed", (4,)), ("tc", (1, 2, 3)), ("wt", (1, 2, 3, 4)))),
-    LesionConfig("MenRT", "BraTS meningioma radiotherapy: 1 GTV", (("gtv", (1,)),), project_regions=(("wt", "gtv"),)),
-    LesionConfig("MenPre", "BraTS meningioma pre-operative: 1 NETC, 2 SNFH, 3 ET", _WT_TC_ET),
-    LesionConfig("GoAT", "BraTS generalizability across tumors: 1 NETC, 2 SNFH, 3 ET", _WT_TC_ET),
-)}
-
-
-def get_config(name: str) -> LesionConfig:
-    """The official configuration ``name`` (case as the package spells it), or a UserError naming the valid ones."""
-    if name not in CONFIGS:
-        raise UserError(f"{name!r} is not a BraTS lesion-wise config; use one of {', '.join(CONFIGS)} (the configs "
-                        f"of {PACKAGE}).")
-    return CONFIGS[name]
 
 
 def region_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, float], config: LesionConfig,

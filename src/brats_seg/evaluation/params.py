@@ -6,7 +6,7 @@ import dataclasses
 from typing import Literal
 
 from brats_seg.config import require, runtime_field
-from brats_seg.evaluation import lesionwise
+from brats_seg.evaluation.lesion_configs import CONFIGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,5 +20,5 @@ class EvaluateParams:
     tta: bool = False
 
     def __post_init__(self) -> None:
-        require("evaluate.lesionwise", self.lesionwise, self.lesionwise in lesionwise.CONFIGS,
-                f"one of the official BraTS configurations: {', '.join(lesionwise.CONFIGS)}")
+        require("evaluate.lesionwise", self.lesionwise, self.lesionwise in CONFIGS,
+                f"one of the official BraTS configurations: {', '.join(CONFIGS)}")

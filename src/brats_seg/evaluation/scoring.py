@@ -28,7 +28,8 @@ from brats_seg.data.labels import (
     unexpected_labels,
 )
 from brats_seg.errors import DataError, UserError
-from brats_seg.evaluation.lesionwise import LesionConfig, get_config, lesion_columns, region_metrics, score_canonical
+from brats_seg.evaluation.lesion_configs import LesionConfig, get_config
+from brats_seg.evaluation.lesionwise import lesion_columns, region_metrics, score_canonical
 from brats_seg.evaluation.metrics import case_metrics
 from brats_seg.io.nifti import Meta, read_volume
 
