@@ -16,8 +16,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from brats_seg.config import require_at_least, require_fraction, runtime_field
 from brats_seg.data.inspect import inspect_case
@@ -26,6 +25,9 @@ from brats_seg.errors import DataError
 from brats_seg.io.atomic import claim_output_dir, mark_output_dir, remove_output_dir
 from brats_seg.io.tables import write_json, write_parquet
 from brats_seg.orchestration.executors import LOCAL, Executor, run_parallel
+
+if TYPE_CHECKING:  # imported where a frame is made: `brats-seg params set` checks ValidateParams without pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def build_manifest(raw_dir: str | Path, workers: int = 0, executor: Executor = L
     cases = list_canonical_cases(raw_dir)
     if not cases:
         raise DataError(f"no cases in {raw_dir}; run the download stage first (dvc repro download).")
+    import pandas as pd
+
     rows = run_parallel(inspect_case, cases, workers, desc="inspect cases", executor=executor)
     manifest = pd.DataFrame(rows)
     manifest["duplicate_of"] = duplicate_of(manifest["case_id"].tolist(), manifest["image_sha256"].tolist())
@@ -229,5 +233,7 @@ def read_manifest(path: str | Path, status: str | None = "ok") -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; run the validate stage first (dvc repro validate).")
+    import pandas as pd
+
     frame = pd.read_parquet(path)
     return frame if status is None else frame[frame["status"] == status].reset_index(drop=True)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from brats_seg.errors import DataError
 from brats_seg.io.atomic import atomic_path
+
+if TYPE_CHECKING:  # a frame brings its own pandas: the commands that read a JSON report skip its 0.4 s import
+    import pandas as pd
 
 
 def write_json(path: str | Path, data: dict | list) -> Path:

@@ -13,11 +13,13 @@ ones as 0 (:func:`brats_seg.evaluation.evaluate.lesion_columns`); ``lesion_pq`` 
 from __future__ import annotations
 
 import math
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from brats_seg.data.labels import REGIONS
 from brats_seg.evaluation.metrics import summarise
+
+if TYPE_CHECKING:  # a frame brings its own pandas: checking promote.metric needs none
+    import pandas as pd
 
 KINDS = {"dice": "Dice", "lesion_dice": "lesion-wise Dice", "lesion_pq": "lesion-wise panoptic quality"}
 AUTO = "auto"
