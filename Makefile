@@ -16,8 +16,9 @@ export PATH := $(BIN):$(PATH)
 
 # The demo trains a smaller U-Net on 64 x 64 slices so that it finishes in minutes on 2 CPU cores, on 28 cases
 # of which a quarter are tested (6 test patients decide its promotion, not 2): it writes these values into
-# params.yaml (see `git diff params.yaml`; `git checkout params.yaml` restores the full-size setup: 128 x 128,
-# base 32, 20 epochs, 24 cases split 0.7 / 0.15 / 0.15) and runs the pipeline flow through Prefect.
+# params.yaml and runs the pipeline flow through Prefect, which records params.yaml with the results on branch
+# brats-seg-demo (`git diff main -- params.yaml` shows the values there; the README's "Back to the full-size setup"
+# sets the committed ones again: 128 x 128, base 32, 20 epochs, 24 cases split 0.7 / 0.15 / 0.15).
 DEMO_PARAMS := download.synthetic.n_cases=28 'slice.split=[0.6,0.15,0.25]' slice.size=64 train.base=16 \
 	train.depth=3 train.batch_size=16 train.epochs=12
 
@@ -52,7 +53,7 @@ setup: $(VENV)/.installed
 	@for line in $(ACTIVATE_DEFAULTS); do grep -qxF "$$line" $(BIN)/activate || echo "$$line" >> $(BIN)/activate; done
 
 demo: setup
-	@echo "make demo: params.yaml set to the demo's sizes (git diff params.yaml shows them), then the pipeline flow"
+	@echo "make demo: params.yaml set to the demo's sizes, then the pipeline flow (it records them with the results on branch brats-seg-demo: git diff main -- params.yaml)"
 	@$(BIN)/brats-seg params set $(DEMO_PARAMS)
 	@$(BIN)/python -m flows.demo
 
