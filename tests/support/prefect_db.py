@@ -37,17 +37,9 @@ asyncio.run(main())
 """
 
 
-def template_dir() -> Path:
-    """The run's template folder: the one tests/conftest.py made for the run, else (a test run outside pytest's
-    configuration) one of this process's own."""
-    if TEMPLATE_DIR not in os.environ:
-        os.environ[TEMPLATE_DIR] = tempfile.mkdtemp(prefix="brats-test-prefect-template-")
-    return Path(os.environ[TEMPLATE_DIR])
-
-
 def migrated_database() -> Path:
     """The run's migrated Prefect database, made by the first caller (the others, on any worker, wait for it)."""
-    folder = template_dir()
+    folder = Path(os.environ[TEMPLATE_DIR])  # made by tests/conftest.py's pytest_configure, removed at its exit
     database = folder / DATABASE
     with open(folder / "lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
