@@ -26,7 +26,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 from tests.support.cohorts import PROJECT_ROOT, REAL_DATA, FileServer, write_synthetic_cohort  # noqa: E402
-from tests.support.prefect_db import TEMPLATE_DIR, seeded_home  # noqa: E402
+from tests.support.once import RUN_DIR  # noqa: E402
+from tests.support.prefect_db import seeded_home  # noqa: E402
 from tests.support.projects import make_dvc_project, require, run_cmd  # noqa: E402
 from tests.support.services import (  # noqa: E402
     MLFLOW_SERVER_SIDE,
@@ -56,12 +57,12 @@ def pytest_configure(config):
     """A flow run without PREFECT_API_URL starts Prefect's temporary server, whose database lives in PREFECT_HOME:
     each process that runs tests (each xdist worker, not their controller) gets a home of its own instead of the
     user's ~/.prefect, which the workers would share with each other and with the user's own runs. The run's top
-    process (the controller, or pytest alone) makes the folder of the run's migrated Prefect database, which its
-    workers inherit (tests/support/prefect_db.py)."""
+    process (the controller, or pytest alone) makes the folder of what the run builds once for every worker (a
+    migrated Prefect database, a reproduced project: tests/support/once.py), which its workers inherit."""
     worker = hasattr(config, "workerinput")
-    if not worker and TEMPLATE_DIR not in os.environ:
-        os.environ[TEMPLATE_DIR] = tempfile.mkdtemp(prefix="brats-test-prefect-template-")
-        atexit.register(shutil.rmtree, os.environ[TEMPLATE_DIR], True)
+    if not worker and RUN_DIR not in os.environ:
+        os.environ[RUN_DIR] = tempfile.mkdtemp(prefix="brats-test-run-")
+        atexit.register(shutil.rmtree, os.environ[RUN_DIR], True)
     if "PREFECT_HOME" in os.environ or (config.getoption("dist", "no") != "no" and not worker):
         return
     os.environ["PREFECT_HOME"] = os.environ[OWN_PREFECT_HOME] = tempfile.mkdtemp(prefix="brats-test-prefect-")

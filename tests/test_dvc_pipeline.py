@@ -8,21 +8,20 @@ import re
 import pandas as pd
 import pytest
 
-from tests.support.projects import make_dvc_project, run_cmd
+from tests.support.projects import REPRODUCED, reproduced_copy, run_cmd
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
-    """One fresh project reproduced from scratch through evaluate and committed, shared by the tests below that
-    read it (each proves something of that first run) or clone it (a second clean run to compare with): the
-    project, and the first `dvc repro`'s output."""
-    project = make_dvc_project(tmp_path_factory.mktemp("reproduced") / "project")
-    first = run_cmd(["dvc", "repro", "evaluate"], project.path)
-    run_cmd(["git", "add", "-A"], project.path)
-    run_cmd(["git", "commit", "-qm", "reproduced through evaluate"], project.path)
-    return project, first.stdout
+    """A copy of the run's reproduced project (tests/support/projects.py: a whole `dvc repro` on tiny params, 6
+    epochs) with its results committed, shared by the tests below that read it (each proves something of that first
+    run) or clone it (a second clean run to compare with): the repository, and the first `dvc repro`'s output."""
+    repo, first = reproduced_copy(tmp_path_factory.mktemp("reproduced") / "project")
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "reproduced"], repo)
+    return repo, first
 
 
 def _ran(stdout: str) -> list[str]:
@@ -74,10 +73,9 @@ def test_a_bad_param_stops_the_stage_with_one_sentence(dvc_project):
     assert "error: params.yaml: slice.sise is not a known key" in proc.stderr + proc.stdout
 
 
-def test_repro_through_evaluate_tracks_the_run_in_mlflow(reproduced, monkeypatch):
-    project, first = reproduced
-    repo = project.path
-    assert _ran(first) == ["source", "download", "validate", "slice", "train", "evaluate"]
+def test_a_whole_repro_tracks_the_run_in_mlflow(reproduced, monkeypatch):
+    repo, first = reproduced
+    assert _ran(first) == ["source", "download", "validate", "slice", "train", "evaluate", "register", "report"]
     report = json.loads((repo / "reports" / "eval.json").read_text())
     assert report["n_cases"] >= 1 and 0.0 <= report["wt"]["dice_mean"] <= 1.0
     cases = pd.read_csv(repo / "reports" / "eval_cases.csv")
@@ -108,7 +106,8 @@ def test_repro_through_evaluate_tracks_the_run_in_mlflow(reproduced, monkeypatch
     splits = versions.split_tables(train["run_id"]).sort_values("case_id", ignore_index=True)
     cases = pd.read_parquet(repo / "data" / "slices" / "cases.parquet", columns=list(splits.columns))
     assert splits.equals(cases.sort_values("case_id", ignore_index=True).astype(str))
-    assert [step for step, _ in tracking.metric_history(train["run_id"], "val_dice")] == [1, 2]
+    epochs = REPRODUCED["train"]["epochs"]
+    assert [step for step, _ in tracking.metric_history(train["run_id"], "val_dice")] == list(range(1, epochs + 1))
     assert run["params"]["train.lr"] == "0.003" and run["params"]["slice.size"] == "32"
     assert run["metrics"]["test_wt_dice_mean"] == pytest.approx(report["wt"]["dice_mean"])
     artifacts = {p.name for p in (repo / "mlflow" / "artifacts").rglob("*") if p.is_file()}
@@ -167,11 +166,11 @@ def _cached_out_hashes(repo) -> dict[str, str]:
 def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_epochs(reproduced, tmp_path):
     """Byte-reproducible cached outputs on CPU: a clone of the reproduced project (its outputs stay behind: git
     ignores them), sharing its DVC cache, runs every stage up to train again (`--force --no-run-cache`: none
-    checked out or restored from the cache); then `dvc exp run -S train.epochs=1` after that 2-epoch run."""
-    origin = reproduced[0].path
+    checked out or restored from the cache); then `dvc exp run -S train.epochs=1` after that 6-epoch run."""
+    origin = reproduced[0]
     upstream = {"data/raw", "data/validated/manifest.parquet", "data/slices", "models/unet.pt"}  # train and before
     first = _cached_out_hashes(origin)
-    assert set(first) == upstream | {"reports/overlays"}  # evaluate's pictures: not rerun below
+    assert set(first) == upstream | {"reports/overlays", "reports/index.html"}  # evaluate's and report's: not rerun
     longer = _train(origin)
     repo = tmp_path / "clone"
     run_cmd(["git", "clone", "-q", str(origin), str(repo)], tmp_path)
@@ -185,7 +184,7 @@ def test_two_clean_runs_hash_the_same_and_a_shorter_experiment_trains_its_own_ep
         path: _md5(origin / path) for path in ("models/unet.pt", "data/validated/manifest.parquet")}
     again = _train(repo)
     assert again["run_id"] != longer["run_id"] and again["fingerprint"] == longer["fingerprint"]
-    run_cmd(["git", "commit", "-qam", "2 epochs, again"], repo)
+    run_cmd(["git", "commit", "-qam", "6 epochs, again"], repo)
 
     run_cmd(["dvc", "exp", "run", "-S", "train.epochs=1", "train"], repo)
     shorter = _train(repo)

@@ -1,6 +1,6 @@
-"""The Prefect flows under prefect_test_harness, on a tiny synthetic cohort in a temporary repository:
-pipeline (then a second run that checks the source and skips everything else), the workspace lock (one
-sentence, no traceback), promotion, lineage, the served schedule."""
+"""The Prefect flows under prefect_test_harness, in a copy of a project on a tiny synthetic cohort that the pipeline
+has run through (its first run, from scratch, is tests/test_lifecycle.py's): a run that checks the source and skips
+everything else, the workspace lock (one sentence, no traceback), promotion, lineage, the served schedule."""
 
 from __future__ import annotations
 
@@ -16,34 +16,20 @@ from brats_seg.cli import main as cli
 from brats_seg.errors import UserError
 from brats_seg.orchestration.driver import STAGES, flow_stages, workspace_lock
 from tests.support.cohorts import PROJECT_ROOT
-from tests.support.projects import make_dvc_project, run_cmd
+from tests.support.prefect_logs import logged
+from tests.support.projects import make_dvc_project, reproduced_copy, run_cmd
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, prefect_server):
-    """The pipeline flow run twice in a fresh project: (repo, first summary, second summary, the first run's log
-    as Prefect's server holds it)."""
+    """The pipeline flow in a copy of the run's reproduced project (tests/support/projects.py): (repo, the run's
+    summary). The flow's first run, every stage run, is tests/test_lifecycle.py's."""
     from flows.pipeline import pipeline
 
-    project = make_dvc_project(tmp_path_factory.mktemp("flows") / "project", {"promote": {"min_dice": 0.0}})
-    repo = project.path
-    first = pipeline(str(repo), return_state=True)
-    second = pipeline(str(repo))
-    return repo, first.result(), second, _logged(first)
-
-
-def _logged(state) -> list[str]:
-    """The messages a flow run sent to the Prefect server (what its UI shows), once the log queue is drained."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-    with get_client(sync_client=True) as client:
-        return [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=run))]
+    repo, _ = reproduced_copy(tmp_path_factory.mktemp("flows") / "project")
+    return repo, pipeline(str(repo))
 
 
 def test_a_deployed_run_logs_its_summary_and_a_command_line_run_leaves_it_to_its_printout(ran):
@@ -52,38 +38,21 @@ def test_a_deployed_run_logs_its_summary_and_a_command_line_run_leaves_it_to_its
     from flows.pipeline import pipeline
 
     repo = ran[0]
-    logged = _logged(pipeline(str(repo), stages=["source"], return_state=True))
-    assert "checked: source; ran: none; skipped: none" in logged and "model brats-unet v1 @challenger" in logged
-    quiet = _logged(pipeline(str(repo), stages=["source"], log_summary=False, return_state=True))
+    said = logged(pipeline(str(repo), stages=["source"], return_state=True))
+    assert "checked: source; ran: none; skipped: none" in said and "model brats-unet v1 @challenger" in said
+    quiet = logged(pipeline(str(repo), stages=["source"], log_summary=False, return_state=True))
     assert not [m for m in quiet if m.startswith(("checked:", "model "))], quiet
     assert "Running stage 'source':" in quiet  # the stage's own lines are still logged
 
 
-def test_pipeline_runs_every_stage_then_a_second_run_skips_every_stage_but_the_source_check(ran):
-    repo, first, second, _ = ran
+def test_after_a_run_the_flow_checks_the_source_and_skips_every_other_stage(ran):
+    repo, summary = ran
     assert list(STAGES) == ["source", "download", "validate", "slice", "train", "evaluate", "register", "report"]
     stages = flow_stages(repo)  # STAGES, then any stage dvc.yaml has gained since
-    assert [(r["stage"], r["status"]) for r in first["stages"]] == [("source", "checked")] + [
-        (stage, "ran") for stage in stages[1:]]
-    assert all(r["ran"] for r in first["stages"]) and all(r["seconds"] > 0 for r in first["stages"])
-    assert first["model"]["name"] == "brats-unet" and first["model"]["version"] == "1"
-    assert first["model"]["alias"] == "challenger" and "dice_mean" in first["test"]["wt"]
-    assert first["model"]["aliases"] == ["challenger"]  # read from the registry, as they are now
-    assert [(r["stage"], r["status"]) for r in second["stages"]] == [("source", "checked")] + [
+    assert [(r["stage"], r["status"]) for r in summary["stages"]] == [("source", "checked")] + [
         (stage, "skipped") for stage in stages[1:]]
-    assert second["model"]["version"] == "1"  # nothing changed: no new version
-
-
-def test_a_warning_each_stage_gives_for_itself_is_logged_once_per_run(ran):
-    """Train, evaluate and register each load a network in their own process and each say when there is no GPU:
-    the run's log (Prefect's UI; the console shows the same records) says it once, as the first stage said it."""
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU: no stage warns")
-    logged = ran[3]
-    assert logged.count("no CUDA GPU available: running on the CPU") == 1, logged
-    assert logged.index("no CUDA GPU available: running on the CPU") > logged.index("Running stage 'train':")
+    assert summary["model"]["name"] == "brats-unet" and summary["model"]["version"] == "1"  # no new version
+    assert summary["model"]["aliases"] == ["challenger"] and "dice_mean" in summary["test"]["wt"]
 
 
 def test_a_second_concurrent_run_fails_clearly_and_leaves_dvc_usable(ran):
@@ -192,7 +161,7 @@ def test_promotion_then_lineage_verifies_and_detects_drift(ran, capsys, monkeypa
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert code == 0, out
     assert "brats-unet v1" in out and head in out and lock["download"]["outs"][0]["md5"] in out
-    assert "workspace matches" in out and "train.epochs=2" in out and "test_wt_dice_mean=" in out
+    assert "workspace matches" in out and "train.epochs=6" in out and "test_wt_dice_mean=" in out
     # what it was trained under, kept with the run whatever git holds, and its promotion on the audit trail
     assert ("inputs   params.yaml and dvc.lock as training began (whatever git holds): run artifacts "
             "inputs/params.yaml, inputs/dvc.lock") in out

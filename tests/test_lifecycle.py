@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from brats_seg.registry import versions
 from brats_seg.registry.lineage import case_lineage
 from brats_seg.registry.resolve import resolve_model
 from tests.support.cohorts import TINY_SHAPE
+from tests.support.prefect_logs import logged
 from tests.support.projects import make_dvc_project
 
 pytestmark = pytest.mark.slow
@@ -53,37 +55,45 @@ def _statuses(summary: dict) -> list[tuple[str, str]]:
     return [(r["stage"], r["status"]) for r in summary["stages"]]
 
 
-@pytest.fixture
-def lifecycle(tmp_path, monkeypatch, prefect_server):
-    """(repo, source folder, [summary of each scheduled run], [split map after each run])."""
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory, prefect_server):
+    """(repo, source folder, [summary of each scheduled run], [split map after each run], what the first run
+    logged to the Prefect server); the tests run in the workspace, whose own MLflow store the flows used."""
     from flows.serve import scheduled_pipeline
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    incoming = tmp_path / "incoming"
-    _add_cases(incoming, 1, 8)
-    project = make_dvc_project(tmp_path / "project", {
-        "base": {"seed": SEED}, "download": {"source": "local", "local": {"path": str(incoming)}},
-        "train": {"epochs": 1}, "promote": {"min_dice": 0.0, "min_improvement": 0.0}})
-    repo = project.path
-    summaries, splits = [], []
-    summaries.append(scheduled_pipeline(str(repo)))
-    splits.append(_splits(repo))
-    _add_cases(incoming, 9, 10)
-    summaries.append(scheduled_pipeline(str(repo)))
-    splits.append(_splits(repo))
-    summaries.append(scheduled_pipeline(str(repo)))
-    splits.append(_splits(repo))
-    monkeypatch.chdir(repo)  # the workspace's own MLflow store, as the flows used it
-    return repo, incoming, summaries, splits
+    root = tmp_path_factory.mktemp("lifecycle")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        incoming = root / "incoming"
+        _add_cases(incoming, 1, 8)
+        repo = make_dvc_project(root / "project", {
+            "base": {"seed": SEED}, "download": {"source": "local", "local": {"path": str(incoming)}},
+            "train": {"epochs": 1}, "promote": {"min_dice": 0.0, "min_improvement": 0.0}}).path
+        summaries, splits = [], []
+        began = datetime.now(timezone.utc)
+        summaries.append(scheduled_pipeline(str(repo)))
+        first_logs = logged(after=began, before=datetime.now(timezone.utc))  # its subflows' too (one worker)
+        splits.append(_splits(repo))
+        _add_cases(incoming, 9, 10)
+        summaries.append(scheduled_pipeline(str(repo)))
+        splits.append(_splits(repo))
+        summaries.append(scheduled_pipeline(str(repo)))
+        splits.append(_splits(repo))
+        monkeypatch.chdir(repo)
+        yield repo, incoming, summaries, splits, first_logs
 
 
 def test_new_cases_retrain_keep_every_split_and_promote_like_with_like(lifecycle):
-    repo, _, (first, second, third), (v1_splits, v2_splits, v3_splits) = lifecycle
+    repo, _, (first, second, third), (v1_splits, v2_splits, v3_splits), _ = lifecycle
     stages = flow_stages(repo)  # STAGES, then any stage dvc.yaml has gained since
 
-    # cohort v1: every stage ran, version 1 registered and promoted (no champion yet, floor 0)
+    # cohort v1: every stage ran, version 1 registered as challenger (the registry's aliases before the promotion),
+    # then promoted (no champion yet, floor 0)
     assert _statuses(first) == [("source", "checked")] + [(stage, "ran") for stage in stages[1:]]
-    assert first["model"]["version"] == "1" and first["promotion"]["promoted"]
+    assert all(r["ran"] for r in first["stages"]) and all(r["seconds"] > 0 for r in first["stages"])
+    assert first["model"]["name"] == "brats-unet" and first["model"]["version"] == "1"
+    assert first["model"]["alias"] == "challenger" and first["model"]["aliases"] == ["challenger"]
+    assert "dice_mean" in first["test"]["wt"] and first["promotion"]["promoted"]
     assert len(v1_splits) == 8 and set(v1_splits.values()) == {"train", "val", "test"}
 
     # two new cases: the source check saw them, download to register reran, version 2
@@ -143,3 +153,15 @@ def test_new_cases_retrain_keep_every_split_and_promote_like_with_like(lifecycle
     assert _statuses(third) == [("source", "checked")] + [(stage, "skipped") for stage in stages[1:]]
     assert third["model"]["version"] == "2" and v3_splits == v2_splits
     assert [v["version"] for v in versions.model_versions("brats-unet")] == ["1", "2"]
+
+
+def test_a_warning_each_stage_gives_for_itself_is_logged_once_per_run(lifecycle):
+    """Train, evaluate and register each load a network in their own process and each say when there is no GPU:
+    the first run's log (Prefect's UI; the console shows the same records) says it once, as the first stage said it."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: no stage warns")
+    said = lifecycle[4]
+    assert said.count("no CUDA GPU available: running on the CPU") == 1, said
+    assert said.index("no CUDA GPU available: running on the CPU") > said.index("Running stage 'train':")

@@ -1,9 +1,10 @@
 """Every command the README shows works as written, from a shell whose PATH has no virtual environment.
 
-The README's commands are run in order in a fresh copy of the project (tiny params, so that the slow ones
-take seconds), after `source .venv/bin/activate` as the README says; a command the README shows again (the
-pipeline and the promotion, in three sections) runs once, where it first appears. A command the test cannot run here
-must be listed in EXEMPT with the reason; a new README command that is neither run nor exempt fails.
+The README's commands are run in order in a copy of the project through which the pipeline has run once (tiny
+params, so that the slow ones take seconds), after `source .venv/bin/activate` as the README says, beginning with
+the demo's flow; a command the README shows again (the pipeline and the promotion, in three sections) runs once,
+where it first appears. A command the test cannot run here must be listed in EXEMPT with the reason; a new README
+command that is neither run nor exempt fails.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.cohorts import PROJECT_ROOT
-from tests.support.projects import bash_commands, make_dvc_project, run_cmd
+from tests.support.projects import bash_commands, reproduced_copy, run_cmd
 
 pytestmark = pytest.mark.slow
 
 FULL_SIZE = ("brats-seg params set download.synthetic.n_cases=24 'slice.split=[0.7,0.15,0.15]' slice.size=128 "
              "train.base=32 train.depth=4 train.batch_size=32 train.epochs=20")
 EXEMPT = {
-    "make demo": "run here as `python -m flows.demo` on tiny params (below); the new-user walk-through runs it whole",
+    "make demo": "run here as `python -m flows.demo` on tiny params, after the pipeline's first run (below); the "
+                 "new-user walk-through runs it whole, tests/test_lifecycle.py the flow from scratch",
     "make test": "this test suite",
     "python benchmarks/real_accuracy.py --threads 1": "a benchmark, not a test: 4 folds of training on the real "
                                                        "cases, about 35 minutes (its numbers are quoted beside it)",
@@ -142,9 +144,9 @@ def _patient_data_staged_on_main(repo: Path) -> list[str]:
 
 @pytest.mark.usefixtures("prefect_home")  # the demo's and the flows' temporary Prefect server
 def test_the_readme_commands_work_as_written(tmp_path):
-    # 6 epochs: on the 5 tiny cases a U-Net of three regions needs 4 or so to leave its all-tumour start, and the
-    # experiments below must change the metrics (`dvc metrics diff` shows numbers on both sides)
-    repo = make_dvc_project(tmp_path / "clone", {"promote": {"min_dice": 0.0}, "train": {"epochs": 6}}).path
+    # the run's reproduced project (6 epochs, so that the experiments below change the metrics): the demo's flow
+    # checks the source and skips every stage, then promotes, predicts and records, as `make demo` does after them
+    repo, _ = reproduced_copy(tmp_path / "clone")
     (repo / ".venv").symlink_to(PROJECT_ROOT / ".venv")
     (repo / ".gitignore").write_text((repo / ".gitignore").read_text())  # .venv/ is ignored there already
     demo = _shell("python -m flows.demo", repo)  # what `make demo` runs after writing its params

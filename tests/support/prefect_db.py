@@ -9,15 +9,14 @@ others, on any worker, copy it. Only the database is copied: each home keeps its
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-TEMPLATE_DIR = "BRATS_TEST_PREFECT_TEMPLATE"  # a folder shared by every worker of the run (tests/conftest.py)
+from tests.support.once import built_once
+
 DATABASE = "prefect.db"  # the name Prefect gives it in PREFECT_HOME
 
 # What a Prefect server does to an empty database at start-up (prefect.server.api.server's lifespan): the
@@ -39,18 +38,13 @@ asyncio.run(main())
 
 def migrated_database() -> Path:
     """The run's migrated Prefect database, made by the first caller (the others, on any worker, wait for it)."""
-    folder = Path(os.environ[TEMPLATE_DIR])  # made by tests/conftest.py's pytest_configure, removed at its exit
-    database = folder / DATABASE
-    with open(folder / "lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not database.is_file():
-            home = Path(tempfile.mkdtemp(prefix="home-", dir=folder))
-            proc = subprocess.run([sys.executable, "-c", _MIGRATE], env={**os.environ, "PREFECT_HOME": str(home)},
-                                  capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, f"migrating a Prefect database failed:\n{proc.stdout}{proc.stderr[-4000:]}"
-            os.replace(home / DATABASE, database)  # whole or absent: a failed run leaves no half a template
-            shutil.rmtree(home, ignore_errors=True)
-    return database
+    return built_once("prefect-home", _migrate) / DATABASE
+
+
+def _migrate(home: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _MIGRATE], env={**os.environ, "PREFECT_HOME": str(home)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"migrating a Prefect database failed:\n{proc.stdout}{proc.stderr[-4000:]}"
 
 
 def seeded_home(home: Path) -> Path:

@@ -7,6 +7,7 @@ import functools
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.cohorts import COHORT_SEED, PROJECT_ROOT, TINY_SHAPE
+from tests.support.once import built_once
 
 TINY_PARAMS = {
     "base": {"seed": COHORT_SEED},  # the five cases fill train, val and test (see COHORT_SEED)
@@ -79,6 +81,47 @@ def make_dvc_project(repo: Path, overrides: dict | None = None):
     run_cmd(["git", "commit", "-qm", "pipeline"], repo)
     write_params.path = repo  # type: ignore[attr-defined]
     return write_params
+
+
+# The reproduced project's params: the tiny ones, promotion by any score (so that a model is promoted), and 6
+# epochs, since on the 5 tiny cases a U-Net of three regions needs 4 or so to leave its all-tumour start (the README's
+# experiments must change the metrics).
+REPRODUCED = {"promote": {"min_dice": 0.0}, "train": {"epochs": 6}}
+
+
+def reproduced_copy(dest: Path) -> tuple[Path, str]:
+    """A copy at ``dest`` of the run's one project on :data:`REPRODUCED` params through which a whole `dvc repro` ran
+    (built once per test run, :func:`tests.support.once.built_once`), its outputs, DVC cache and MLflow store
+    included and its results not committed, as a user's project is after a first run; and that `dvc repro`'s
+    output. For a test about what comes after a first run: a from-scratch run is the proof only in
+    tests/test_lifecycle.py, tests/test_dvc_pipeline.py's byte-identical rerun and the team's tests."""
+    folder = built_once("reproduced", _reproduce)
+    origin = folder / "project"
+    shutil.copytree(origin, dest, symlinks=True, ignore=lambda path, names: ["tmp"] if path == str(origin / ".dvc")
+                    else [])  # .dvc/tmp: the origin's locks and the hashes DVC keeps by inode
+    _moved_mlflow_store(dest, origin)
+    return dest, (folder / "repro.out").read_text()
+
+
+def _reproduce(folder: Path) -> None:
+    repo = make_dvc_project(folder / "project", REPRODUCED).path
+    (folder / "repro.out").write_text(run_cmd(["dvc", "repro"], repo, timeout=900).stdout)
+
+
+def _moved_mlflow_store(repo: Path, origin: Path) -> None:
+    """MLflow's store records absolute paths (artifact locations, source files): in a copy of a workspace each names
+    the copy's own file, so that what a test changes stays in its copy. (The artifacts are left as they are: a
+    registered version's files are checked against their registered digests when loaded.)"""
+    old, new = str(origin.resolve()), str(repo.resolve())
+    db = sqlite3.connect(repo / "mlflow" / "mlflow.db")
+    try:
+        with db:
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")').fetchall()]:
+                    db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                               f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0', (old, new, old))
+    finally:
+        db.close()
 
 
 def init_git_dvc(repo: Path) -> None:
