@@ -36,18 +36,23 @@ def _changed_stages(repo, *targets: str) -> list[str]:
     return sorted(status)
 
 
-def test_repro_then_up_to_date_then_rerun_on_param_change(dvc_project):
+def _set_params(repo, section: str, **values) -> None:
+    """params.yaml with ``values`` set in ``section``, as a user edits it."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_after_a_repro_up_to_date_then_a_param_change_reruns_only_its_stage(tmp_path):
     """Through the data stages (the whole pipeline's second run skipping every stage is tests/test_flows.py's, and
     tests/test_readme.py runs `dvc repro` twice): what reruns is what DVC's locks and params say, no more."""
-    repo = dvc_project.path
-    out = run_cmd(["dvc", "repro", "slice"], repo)
-    for stage in ("download", "validate", "slice"):
-        assert f"Running stage '{stage}'" in out.stdout
+    repo, _ = reproduced_copy(tmp_path / "project")
     metrics = json.loads((repo / "reports" / "validation.json").read_text())
     assert metrics["cases"] == 5 and metrics["ok"] == 5
     index = pd.read_parquet(repo / "data" / "slices" / "index.parquet")
     assert set(index["split"]) == {"train", "val", "test"}
-    assert "dvc.lock" in {p.name for p in repo.iterdir()}
 
     assert _changed_stages(repo, "slice") == ["source"]  # only the always-run check of the data source
     again = run_cmd(["dvc", "repro", "slice"], repo)
@@ -57,12 +62,11 @@ def test_repro_then_up_to_date_then_rerun_on_param_change(dvc_project):
     assert shown[""]["data"]["reports/validation.json"]["data"] == metrics
 
     # a slice-only parameter reruns slice, and nothing upstream
-    dvc_project({"slice": {"size": 24}})
+    _set_params(repo, "slice", size=24)
     changed = run_cmd(["dvc", "repro", "slice"], repo)
-    assert "Running stage 'slice'" in changed.stdout
-    assert "Running stage 'download'" not in changed.stdout and "Running stage 'validate'" not in changed.stdout
+    assert _ran(changed.stdout) == ["source", "slice"]
     # changing only the worker count changes nothing
-    dvc_project({"slice": {"size": 24, "workers": 2}})
+    _set_params(repo, "slice", workers=2)
     assert _changed_stages(repo, "slice") == ["source"]
 
 
