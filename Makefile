@@ -68,7 +68,7 @@ test:
 # Measure every test file again for the order above (after adding or much changing a slow test), then commit
 # tests/durations.json.
 test-durations: setup test-services
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=0 -q \
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=0 --durations-min=0 -q \
 		| tee /dev/stderr | $(BIN)/python scripts/test_durations.py
 
 # The unit tests: every test not marked slow (slow: a DVC pipeline, a Prefect flow, a server, or a process per
