@@ -70,11 +70,25 @@ def test_after_a_repro_up_to_date_then_a_param_change_reruns_only_its_stage(tmp_
     assert _changed_stages(repo, "slice") == ["source"]
 
 
-def test_a_bad_param_stops_the_stage_with_one_sentence(dvc_project):
-    dvc_project({"slice": {"sise": 64}})
-    proc = run_cmd(["dvc", "repro", "download", "validate", "slice"], dvc_project.path, check=False)
-    assert proc.returncode != 0
+def test_a_bad_param_stops_dvc_repro_in_its_first_stage_with_one_sentence_and_no_output_lost(tmp_path):
+    """The source stage, which every `dvc repro` runs first, checks the whole params.yaml: a mistyped key, which
+    changes no value DVC tracks (each stage lists the keys it reads) so that every stage is up to date, and a bad
+    value of a key train reads, said before DVC removes the model to retrain it."""
+    repo, _ = reproduced_copy(tmp_path / "project")
+    model = _md5(repo / "models" / "unet.pt")
+    _set_params(repo, "slice", sise=64)
+    assert _changed_stages(repo) == ["source"]  # DVC itself sees nothing to rerun but the always-run source check
+    proc = run_cmd(["dvc", "repro"], repo, check=False)
+    assert proc.returncode != 0 and _ran(proc.stdout) == ["source"]
     assert "error: params.yaml: slice.sise is not a known key" in proc.stderr + proc.stdout
+
+    (repo / "params.yaml").write_text(run_cmd(["git", "show", "HEAD:params.yaml"], repo).stdout)
+    _set_params(repo, "train", epochs=-1)
+    assert "train" in _changed_stages(repo)
+    proc = run_cmd(["dvc", "repro"], repo, check=False)
+    assert proc.returncode != 0 and _ran(proc.stdout) == ["source"]
+    assert "error: params.yaml: train.epochs must be an integer >= 1, got -1." in proc.stderr + proc.stdout
+    assert _md5(repo / "models" / "unet.pt") == model
 
 
 def test_a_whole_repro_tracks_the_run_in_mlflow(reproduced, monkeypatch):

@@ -1,10 +1,11 @@
 """Every section of params.yaml and the dataclass that checks it, and the check of a whole document: what
 `brats-seg params set` writes and what the flow runs on, before any stage.
 
-This module sits above the phases that own the sections, so it imports them all. Nothing a stage runs imports it:
-a stage loads its own sections (:func:`brats_seg.config.load_section`), so that its import closure, hence its
-dvc.yaml code deps, holds its own sections and not every other one (an edit to the promotion gate's metrics must
-not re-slice the cohort).
+This module sits above the phases that own the sections, so it imports them all. Of the stages only `source`
+imports it: DVC runs that one first in every `dvc repro` whatever changed, and it checks the whole document, so that
+a mistyped key is said even where no stage it belongs to reruns. Every other stage loads its own sections
+(:func:`brats_seg.config.load_section`), so that its import closure, hence its dvc.yaml code deps, holds its own
+sections and not every other one (an edit to the promotion gate's metrics must not re-slice the cohort).
 """
 
 from __future__ import annotations
