@@ -21,7 +21,7 @@ from brats_seg.registry import tracking
 from brats_seg.registry.resolve import DEFAULT_MODEL, resolve_model
 from brats_seg.reporting.summary import current_aliases
 from flows.failures import run_name, server_start_in_one_sentence
-from flows.pipeline import REGION_ORDER, pipeline
+from flows.pipeline import REGION_ORDER, pipeline, stages_line
 from flows.promote import promote_flow
 
 
@@ -65,8 +65,7 @@ def patient_lines(rows: list[dict], means: dict) -> list[str]:
 
 def report(summary: dict) -> str:
     """What a person reads at the end of `make demo`."""
-    lines = ["", "stages: " + ", ".join(f"{r['stage']} ({r['status']}, {r['seconds']:.0f} s)"
-                                      for r in summary["stages"])]
+    lines = ["", stages_line(summary["stages"])]
     model, promo = summary.get("model", {}), summary["promotion"]
     lines.append(f"model: {model.get('name')} v{model.get('version')} @{', @'.join(model.get('aliases', []))}; "
                  f"promotion: {'promoted to champion' if promo['promoted'] else 'not promoted'} ({promo['reason']})")

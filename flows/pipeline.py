@@ -83,9 +83,14 @@ def main() -> None:
 REGION_ORDER = {"wt": 0, "tc": 1, "et": 2}  # outside in, as BraTS lists them (eval.json's keys are sorted)
 
 
+def stages_line(stages: list[dict]) -> str:
+    """Each stage's status and time, on one line (this flow's printout and the demo's)."""
+    return "stages: " + ", ".join(f"{r['stage']} {r['status']} ({r['seconds']:.0f} s)" for r in stages)
+
+
 def summary_lines(summary: dict) -> str:
     """The run in a few lines: each stage's status and time, the model and its test Dice."""
-    lines = ["stages: " + ", ".join(f"{r['stage']} {r['status']} ({r['seconds']:.0f} s)" for r in summary["stages"])]
+    lines = [stages_line(summary["stages"])]
     if "model" in summary:
         model = summary["model"]
         lines.append(f"model:  {model['name']} v{model['version']} @{', @'.join(model['aliases'])}")

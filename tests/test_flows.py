@@ -268,3 +268,20 @@ def test_the_promotion_line_says_each_number_and_the_split_once(champion, dice):
     assert sorted(numbers) == sorted({f"{dice:.4f}", *([] if champion is None else ["0.8000"])}), line
     assert line.count("f617bdb2a7ba") == (0 if champion is None else 1) and "None" not in line, line
     assert line.count("no champion") == (champion is None) and line.count("champion v1") == (champion is not None), line
+
+
+def test_the_demo_and_the_flow_say_each_stage_the_same_way():
+    """`make demo`'s closing lines and `python -m flows.pipeline`'s printout: one stages line, word for word."""
+    from flows.demo import report
+    from flows.pipeline import summary_lines
+
+    stages = [{"stage": "source", "status": "checked", "seconds": 1.2},
+              {"stage": "train", "status": "ran", "seconds": 34.6}, {"stage": "report", "status": "skipped",
+                                                                     "seconds": 0.4}]
+    prediction = {"case_id": "BraTS20_Synthetic_001", "mask": "predictions/BraTS20_Synthetic_001.nii.gz",
+                  "volumes_ml": {"wt": 0.6}, "model": "brats-unet v1", "cohort": "3 synthetic cases", "warning": None}
+    demo = report({"stages": stages, "promotion": {"promoted": False, "reason": "below the floor"},
+                   "prediction": prediction}).splitlines()
+    flow = summary_lines({"stages": stages}).splitlines()
+    said = "stages: source checked (1 s), train ran (35 s), report skipped (0 s)"
+    assert [line for line in demo if line.startswith("stages:")] == [said] == flow[:1]
